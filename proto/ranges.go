@@ -1,0 +1,76 @@
+package proto
+
+import (
+	"fmt"
+	"sort"
+)
+
+// RangeSet is a set of disjoint byte ranges, kept sorted and merged. Both
+// ends use it to track which bytes of a transfer have arrived. It is not
+// safe for concurrent use.
+type RangeSet struct {
+	r     []Range
+	total uint64
+}
+
+// Add inserts [off, off+n). It fails, changing nothing, if n is 0 or the
+// range overlaps one already present: every byte of a transfer arrives once.
+func (s *RangeSet) Add(off, n uint64) error {
+	if n == 0 || off > MaxFileSize || n > MaxFileSize-off {
+		return fmt.Errorf("proto: range [%d,+%d) is empty or out of bounds", off, n)
+	}
+	end := off + n
+	// i is the first range that ends after off.
+	i := sort.Search(len(s.r), func(i int) bool { return s.r[i].Off+s.r[i].Len > off })
+	if i < len(s.r) && s.r[i].Off < end {
+		return fmt.Errorf("proto: range [%d,+%d) overlaps [%d,+%d) already received", off, n, s.r[i].Off, s.r[i].Len)
+	}
+	s.total += n
+	mergeLeft := i > 0 && s.r[i-1].Off+s.r[i-1].Len == off
+	mergeRight := i < len(s.r) && s.r[i].Off == end
+	switch {
+	case mergeLeft && mergeRight:
+		s.r[i-1].Len += n + s.r[i].Len
+		s.r = append(s.r[:i], s.r[i+1:]...)
+	case mergeLeft:
+		s.r[i-1].Len += n
+	case mergeRight:
+		s.r[i].Off = off
+		s.r[i].Len += n
+	default:
+		s.r = append(s.r, Range{})
+		copy(s.r[i+1:], s.r[i:])
+		s.r[i] = Range{Off: off, Len: n}
+	}
+	return nil
+}
+
+// Total is the number of bytes in the set.
+func (s *RangeSet) Total() uint64 { return s.total }
+
+// Ranges returns a copy of the ranges in ascending order.
+func (s *RangeSet) Ranges() []Range { return append([]Range(nil), s.r...) }
+
+// Covers reports whether the set holds every byte of [0, size).
+func (s *RangeSet) Covers(size uint64) bool {
+	return size == 0 || (len(s.r) == 1 && s.r[0].Off == 0 && s.r[0].Len >= size)
+}
+
+// Missing returns the ranges of [0, size) not in the set, ascending.
+func (s *RangeSet) Missing(size uint64) []Range {
+	var out []Range
+	var pos uint64
+	for _, r := range s.r {
+		if r.Off >= size {
+			break
+		}
+		if r.Off > pos {
+			out = append(out, Range{Off: pos, Len: r.Off - pos})
+		}
+		pos = r.Off + r.Len
+	}
+	if pos < size {
+		out = append(out, Range{Off: pos, Len: size - pos})
+	}
+	return out
+}

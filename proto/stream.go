@@ -1,0 +1,236 @@
+package proto
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+)
+
+// This file holds the two halves of a data stream that both ends share:
+// ChunkSender seals chunks and spreads them over a fixed set of streams;
+// ReadChunkStream reads one stream's frames and hands out the plaintext.
+// They see streams as io.Writer and io.Reader, so this package stays free
+// of QUIC.
+
+// ChunkSender seals chunks and writes them on up to Streams data streams,
+// each opened on first need and fed by its own goroutine. Plaintext
+// buffers come from a fixed pool, so the memory a sender holds is bounded
+// by (streams*2) chunk buffers whatever is being sent.
+type ChunkSender struct {
+	open      func(ctx context.Context) (io.WriteCloser, error)
+	sealer    *Sealer
+	chunkSize int
+	jobs      chan chunkJob
+	free      chan []byte
+	ctx       context.Context
+	cancel    context.CancelCauseFunc
+	wg        sync.WaitGroup
+	closeOnce sync.Once
+}
+
+type chunkJob struct {
+	xfer uint32
+	id   *[16]byte
+	off  uint64
+	buf  []byte // a pool buffer, sliced to the plaintext
+	sent func(n int, err error)
+}
+
+// NewChunkSender starts a sender with the given number of streams, each
+// opened with open when it first has something to carry. Every chunk is at
+// most chunkSize bytes. The sender stops when ctx ends or Close is called.
+func NewChunkSender(ctx context.Context, sealer *Sealer, streams, chunkSize int, open func(ctx context.Context) (io.WriteCloser, error)) *ChunkSender {
+	ctx, cancel := context.WithCancelCause(ctx)
+	s := &ChunkSender{
+		open:      open,
+		sealer:    sealer,
+		chunkSize: chunkSize,
+		jobs:      make(chan chunkJob, streams),
+		free:      make(chan []byte, 2*streams),
+		ctx:       ctx,
+		cancel:    cancel,
+	}
+	for range 2 * streams {
+		s.free <- nil // allocated lazily, so an idle sender costs nothing
+	}
+	s.wg.Add(streams)
+	for range streams {
+		go s.run()
+	}
+	return s
+}
+
+// ChunkSize is the largest plaintext a chunk carries.
+func (s *ChunkSender) ChunkSize() int { return s.chunkSize }
+
+// Buffer returns a free plaintext buffer of ChunkSize bytes, waiting for one
+// if all are in use. Pass it to Send, or back with Release.
+func (s *ChunkSender) Buffer(ctx context.Context) ([]byte, error) {
+	select {
+	case b := <-s.free:
+		if b == nil {
+			b = make([]byte, s.chunkSize)
+		}
+		return b[:s.chunkSize], nil
+	case <-ctx.Done():
+		return nil, context.Cause(ctx)
+	case <-s.ctx.Done():
+		return nil, context.Cause(s.ctx)
+	}
+}
+
+// Release returns an unused buffer to the pool.
+func (s *ChunkSender) Release(b []byte) { s.free <- b[:0] }
+
+// Send queues plaintext (a buffer from Buffer, sliced to the chunk's bytes)
+// as the chunk at off of transfer xfer, whose durable ID is id. The buffer
+// belongs to the sender from now on. sent, if not nil, is called from a
+// stream goroutine once the frame is written (n plaintext bytes) or failed.
+func (s *ChunkSender) Send(ctx context.Context, xfer uint32, id *[16]byte, off uint64, plaintext []byte, sent func(n int, err error)) error {
+	select {
+	case s.jobs <- chunkJob{xfer: xfer, id: id, off: off, buf: plaintext, sent: sent}:
+		return nil
+	case <-ctx.Done():
+		s.Release(plaintext)
+		return context.Cause(ctx)
+	case <-s.ctx.Done():
+		s.Release(plaintext)
+		return context.Cause(s.ctx)
+	}
+}
+
+// Err returns why the sender stopped, or nil while it runs.
+func (s *ChunkSender) Err() error {
+	if s.ctx.Err() == nil {
+		return nil
+	}
+	return context.Cause(s.ctx)
+}
+
+// Close stops the sender once queued chunks are written and closes its
+// streams. It returns the first stream error, if any.
+func (s *ChunkSender) Close() error {
+	s.closeOnce.Do(func() { close(s.jobs) })
+	s.wg.Wait()
+	err := context.Cause(s.ctx)
+	s.cancel(errSenderClosed)
+	if errors.Is(err, errSenderClosed) {
+		return nil
+	}
+	return err
+}
+
+var errSenderClosed = errors.New("proto: chunk sender closed")
+
+func (s *ChunkSender) run() {
+	defer s.wg.Done()
+	var w io.WriteCloser
+	var frame []byte
+	fail := func(j chunkJob, err error) {
+		s.cancel(err)
+		if j.sent != nil {
+			j.sent(0, err)
+		}
+		s.Release(j.buf)
+	}
+	for {
+		var j chunkJob
+		var ok bool
+		select {
+		case j, ok = <-s.jobs:
+		case <-s.ctx.Done():
+			// Fail whatever is still queued, so its buffers go back.
+		drain:
+			for {
+				select {
+				case j, ok := <-s.jobs:
+					if !ok {
+						break drain
+					}
+					fail(j, context.Cause(s.ctx))
+				default:
+					break drain
+				}
+			}
+			if w != nil {
+				w.Close()
+			}
+			return
+		}
+		if !ok {
+			if w != nil {
+				if err := w.Close(); err != nil {
+					s.cancel(err)
+				}
+			}
+			return
+		}
+		if w == nil {
+			var err error
+			if w, err = s.open(s.ctx); err != nil {
+				fail(j, fmt.Errorf("proto: open data stream: %w", err))
+				continue
+			}
+			if _, err := w.Write([]byte{StreamTypeChunks}); err != nil {
+				fail(j, err)
+				continue
+			}
+		}
+		var err error
+		frame, err = s.sealer.AppendFrame(frame[:0], j.xfer, j.id, j.off, j.buf)
+		n := len(j.buf)
+		s.Release(j.buf)
+		if err == nil {
+			_, err = w.Write(frame)
+		}
+		if err != nil {
+			s.cancel(err)
+			if j.sent != nil {
+				j.sent(0, err)
+			}
+			continue
+		}
+		if j.sent != nil {
+			j.sent(n, nil)
+		}
+	}
+}
+
+// ReadChunkStream reads chunk frames from a data stream whose type byte has
+// been read, until the stream ends. For each frame it asks resolve for the
+// transfer's durable ID (resolve returns an error for an unknown or closed
+// transfer, which ends the stream unless it is ErrSkipChunk), authenticates
+// and decrypts the chunk in place and passes the plaintext to handle, which
+// must not keep it. A clean end of stream returns nil.
+func ReadChunkStream(r io.Reader, maxLen uint32, opener *Opener, resolve func(xfer uint32) (*[16]byte, error), handle func(h *ChunkHeader, plaintext []byte) error) error {
+	cr := NewChunkReader(r, maxLen)
+	for {
+		h, ct, err := cr.Next()
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		id, err := resolve(h.Xfer)
+		if errors.Is(err, ErrSkipChunk) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		p, err := opener.Open(ct[:0], &h, id, ct)
+		if err != nil {
+			return err
+		}
+		if err := handle(&h, p); err != nil {
+			return err
+		}
+	}
+}
+
+// ErrSkipChunk, returned by a resolve function, drops the chunk and goes on
+// reading (a late chunk of a transfer that was just abandoned).
+var ErrSkipChunk = errors.New("proto: skip chunk")
