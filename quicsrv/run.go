@@ -1,0 +1,86 @@
+package quicsrv
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"path/filepath"
+	"time"
+
+	"github.com/qbackup/qbackup/certs"
+	"github.com/qbackup/qbackup/store"
+)
+
+// Config is what qbackupd's flags and environment fill in.
+type Config struct {
+	Data            string        // data directory: database, files, TLS key
+	Listen          string        // UDP host:port
+	ChunkSize       int           // 0: DefaultChunkSize
+	Streams         int           // 0: DefaultStreams
+	ShutdownTimeout time.Duration // how long a shutdown waits for transfers
+	Logger          *slog.Logger
+}
+
+// Run opens the data directory (creating the database and a self-signed
+// certificate on first start), serves on cfg.Listen until ctx ends, then
+// shuts down gracefully.
+func Run(ctx context.Context, cfg Config) error {
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	st, err := store.Open(ctx, cfg.Data)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	if rec := st.Recovered(); rec != (store.Recovery{}) {
+		log.Warn("cleaned up after an unclean stop", "temp_files", rec.TempFiles, "upload_rows", rec.UploadRows, "orphan_files", rec.OrphanFiles)
+	}
+	// Uploads cannot be resumed across a restart yet: drop what was left.
+	if n, err := st.PurgeUploads(ctx, time.Now()); err != nil {
+		return err
+	} else if n > 0 {
+		log.Info("discarded unfinished uploads", "count", n)
+	}
+	cert, err := certs.LoadOrCreate(filepath.Join(cfg.Data, "tls"))
+	if err != nil {
+		return err
+	}
+	pc, err := net.ListenPacket("udp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("quicsrv: listen on %s: %w", cfg.Listen, err)
+	}
+	srv := &Server{
+		Store:     st,
+		TLSConfig: certs.ServerConfig(cert),
+		Logger:    log,
+		ChunkSize: cfg.ChunkSize,
+		Streams:   cfg.Streams,
+	}
+	log.Info("qbackupd listening", "addr", pc.LocalAddr().String(), "fingerprint", certs.Fingerprint(cert.Certificate[0]), "data", cfg.Data)
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(pc) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	timeout := cfg.ShutdownTimeout
+	if timeout <= 0 {
+		timeout = 30 * time.Second
+	}
+	log.Info("shutting down", "grace", timeout.String())
+	sctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		log.Warn("shutdown grace period over; closed remaining connections")
+	}
+	if err := <-errc; err != nil && !errors.Is(err, ErrServerClosed) {
+		return err
+	}
+	log.Info("stopped")
+	return nil
+}

@@ -1,0 +1,243 @@
+// Package quicsrv is the qbackup server: it accepts QUIC connections, runs
+// the session protocol of package proto on each, and keeps what clients
+// send in a store.Store. Run is what qbackupd calls; Server is the piece
+// tests start on UDP loopback.
+package quicsrv
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/qbackup/qbackup/proto"
+	"github.com/qbackup/qbackup/store"
+	"github.com/quic-go/quic-go"
+)
+
+// Defaults for the zero values of Server's fields.
+const (
+	DefaultChunkSize        = 1 << 20
+	DefaultStreams          = 8
+	DefaultHandshakeTimeout = 10 * time.Second
+	DefaultIdleTimeout      = 60 * time.Second
+	DefaultKeepAlive        = 10 * time.Second
+	DefaultMaxTransfers     = 256
+)
+
+// ErrServerClosed is returned by Serve after Shutdown or Close.
+var ErrServerClosed = errors.New("quicsrv: server closed")
+
+// Server serves qbackup sessions. Set the fields before calling Serve; the
+// zero value of each optional field means its default.
+type Server struct {
+	// Store keeps clients and their files. Required.
+	Store *store.Store
+	// TLSConfig holds the server certificate. Required. Its NextProtos is
+	// replaced with proto.ALPN.
+	TLSConfig *tls.Config
+	// Logger receives the server's log; nil logs nothing.
+	Logger *slog.Logger
+
+	// ChunkSize is the largest chunk plaintext accepted and sent.
+	ChunkSize int
+	// Streams is how many data streams a client may open at once, and how
+	// many the server uses for a restore.
+	Streams int
+	// MaxTransfers bounds the uploads and restores open at once in one
+	// session.
+	MaxTransfers int
+	// HandshakeTimeout bounds the QUIC handshake and the authentication
+	// that follows it.
+	HandshakeTimeout time.Duration
+	// IdleTimeout closes a connection that has heard nothing for this long.
+	IdleTimeout time.Duration
+
+	mu       sync.Mutex
+	listener *quic.Listener
+	sessions map[*session]struct{}
+	closed   bool
+	wg       sync.WaitGroup
+	ctx      context.Context
+	cancel   context.CancelFunc
+}
+
+func (s *Server) chunkSize() int {
+	if s.ChunkSize > 0 && s.ChunkSize <= proto.MaxChunkSize {
+		return s.ChunkSize
+	}
+	return DefaultChunkSize
+}
+
+func (s *Server) streams() int {
+	if s.Streams > 0 && s.Streams <= 256 {
+		return s.Streams
+	}
+	return DefaultStreams
+}
+
+func (s *Server) maxTransfers() int {
+	if s.MaxTransfers > 0 {
+		return s.MaxTransfers
+	}
+	return DefaultMaxTransfers
+}
+
+func (s *Server) handshakeTimeout() time.Duration {
+	if s.HandshakeTimeout > 0 {
+		return s.HandshakeTimeout
+	}
+	return DefaultHandshakeTimeout
+}
+
+func (s *Server) logger() *slog.Logger {
+	if s.Logger != nil {
+		return s.Logger
+	}
+	return slog.New(slog.NewTextHandler(io.Discard, nil))
+}
+
+// QUICConfig is the QUIC configuration the server listens with.
+func (s *Server) QUICConfig() *quic.Config {
+	idle := s.IdleTimeout
+	if idle <= 0 {
+		idle = DefaultIdleTimeout
+	}
+	return &quic.Config{
+		HandshakeIdleTimeout:  s.handshakeTimeout(),
+		MaxIdleTimeout:        idle,
+		KeepAlivePeriod:       DefaultKeepAlive,
+		MaxIncomingStreams:    1, // the control stream; nothing else is bidirectional
+		MaxIncomingUniStreams: int64(s.streams()),
+		// Windows big enough for a few chunks per stream in flight.
+		InitialStreamReceiveWindow:     uint64(s.chunkSize()) * 2,
+		MaxStreamReceiveWindow:         16 << 20,
+		InitialConnectionReceiveWindow: uint64(s.chunkSize()) * 4,
+		MaxConnectionReceiveWindow:     64 << 20,
+	}
+}
+
+// Serve accepts connections on pc until Shutdown or Close, and returns
+// ErrServerClosed then. It takes ownership of pc.
+func (s *Server) Serve(pc net.PacketConn) error {
+	if s.Store == nil || s.TLSConfig == nil {
+		return errors.New("quicsrv: Server needs a Store and a TLSConfig")
+	}
+	tlsConf := s.TLSConfig.Clone()
+	tlsConf.NextProtos = []string{proto.ALPN}
+	tlsConf.MinVersion = tls.VersionTLS13
+	tr := &quic.Transport{Conn: pc}
+	ln, err := tr.Listen(tlsConf, s.QUICConfig())
+	if err != nil {
+		return fmt.Errorf("quicsrv: listen: %w", err)
+	}
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		ln.Close()
+		return ErrServerClosed
+	}
+	s.listener = ln
+	s.sessions = make(map[*session]struct{})
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.mu.Unlock()
+	defer func() {
+		tr.Close()
+		pc.Close()
+	}()
+
+	log := s.logger()
+	for {
+		conn, err := ln.Accept(s.ctx)
+		if err != nil {
+			s.mu.Lock()
+			closed := s.closed
+			s.mu.Unlock()
+			if closed {
+				return ErrServerClosed
+			}
+			return fmt.Errorf("quicsrv: accept: %w", err)
+		}
+		sess := newSession(s, conn, log.With("remote", conn.RemoteAddr().String()))
+		s.mu.Lock()
+		if s.closed {
+			s.mu.Unlock()
+			conn.CloseWithError(quic.ApplicationErrorCode(proto.CodeShutdown), "server shutting down")
+			continue
+		}
+		s.sessions[sess] = struct{}{}
+		s.wg.Add(1)
+		s.mu.Unlock()
+		go func() {
+			defer s.wg.Done()
+			sess.run()
+			s.mu.Lock()
+			delete(s.sessions, sess)
+			s.mu.Unlock()
+		}()
+	}
+}
+
+// Addr returns the address Serve listens on, or nil before Serve.
+func (s *Server) Addr() net.Addr {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.listener == nil {
+		return nil
+	}
+	return s.listener.Addr()
+}
+
+// Shutdown stops accepting connections, lets sessions finish what they are
+// doing until ctx ends, then closes the rest. Uploads not yet committed are
+// discarded; committed files are safe.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.closed = true
+	if s.listener != nil {
+		s.listener.Close()
+	}
+	for sess := range s.sessions {
+		sess.drain()
+	}
+	s.mu.Unlock()
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		s.closeSessions()
+		<-done
+		return ctx.Err()
+	}
+}
+
+// Close closes every connection at once and waits for the sessions to end.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	s.closed = true
+	if s.listener != nil {
+		s.listener.Close()
+	}
+	s.mu.Unlock()
+	s.closeSessions()
+	s.wg.Wait()
+	return nil
+}
+
+func (s *Server) closeSessions() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cancel != nil {
+		s.cancel()
+	}
+	for sess := range s.sessions {
+		sess.conn.CloseWithError(quic.ApplicationErrorCode(proto.CodeShutdown), "server shutting down")
+	}
+}

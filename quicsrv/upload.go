@@ -1,0 +1,339 @@
+package quicsrv
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"time"
+
+	"github.com/qbackup/qbackup/proto"
+	"github.com/qbackup/qbackup/store"
+	"github.com/quic-go/quic-go"
+)
+
+type uploadState int
+
+const (
+	receiving uploadState = iota // chunks arriving
+	checking                     // every byte written; computing checksums
+	checked                      // UploadChecksum sent; waiting for commit or abort
+	finished                     // committed, discarded or failed
+)
+
+// upload is one file arriving in a session.
+type upload struct {
+	req  uint32
+	xfer uint32
+	id   [16]byte
+	name string
+	size uint64
+	up   *store.Upload
+
+	mu      sync.Mutex
+	state   uploadState
+	got     proto.RangeSet // ranges reserved by arriving chunks
+	written uint64         // bytes written to disk
+	crc     uint32
+	sha     [32]byte
+}
+
+func (u *upload) discard(ctx context.Context) {
+	u.mu.Lock()
+	wasFinished := u.state == finished
+	u.state = finished
+	u.mu.Unlock()
+	if !wasFinished {
+		u.up.Discard(ctx)
+	}
+}
+
+func (ss *session) uploadRequest(m *proto.UploadRequest) {
+	if err := ss.startUpload(m); err != nil {
+		ss.sendError(m.Req, storeErr(err))
+	}
+}
+
+func (ss *session) startUpload(m *proto.UploadRequest) error {
+	if err := store.ValidateName(m.Name); err != nil {
+		return err
+	}
+	latest, err := ss.srv.Store.Latest(ss.ctx, ss.client.ID, m.Name)
+	switch {
+	case err == nil:
+		if unchanged(latest, m) {
+			return ss.send(&proto.UploadReady{Req: m.Req, Status: proto.ReadyUnchanged, Version: uint32(latest.Version)})
+		}
+	case !errors.Is(err, store.ErrNotFound):
+		return err
+	}
+
+	ss.mu.Lock()
+	xfer, err := ss.newXferLocked()
+	ss.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	up, err := ss.srv.Store.NewUpload(ss.ctx, ss.client.ID, m.Name, int64(m.Size), time.Unix(0, m.ModTime), m.Mode)
+	if err != nil {
+		return err
+	}
+	u := &upload{req: m.Req, xfer: xfer, id: up.ID(), name: m.Name, size: m.Size, up: up}
+	ss.mu.Lock()
+	if ss.uploads == nil { // the session ended meanwhile
+		ss.mu.Unlock()
+		up.Discard(context.Background())
+		return context.Canceled
+	}
+	ss.uploads[xfer] = u
+	ss.mu.Unlock()
+
+	ready := &proto.UploadReady{Req: m.Req, Xfer: xfer, UploadID: u.id, Status: proto.ReadySend}
+	if m.Size > 0 {
+		ready.Missing = []proto.Range{{Off: 0, Len: m.Size}}
+	}
+	if err := ss.send(ready); err != nil {
+		return err
+	}
+	if m.Size == 0 {
+		ss.startChecksum(u)
+	}
+	return nil
+}
+
+// unchanged reports whether the stored version already holds what the
+// request describes: same size and checksums when the client hashed the
+// file, same size and modification time otherwise (rsync's quick check).
+func unchanged(fv store.FileVersion, m *proto.UploadRequest) bool {
+	if !fv.Verified || uint64(fv.Size) != m.Size {
+		return false
+	}
+	if m.Flags&proto.FlagHashed != 0 {
+		return fv.CRC == m.CRC && fv.SHA256 == m.SHA256
+	}
+	return fv.ModTime.UnixNano() == m.ModTime
+}
+
+// acceptData serves the data streams the client opens.
+func (ss *session) acceptData() {
+	for {
+		rs, err := ss.conn.AcceptUniStream(ss.ctx)
+		if err != nil {
+			return
+		}
+		ss.wg.Add(1)
+		go func() {
+			defer ss.wg.Done()
+			if err := ss.readData(rs); err != nil {
+				ss.fail(err)
+			}
+		}()
+	}
+}
+
+func (ss *session) readData(rs *quic.ReceiveStream) error {
+	var t [1]byte
+	if _, err := io.ReadFull(rs, t[:]); err != nil {
+		return nil // the stream ended before it said anything
+	}
+	if t[0] != proto.StreamTypeChunks {
+		return proto.Errorf(proto.CodeProtocol, "unknown data stream type %#x", t[0])
+	}
+	var cur *upload
+	resolve := func(xfer uint32) (*[16]byte, error) {
+		ss.mu.Lock()
+		u := ss.uploads[xfer]
+		issued := xfer < ss.nextXfer
+		ss.mu.Unlock()
+		if u == nil {
+			if issued {
+				return nil, proto.ErrSkipChunk // a transfer that just ended
+			}
+			return nil, proto.Errorf(proto.CodeBadChunk, "chunk for transfer %d, which was never opened", xfer)
+		}
+		cur = u
+		return &u.id, nil
+	}
+	handle := func(h *proto.ChunkHeader, p []byte) error {
+		return ss.receive(cur, h.Offset, p)
+	}
+	err := proto.ReadChunkStream(rs, uint32(ss.srv.chunkSize()), ss.opener, resolve, handle)
+	var serr *quic.StreamError
+	if errors.As(err, &serr) {
+		return nil // the client reset the stream; its transfers will say why
+	}
+	return err
+}
+
+// receive writes one decrypted chunk into its upload.
+func (ss *session) receive(u *upload, off uint64, p []byte) error {
+	n := uint64(len(p))
+	u.mu.Lock()
+	if u.state == finished {
+		u.mu.Unlock()
+		return nil // aborted while this chunk was in flight
+	}
+	if u.state != receiving {
+		u.mu.Unlock()
+		return proto.Errorf(proto.CodeBadChunk, "chunk for %q after every byte arrived", u.name)
+	}
+	if off > u.size || n > u.size-off {
+		u.mu.Unlock()
+		return proto.Errorf(proto.CodeBadChunk, "chunk [%d,+%d) beyond the %d-byte size of %q", off, n, u.size, u.name)
+	}
+	if err := u.got.Add(off, n); err != nil {
+		u.mu.Unlock()
+		return proto.Errorf(proto.CodeBadChunk, "%q: %v", u.name, err)
+	}
+	u.mu.Unlock()
+
+	if _, err := u.up.WriteAt(p, int64(off)); err != nil {
+		ss.failUpload(u, storeErr(err))
+		return nil
+	}
+	u.mu.Lock()
+	if u.state != receiving {
+		u.mu.Unlock()
+		return nil
+	}
+	u.written += n
+	done := u.written == u.size
+	if done {
+		u.state = checking
+	}
+	u.mu.Unlock()
+	if done {
+		ss.startChecksum(u)
+	}
+	return nil
+}
+
+// failUpload ends an upload the server cannot complete and tells the client.
+func (ss *session) failUpload(u *upload, err error) {
+	u.mu.Lock()
+	if u.state == finished {
+		u.mu.Unlock()
+		return
+	}
+	u.state = finished
+	u.mu.Unlock()
+	ss.removeUpload(u)
+	u.up.Discard(context.Background())
+	ss.sendError(u.req, err)
+}
+
+func (ss *session) removeUpload(u *upload) {
+	ss.mu.Lock()
+	if ss.uploads != nil {
+		delete(ss.uploads, u.xfer)
+	}
+	ss.mu.Unlock()
+	ss.transferEnded()
+}
+
+// startChecksum computes the checksums of a reassembled upload in the
+// background and sends them.
+func (ss *session) startChecksum(u *upload) {
+	u.mu.Lock()
+	u.state = checking
+	u.mu.Unlock()
+	ss.wg.Add(1)
+	go func() {
+		defer ss.wg.Done()
+		crc, sha, err := checksum(u.up, u.size)
+		if err != nil {
+			ss.failUpload(u, fmt.Errorf("reading back %q: %w", u.name, err))
+			return
+		}
+		u.mu.Lock()
+		if u.state != checking {
+			u.mu.Unlock()
+			return
+		}
+		u.state = checked
+		u.crc, u.sha = crc, sha
+		u.mu.Unlock()
+		ss.send(&proto.UploadChecksum{Xfer: u.xfer, CRC: crc, SHA256: sha})
+	}()
+}
+
+// checksum reads an upload's temporary file once, computing the cksum CRC
+// and SHA-256 of what was written.
+func checksum(r io.ReaderAt, size uint64) (uint32, [32]byte, error) {
+	ck := proto.NewCksum()
+	h := sha256.New()
+	w := io.MultiWriter(ck, h)
+	if _, err := io.Copy(w, io.NewSectionReader(r, 0, int64(size))); err != nil {
+		return 0, [32]byte{}, err
+	}
+	var sum [32]byte
+	h.Sum(sum[:0])
+	return ck.Sum32(), sum, nil
+}
+
+// takeUpload claims an open upload for its final step. It returns nil and
+// no error for a transfer that already ended (failed on the server while
+// the client's message was in flight): the client learns of that from the
+// ErrorMessage sent when it failed.
+func (ss *session) takeUpload(xfer uint32, want uploadState) (*upload, error) {
+	ss.mu.Lock()
+	u := ss.uploads[xfer]
+	issued := xfer < ss.nextXfer
+	ss.mu.Unlock()
+	if u == nil {
+		if issued {
+			return nil, nil
+		}
+		return nil, proto.Errorf(proto.CodeProtocol, "transfer %d was never opened", xfer)
+	}
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.state == finished {
+		return nil, nil
+	}
+	if want == checked && u.state != checked {
+		return nil, proto.Errorf(proto.CodeProtocol, "commit of transfer %d before its checksum was sent", xfer)
+	}
+	u.state = finished
+	return u, nil
+}
+
+func (ss *session) uploadCommit(xfer uint32) error {
+	u, err := ss.takeUpload(xfer, checked)
+	if u == nil {
+		return err
+	}
+	ss.removeUpload(u)
+	ss.wg.Add(1)
+	go func() {
+		defer ss.wg.Done()
+		fv, created, err := u.up.Commit(ss.ctx, u.crc, u.sha)
+		if err != nil {
+			u.up.Discard(context.Background())
+			ss.sendError(u.req, storeErr(err))
+			return
+		}
+		status := proto.ResultStored
+		if !created {
+			status = proto.ResultIdentical
+		}
+		ss.log.Info("stored", "name", fv.Name, "version", fv.Version, "size", fv.Size, "new", created)
+		ss.send(&proto.UploadResult{Xfer: xfer, Status: status, Version: uint32(fv.Version), StoredAt: fv.StoredAt.UnixNano()})
+	}()
+	return nil
+}
+
+func (ss *session) uploadAbort(xfer uint32) error {
+	u, err := ss.takeUpload(xfer, receiving)
+	if u == nil {
+		return err
+	}
+	ss.removeUpload(u)
+	if err := u.up.Discard(ss.ctx); err != nil {
+		ss.log.Warn("discard", "name", u.name, "err", err)
+	}
+	ss.log.Info("upload discarded by the client", "name", u.name)
+	return ss.send(&proto.UploadResult{Xfer: xfer, Status: proto.ResultDiscarded})
+}
