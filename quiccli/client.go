@@ -1,0 +1,193 @@
+// Package quiccli is the qbackup client: it registers with a server, opens
+// authenticated sessions, sends files as encrypted chunks over parallel
+// QUIC streams, lists and restores them. Main is the command line that
+// cmd/qbackup runs; Client is the library under it.
+package quiccli
+
+import (
+	"context"
+	"crypto/rsa"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+
+	"github.com/qbackup/qbackup/certs"
+	"github.com/qbackup/qbackup/proto"
+)
+
+// Client holds what every command needs: where the identity lives and where
+// to write.
+type Client struct {
+	Home    string    // identity directory
+	Out     io.Writer // results
+	Err     io.Writer // warnings and notices
+	KeyBits int       // RSA key size for a new identity (0: 3072)
+	Streams int       // data streams per session (0: what the server offers)
+
+	dialHook func(*dialOptions) // tests adjust the dial here
+}
+
+// DefaultHome is $XDG_CONFIG_HOME/qbackup, or ~/.config/qbackup.
+func DefaultHome() string {
+	if d := os.Getenv("XDG_CONFIG_HOME"); d != "" {
+		return filepath.Join(d, "qbackup")
+	}
+	if h, err := os.UserHomeDir(); err == nil {
+		return filepath.Join(h, ".config", "qbackup")
+	}
+	return ".qbackup"
+}
+
+func (c *Client) notice(format string, args ...any) {
+	if c.Err != nil {
+		fmt.Fprintf(c.Err, format+"\n", args...)
+	}
+}
+
+func (c *Client) options(server, pin string, onFirstUse func(string) error) dialOptions {
+	o := dialOptions{Server: server, Fingerprint: pin, OnFirstUse: onFirstUse, Streams: c.Streams}
+	if c.dialHook != nil {
+		c.dialHook(&o)
+	}
+	return o
+}
+
+// Register registers name with the server (or confirms an earlier
+// registration of the same name with the same key) and saves the identity.
+// fingerprint pins the server certificate; "" trusts the first one seen,
+// or keeps the one pinned for this server before.
+func (c *Client) Register(ctx context.Context, server, name, fingerprint string) (*Identity, error) {
+	if name == "" || server == "" {
+		return nil, errors.New("register needs --server HOST:PORT and --name NAME")
+	}
+	pin := ""
+	if fingerprint != "" {
+		fp, err := certs.ParseFingerprint(fingerprint)
+		if err != nil {
+			return nil, err
+		}
+		pin = fp
+	}
+	old, err := loadIdentity(c.Home)
+	if err != nil && !errors.Is(err, errNoIdentity) {
+		return nil, err
+	}
+	if old != nil && pin == "" && old.Server == server {
+		pin = old.Fingerprint
+	}
+	bits := c.KeyBits
+	if bits == 0 {
+		bits = proto.DefaultRSABits
+	}
+	if _, err := os.Stat(filepath.Join(c.Home, keyFile)); errors.Is(err, os.ErrNotExist) {
+		c.notice("generating a %d-bit RSA key in %s", bits, filepath.Join(c.Home, keyFile))
+	}
+	priv, err := loadOrCreateKey(c.Home, bits)
+	if err != nil {
+		return nil, err
+	}
+	pub, err := publicKeyDER(priv)
+	if err != nil {
+		return nil, err
+	}
+	var trusted string
+	o := c.options(server, pin, func(fp string) error { trusted = fp; return nil })
+	s, err := dial(ctx, o, priv, func(ekm []byte) (proto.Message, error) {
+		sig, err := proto.SignProof(priv, proto.RegisterDigest(ekm, name, pub))
+		if err != nil {
+			return nil, err
+		}
+		return &proto.Register{Version: proto.Version, Name: name, PublicKey: pub, Signature: sig}, nil
+	})
+	if err != nil {
+		return nil, registerError(server, name, err)
+	}
+	defer s.Close()
+	if trusted != "" {
+		c.notice("trusting the certificate of %s on first use: sha256 %s", server, trusted)
+		pin = trusted
+	}
+	id := &Identity{Server: server, Name: name, ClientID: fmt.Sprintf("%x", s.ClientID), Fingerprint: pin}
+	if err := id.save(c.Home); err != nil {
+		return nil, fmt.Errorf("registered, but saving the identity failed: %v", err)
+	}
+	return id, nil
+}
+
+func registerError(server, name string, err error) error {
+	var pe *proto.Error
+	if !errors.As(err, &pe) {
+		return err
+	}
+	switch pe.Code {
+	case proto.CodeNameTaken:
+		return fmt.Errorf("the name %q is already registered on %s by another client; choose another --name", name, server)
+	case proto.CodeRegistrationClosed:
+		return fmt.Errorf("%s does not accept new clients: %s", server, pe.Message)
+	}
+	return fmt.Errorf("registration refused by %s: %s", server, pe.Message)
+}
+
+// Connect opens a session as the saved identity. If there is none and
+// server and name are given, it registers first. A server or name that
+// differs from the saved identity's is an error.
+func (c *Client) Connect(ctx context.Context, server, name string) (*Session, *Identity, error) {
+	id, err := loadIdentity(c.Home)
+	if errors.Is(err, errNoIdentity) {
+		if server == "" || name == "" {
+			return nil, nil, fmt.Errorf("no identity in %s: run qbackup register --server HOST:PORT --name NAME first (or give send --server and --name)", c.Home)
+		}
+		if id, err = c.Register(ctx, server, name, ""); err != nil {
+			return nil, nil, err
+		}
+		c.notice("registered as %q (client ID %s)", id.Name, id.ClientID)
+	} else if err != nil {
+		return nil, nil, err
+	}
+	if server != "" && server != id.Server {
+		return nil, nil, fmt.Errorf("%s holds the identity for %s, not %s: use --home for a second identity", c.Home, id.Server, server)
+	}
+	if name != "" && name != id.Name {
+		return nil, nil, fmt.Errorf("%s holds the identity %q, not %q: use --home for a second identity", c.Home, id.Name, name)
+	}
+	priv, err := loadKey(filepath.Join(c.Home, keyFile))
+	if err != nil {
+		return nil, nil, fmt.Errorf("cannot load the private key: %v", err)
+	}
+	s, err := c.reconnect(ctx, id, priv)
+	if err != nil {
+		return nil, nil, err
+	}
+	return s, id, nil
+}
+
+func (c *Client) reconnect(ctx context.Context, id *Identity, priv *rsa.PrivateKey) (*Session, error) {
+	cid, err := id.ID()
+	if err != nil {
+		return nil, err
+	}
+	if id.Fingerprint == "" {
+		return nil, fmt.Errorf("the identity in %s pins no server certificate; run qbackup register again", c.Home)
+	}
+	o := c.options(id.Server, id.Fingerprint, nil)
+	s, err := dial(ctx, o, priv, func(ekm []byte) (proto.Message, error) {
+		sig, err := proto.SignProof(priv, proto.ReconnectDigest(ekm, cid))
+		if err != nil {
+			return nil, err
+		}
+		return &proto.Reconnect{Version: proto.Version, ClientID: cid, Signature: sig}, nil
+	})
+	var pe *proto.Error
+	if errors.As(err, &pe) {
+		switch pe.Code {
+		case proto.CodeUnknownClient:
+			return nil, fmt.Errorf("reconnect rejected: %s does not know client %s (%q). It may have lost its data, or it is another server. To start afresh there: qbackup register --server %s --name %s", id.Server, id.ClientID, id.Name, id.Server, id.Name)
+		case proto.CodeBadProof:
+			return nil, fmt.Errorf("reconnect rejected: %s does not accept this client's key as the key of %q; the key in %s is not the one registered", id.Server, id.Name, c.Home)
+		}
+		return nil, fmt.Errorf("the server refused the session: %s", pe.Message)
+	}
+	return s, err
+}

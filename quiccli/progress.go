@@ -1,0 +1,219 @@
+package quiccli
+
+import (
+	"fmt"
+	"io"
+	"sync"
+	"time"
+
+	"github.com/vbauerster/mpb/v8"
+	"github.com/vbauerster/mpb/v8/decor"
+)
+
+// Reporter shows the progress of a send or restore.
+type Reporter interface {
+	// Start announces how many files and bytes are about to move.
+	Start(files int, bytes int64)
+	// File starts reporting one file.
+	File(name string, size int64) FileProgress
+	// Warn reports something passed over.
+	Warn(format string, args ...any)
+	// Close flushes the display.
+	Close()
+}
+
+// FileProgress reports one file's progress.
+type FileProgress interface {
+	Add(n int64) // n more bytes moved
+	Retry()      // the file starts over
+	Done(result string, err error)
+}
+
+// NewReporter returns bars on a terminal, plain lines otherwise.
+func NewReporter(out, errOut io.Writer, terminal bool, verb string) Reporter {
+	if terminal {
+		return newBarReporter(out, errOut, verb)
+	}
+	return &lineReporter{out: out, errOut: errOut, verb: verb}
+}
+
+// lineReporter writes one line per finished file: for logs and pipes.
+type lineReporter struct {
+	out, errOut io.Writer
+	verb        string
+	mu          sync.Mutex
+}
+
+func (r *lineReporter) Start(files int, bytes int64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	fmt.Fprintf(r.out, "%s %d files, %s\n", r.verb, files, formatBytes(bytes))
+}
+
+func (r *lineReporter) File(name string, size int64) FileProgress {
+	return &lineFile{r: r, name: name, size: size}
+}
+
+func (r *lineReporter) Warn(format string, args ...any) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	fmt.Fprintf(r.errOut, "warning: "+format+"\n", args...)
+}
+
+func (r *lineReporter) Close() {}
+
+type lineFile struct {
+	r       *lineReporter
+	name    string
+	size    int64
+	retries int
+}
+
+func (f *lineFile) Add(int64) {}
+func (f *lineFile) Retry()    { f.retries++ }
+func (f *lineFile) Done(result string, err error) {
+	f.r.mu.Lock()
+	defer f.r.mu.Unlock()
+	if err != nil {
+		fmt.Fprintf(f.r.out, "FAILED     %s: %v\n", f.name, err)
+		return
+	}
+	extra := ""
+	if f.retries > 0 {
+		extra = fmt.Sprintf(", after %d resends", f.retries)
+	}
+	fmt.Fprintf(f.r.out, "%-10s %s (%s%s)\n", result, f.name, formatBytes(f.size), extra)
+}
+
+// barReporter draws a bar per file in flight and one for the total.
+type barReporter struct {
+	p      *mpb.Progress
+	total  *mpb.Bar
+	errOut io.Writer
+	verb   string
+	start  time.Time
+}
+
+func newBarReporter(out, errOut io.Writer, verb string) *barReporter {
+	return &barReporter{
+		p:      mpb.New(mpb.WithOutput(out), mpb.WithWidth(100), mpb.WithRefreshRate(150*time.Millisecond)),
+		errOut: errOut,
+		verb:   verb,
+	}
+}
+
+func (r *barReporter) Start(files int, bytes int64) {
+	r.start = time.Now()
+	r.total = r.p.AddBar(bytes,
+		mpb.BarPriority(1<<30), // always the bottom line
+		mpb.PrependDecorators(
+			decor.Name(fmt.Sprintf("total (%d files)", files), decor.WCSyncSpaceR),
+			decor.Counters(decor.SizeB1024(0), "% .1f / % .1f", decor.WCSyncSpace),
+		),
+		mpb.AppendDecorators(
+			decor.EwmaSpeed(decor.SizeB1024(0), "% .1f", 30, decor.WCSyncSpace),
+			decor.OnComplete(decor.EwmaETA(decor.ET_STYLE_GO, 30, decor.WCSyncSpace), "done"),
+		),
+	)
+}
+
+func (r *barReporter) File(name string, size int64) FileProgress {
+	b := r.p.AddBar(size,
+		mpb.BarRemoveOnComplete(),
+		mpb.PrependDecorators(
+			decor.Name(shorten(name, 40), decor.WCSyncSpaceR),
+			decor.Counters(decor.SizeB1024(0), "% .1f / % .1f", decor.WCSyncSpace),
+		),
+		mpb.AppendDecorators(
+			decor.EwmaSpeed(decor.SizeB1024(0), "% .1f", 30, decor.WCSyncSpace),
+			decor.EwmaETA(decor.ET_STYLE_GO, 30, decor.WCSyncSpace),
+		),
+	)
+	return &barFile{r: r, bar: b, name: name, size: size, last: time.Now()}
+}
+
+func (r *barReporter) Warn(format string, args ...any) {
+	fmt.Fprintf(r.p, "warning: "+format+"\n", args...)
+}
+
+func (r *barReporter) Close() {
+	if r.total != nil && !r.total.Completed() {
+		r.total.Abort(false)
+	}
+	r.p.Wait()
+}
+
+type barFile struct {
+	r       *barReporter
+	bar     *mpb.Bar
+	name    string
+	size    int64
+	mu      sync.Mutex
+	counted int64 // bytes of this file counted in the total, at most size
+	retries int
+	last    time.Time
+}
+
+func (f *barFile) Add(n int64) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	now := time.Now()
+	f.bar.EwmaIncrInt64(n, now.Sub(f.last))
+	f.last = now
+	f.countLocked(n)
+}
+
+// countLocked adds to the total bar, counting each byte of the file once
+// however often it is resent.
+func (f *barFile) countLocked(n int64) {
+	n = min(n, f.size-f.counted)
+	if n > 0 && f.r.total != nil {
+		f.counted += n
+		f.r.total.EwmaIncrInt64(n, 0)
+	}
+}
+
+func (f *barFile) Retry() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.retries++
+	f.bar.SetCurrent(0)
+}
+
+func (f *barFile) Done(result string, err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.countLocked(f.size) // the rest: unchanged, failed or skipped bytes
+	if err != nil {
+		fmt.Fprintf(f.r.p, "FAILED     %s: %v\n", f.name, err)
+	} else {
+		extra := ""
+		if f.retries > 0 {
+			extra = fmt.Sprintf(", after %d resends", f.retries)
+		}
+		fmt.Fprintf(f.r.p, "%-10s %s (%s%s)\n", result, f.name, formatBytes(f.size), extra)
+	}
+	f.bar.SetTotal(-1, true)
+}
+
+func shorten(s string, n int) string {
+	r := []rune(s)
+	if len(r) <= n {
+		return s
+	}
+	return "…" + string(r[len(r)-n+1:])
+}
+
+// formatBytes prints a byte count with a binary unit.
+func formatBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit && exp < 4; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTP"[exp])
+}

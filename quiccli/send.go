@@ -1,0 +1,464 @@
+package quiccli
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/qbackup/qbackup/proto"
+)
+
+// maxResends is how many times a file is sent again after a checksum
+// mismatch before it is reported as failed: four attempts in all.
+const maxResends = 3
+
+// SendOptions says what to send and how.
+type SendOptions struct {
+	Paths    []string // files and directories, recursively
+	Checksum bool     // hash files first and compare content, not size and mtime
+	Files    int      // files in flight at once (0: 8)
+
+	// testHookChunkRead, if set, runs after each chunk is read from the
+	// file being sent (tests change the file there).
+	testHookChunkRead func(name string, attempt int, off int64)
+}
+
+// SendResult counts what a send did.
+type SendResult struct {
+	Sent      int   // files stored (a new version, or identical content confirmed)
+	Unchanged int   // files the server already held; nothing sent
+	Failed    int   // files not stored
+	Skipped   int   // symlinks and special files passed over
+	Bytes     int64 // file bytes sent, resends included
+	Elapsed   time.Duration
+	FirstErr  error // the first failure, for the exit message
+}
+
+// OK reports whether every file is stored or unchanged.
+func (r *SendResult) OK() bool { return r.Failed == 0 }
+
+// sendItem is one local file and the name it is stored under.
+type sendItem struct {
+	path string
+	name string
+	size int64
+}
+
+// collect walks the paths and returns the regular files under them, with
+// their stored names: the path relative to the argument's parent, with '/'
+// separators ("send /home/me/docs" stores "docs/a.txt").
+func collect(paths []string, warn func(format string, args ...any)) ([]sendItem, int, []error) {
+	var items []sendItem
+	var errs []error
+	skipped := 0
+	seen := map[string]string{}
+	add := func(path, name string, size int64) {
+		if prev, ok := seen[name]; ok {
+			errs = append(errs, fmt.Errorf("%s and %s would both be stored as %q; send them separately", prev, path, name))
+			return
+		}
+		seen[name] = path
+		items = append(items, sendItem{path: path, name: name, size: size})
+	}
+	for _, arg := range paths {
+		abs, err := filepath.Abs(arg)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		base := filepath.Base(abs)
+		if base == string(filepath.Separator) || base == "." {
+			errs = append(errs, fmt.Errorf("cannot send %s as a whole: name the directories below it", arg))
+			continue
+		}
+		fi, err := os.Stat(arg) // a symlink named on the command line is followed
+		if err != nil {
+			errs = append(errs, fmt.Errorf("cannot read %s: %v", arg, unwrapPathError(err)))
+			continue
+		}
+		if fi.Mode().IsRegular() {
+			add(arg, base, fi.Size())
+			continue
+		}
+		if !fi.IsDir() {
+			warn("skipping %s: not a regular file or directory", arg)
+			skipped++
+			continue
+		}
+		err = filepath.WalkDir(arg, func(p string, d fs.DirEntry, err error) error {
+			if err != nil {
+				errs = append(errs, fmt.Errorf("cannot read %s: %v", p, unwrapPathError(err)))
+				if d != nil && d.IsDir() {
+					return fs.SkipDir
+				}
+				return nil
+			}
+			if d.IsDir() {
+				return nil
+			}
+			if !d.Type().IsRegular() {
+				warn("skipping %s: %s", p, describeType(d.Type()))
+				skipped++
+				return nil
+			}
+			info, err := d.Info()
+			if err != nil {
+				errs = append(errs, fmt.Errorf("cannot read %s: %v", p, unwrapPathError(err)))
+				return nil
+			}
+			rel, err := filepath.Rel(arg, p)
+			if err != nil {
+				return err
+			}
+			add(p, base+"/"+filepath.ToSlash(rel), info.Size())
+			return nil
+		})
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	sort.SliceStable(items, func(i, j int) bool { return items[i].name < items[j].name })
+	return items, skipped, errs
+}
+
+func describeType(m fs.FileMode) string {
+	switch {
+	case m&fs.ModeSymlink != 0:
+		return "symbolic link (not followed)"
+	case m&fs.ModeNamedPipe != 0:
+		return "named pipe"
+	case m&fs.ModeSocket != 0:
+		return "socket"
+	case m&fs.ModeDevice != 0:
+		return "device"
+	}
+	return "not a regular file"
+}
+
+func unwrapPathError(err error) error {
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return err
+}
+
+// Send stores the files under opts.Paths, several at a time, each as
+// encrypted chunks spread over the session's data streams.
+func (s *Session) Send(ctx context.Context, opts SendOptions, rep Reporter) *SendResult {
+	start := time.Now()
+	res := &SendResult{}
+	var mu sync.Mutex
+	fail := func(err error) {
+		mu.Lock()
+		defer mu.Unlock()
+		res.Failed++
+		if res.FirstErr == nil {
+			res.FirstErr = err
+		}
+	}
+	items, skipped, errs := collect(opts.Paths, rep.Warn)
+	res.Skipped = skipped
+	for _, err := range errs {
+		rep.Warn("%v", err)
+		fail(err)
+	}
+	var total int64
+	for _, it := range items {
+		total += it.size
+	}
+	rep.Start(len(items), total)
+
+	workers := opts.Files
+	if workers <= 0 {
+		workers = 8
+	}
+	next := make(chan sendItem)
+	var wg sync.WaitGroup
+	var bytes atomic.Int64
+	var processed atomic.Int64
+	for range min(workers, max(1, len(items))) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for it := range next {
+				processed.Add(1)
+				fp := rep.File(it.name, it.size)
+				st, err := s.sendFile(ctx, it, opts, fp, &bytes)
+				fp.Done(describe(st), err)
+				switch {
+				case err != nil:
+					fail(fmt.Errorf("%s: %w", it.name, err))
+				case st.Unchanged:
+					mu.Lock()
+					res.Unchanged++
+					mu.Unlock()
+				default:
+					mu.Lock()
+					res.Sent++
+					mu.Unlock()
+				}
+			}
+		}()
+	}
+	for _, it := range items {
+		select {
+		case next <- it:
+		case <-ctx.Done():
+		}
+	}
+	close(next)
+	wg.Wait()
+	if left := len(items) - int(processed.Load()); left > 0 {
+		res.Failed += left
+		if res.FirstErr == nil {
+			res.FirstErr = context.Cause(ctx)
+		}
+	}
+	res.Bytes = bytes.Load()
+	res.Elapsed = time.Since(start)
+	return res
+}
+
+// FileStatus is how a file ended.
+type FileStatus struct {
+	Unchanged bool   // the server held this content already
+	Identical bool   // sent, and found identical to the latest version
+	Version   uint32 // the version holding the content
+	Attempts  int    // how many times it was sent
+}
+
+// errMismatch means one attempt's checksums did not match, or the file
+// changed while it was read: the attempt was discarded and may be retried.
+var errMismatch = errors.New("checksum mismatch")
+
+func (s *Session) sendFile(ctx context.Context, it sendItem, opts SendOptions, fp FileProgress, bytes *atomic.Int64) (FileStatus, error) {
+	var lastErr error
+	for attempt := 1; attempt <= maxResends+1; attempt++ {
+		if attempt > 1 {
+			fp.Retry()
+		}
+		st, err := s.sendAttempt(ctx, it, opts, attempt, fp, bytes)
+		st.Attempts = attempt
+		if err == nil {
+			return st, nil
+		}
+		if !errors.Is(err, errMismatch) {
+			return st, err
+		}
+		lastErr = err
+	}
+	return FileStatus{Attempts: maxResends + 1}, fmt.Errorf("%w on all %d attempts (%v); the file was not stored", errMismatch, maxResends+1, errors.Unwrap(lastErr))
+}
+
+// sendAttempt sends a file once: ask, send the missing ranges, compare the
+// server's checksum with ours, then commit or abort.
+func (s *Session) sendAttempt(ctx context.Context, it sendItem, opts SendOptions, attempt int, fp FileProgress, bytes *atomic.Int64) (FileStatus, error) {
+	f, err := os.Open(it.path)
+	if err != nil {
+		return FileStatus{}, fmt.Errorf("cannot open: %v", unwrapPathError(err))
+	}
+	defer f.Close()
+	before, err := f.Stat()
+	if err != nil {
+		return FileStatus{}, err
+	}
+	if !before.Mode().IsRegular() {
+		return FileStatus{}, fmt.Errorf("no longer a regular file")
+	}
+	size := before.Size()
+	req := &proto.UploadRequest{
+		Name:    it.name,
+		Size:    uint64(size),
+		ModTime: before.ModTime().UnixNano(),
+		Mode:    uint32(before.Mode().Perm()),
+	}
+	type sums struct {
+		crc uint32
+		sha [32]byte
+	}
+	var ref *sums // what the server's checksum must equal
+	if opts.Checksum {
+		crc, sha, err := fileChecksums(f, size)
+		if err != nil {
+			return FileStatus{}, fmt.Errorf("reading: %v", unwrapPathError(err))
+		}
+		ref = &sums{crc, sha}
+		req.Flags |= proto.FlagHashed
+		req.CRC, req.SHA256 = crc, sha
+	}
+
+	c := s.newCall()
+	req.Req = c.req
+	var xfer uint32
+	settled := false // the server has committed or discarded the transfer
+	defer func() {
+		if xfer != 0 && !settled && s.Err() == nil {
+			s.send(&proto.UploadAbort{Xfer: xfer}) // best effort; its answer is dropped
+		}
+		s.endCall(c, xfer)
+	}()
+	if err := s.send(req); err != nil {
+		return FileStatus{}, err
+	}
+	m, err := s.wait(ctx, c)
+	if err != nil {
+		return FileStatus{}, err
+	}
+	ready, ok := m.(*proto.UploadReady)
+	if !ok {
+		return FileStatus{}, proto.Errorf(proto.CodeProtocol, "server answered an upload with %v", m.Type())
+	}
+	if ready.Status == proto.ReadyUnchanged {
+		fp.Add(size)
+		return FileStatus{Unchanged: true, Version: ready.Version}, nil
+	}
+	xfer = ready.Xfer
+
+	// Read the missing ranges front to back, checksumming what is read, and
+	// queue the chunks. When the server wants the whole file (the usual
+	// case) that running checksum is the reference; otherwise hash first.
+	whole := size == 0 || (len(ready.Missing) == 1 && ready.Missing[0] == proto.Range{Off: 0, Len: uint64(size)})
+	if !whole && ref == nil {
+		crc, sha, err := fileChecksums(f, size)
+		if err != nil {
+			return FileStatus{}, fmt.Errorf("reading: %v", unwrapPathError(err))
+		}
+		ref = &sums{crc, sha}
+	}
+	ck := proto.NewCksum()
+	h := sha256.New()
+	sender := s.chunkSender()
+	changed := false
+	progress := func(n int, err error) {
+		if err == nil {
+			fp.Add(int64(n))
+			bytes.Add(int64(n))
+		}
+	}
+	for _, r := range ready.Missing {
+		if r.Off+r.Len > uint64(size) {
+			return FileStatus{}, proto.Errorf(proto.CodeProtocol, "server asked for bytes beyond the end of the file")
+		}
+		for off, end := r.Off, r.Off+r.Len; off < end; {
+			buf, err := sender.Buffer(ctx)
+			if err != nil {
+				return FileStatus{}, s.orSessionErr(err)
+			}
+			n := min(uint64(len(buf)), end-off)
+			rn, err := f.ReadAt(buf[:n], int64(off))
+			if err != nil && !(errors.Is(err, io.EOF) && uint64(rn) == n) {
+				sender.Release(buf)
+				if errors.Is(err, io.EOF) {
+					changed = true // the file shrank under us
+					break
+				}
+				return FileStatus{}, fmt.Errorf("reading: %v", unwrapPathError(err))
+			}
+			ck.Write(buf[:n])
+			h.Write(buf[:n])
+			if err := sender.Send(ctx, xfer, &ready.UploadID, off, buf[:n], progress); err != nil {
+				return FileStatus{}, s.orSessionErr(err)
+			}
+			off += n
+			if opts.testHookChunkRead != nil {
+				opts.testHookChunkRead(it.name, attempt, int64(off))
+			}
+		}
+		if changed {
+			break
+		}
+	}
+	if changed {
+		if err := s.abort(ctx, c, xfer); err != nil {
+			return FileStatus{}, err
+		}
+		settled = true
+		return FileStatus{}, fmt.Errorf("%w: the file shrank while it was read", errMismatch)
+	}
+	if after, err := os.Stat(it.path); err != nil || after.Size() != size || !after.ModTime().Equal(before.ModTime()) {
+		changed = true
+	}
+	if ref == nil {
+		ref = &sums{crc: ck.Sum32()}
+		h.Sum(ref.sha[:0])
+	}
+
+	m, err = s.wait(ctx, c)
+	if err != nil {
+		return FileStatus{}, err
+	}
+	sum, ok := m.(*proto.UploadChecksum)
+	if !ok {
+		return FileStatus{}, proto.Errorf(proto.CodeProtocol, "server answered %v instead of UploadChecksum", m.Type())
+	}
+	if sum.CRC != ref.crc || sum.SHA256 != ref.sha || changed {
+		if err := s.abort(ctx, c, xfer); err != nil {
+			return FileStatus{}, err
+		}
+		settled = true
+		if changed {
+			return FileStatus{}, fmt.Errorf("%w: the file changed while it was read", errMismatch)
+		}
+		return FileStatus{}, fmt.Errorf("%w: server cksum %d, client cksum %d", errMismatch, sum.CRC, ref.crc)
+	}
+	if err := s.send(&proto.UploadCommit{Xfer: xfer}); err != nil {
+		return FileStatus{}, err
+	}
+	m, err = s.wait(ctx, c)
+	if err != nil {
+		return FileStatus{}, err
+	}
+	settled = true
+	res, ok := m.(*proto.UploadResult)
+	if !ok || res.Status == proto.ResultDiscarded {
+		return FileStatus{}, proto.Errorf(proto.CodeProtocol, "server answered a commit with %v", m.Type())
+	}
+	return FileStatus{Version: res.Version, Identical: res.Status == proto.ResultIdentical}, nil
+}
+
+// abort tells the server to discard a transfer and waits until it has.
+func (s *Session) abort(ctx context.Context, c *call, xfer uint32) error {
+	if err := s.send(&proto.UploadAbort{Xfer: xfer}); err != nil {
+		return err
+	}
+	for {
+		m, err := s.wait(ctx, c)
+		if err != nil {
+			return err
+		}
+		if r, ok := m.(*proto.UploadResult); ok && r.Status == proto.ResultDiscarded {
+			return nil
+		}
+		// An UploadChecksum that crossed our abort: ignore it.
+	}
+}
+
+// orSessionErr prefers the session's own error (the server closed the
+// connection, say) to the cancellation it caused.
+func (s *Session) orSessionErr(err error) error {
+	if serr := s.Err(); serr != nil {
+		return serr
+	}
+	return err
+}
+
+// describe is the one-word result shown for a file.
+func describe(st FileStatus) string {
+	switch {
+	case st.Unchanged:
+		return "unchanged"
+	case st.Identical:
+		return "identical"
+	}
+	return fmt.Sprintf("stored v%d", st.Version)
+}

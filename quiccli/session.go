@@ -1,0 +1,477 @@
+package quiccli
+
+import (
+	"context"
+	"crypto/rsa"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/qbackup/qbackup/certs"
+	"github.com/qbackup/qbackup/proto"
+	"github.com/quic-go/quic-go"
+)
+
+// Session is one authenticated connection to a server, with its session
+// key. Requests run concurrently over it; chunks travel on data streams.
+type Session struct {
+	ClientID [16]byte
+
+	conn      *quic.Conn
+	tr        *quic.Transport
+	ctrl      *quic.Stream
+	sealer    *proto.Sealer
+	opener    *proto.Opener
+	chunkSize int
+	streams   int
+
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+	wg     sync.WaitGroup
+
+	wmu  sync.Mutex
+	wbuf []byte
+
+	mu       sync.Mutex
+	nextReq  uint32
+	calls    map[uint32]*call        // open requests, by req
+	xfers    map[uint32]*call        // uploads, by transfer number
+	sinks    map[uint32]*restoreSink // restores, by transfer number
+	pending  map[uint32]*restoreSink // restores awaiting RestoreReady, by req
+	bound    chan struct{}           // closed and replaced whenever a sink is bound
+	sender   *proto.ChunkSender
+	closeErr error
+}
+
+// call is one request in flight: the messages for it arrive on ch.
+type call struct {
+	req  uint32
+	ch   chan proto.Message
+	done chan struct{} // closed by the owner when it stops listening
+}
+
+// dialOptions says how to reach and trust a server.
+type dialOptions struct {
+	Server      string
+	Fingerprint string                         // pinned; "" trusts on first use
+	OnFirstUse  func(fp string) error          // records a newly trusted fingerprint
+	Streams     int                            // data streams to use at most (0: what the server says)
+	QUICConfig  func(*quic.Config)             // test hook
+	PacketConn  func() (net.PacketConn, error) // test hook: the socket to dial from
+}
+
+// testHookSessionKey, if set, sees every session key (tests check that
+// keys are fresh and never stored).
+var testHookSessionKey func(*proto.SessionKey)
+
+// hello builds the first message of a session from the TLS exporter value.
+type hello func(ekm []byte) (proto.Message, error)
+
+func clientQUICConfig() *quic.Config {
+	return &quic.Config{
+		HandshakeIdleTimeout:           10 * time.Second,
+		MaxIdleTimeout:                 60 * time.Second,
+		KeepAlivePeriod:                10 * time.Second,
+		MaxIncomingStreams:             -1, // the server opens no bidirectional streams
+		MaxIncomingUniStreams:          64,
+		InitialStreamReceiveWindow:     2 << 20,
+		MaxStreamReceiveWindow:         16 << 20,
+		InitialConnectionReceiveWindow: 4 << 20,
+		MaxConnectionReceiveWindow:     64 << 20,
+	}
+}
+
+// dial connects, sends the hello message and waits for Welcome. priv
+// unwraps the session key.
+func dial(ctx context.Context, o dialOptions, priv *rsa.PrivateKey, mkHello hello) (*Session, error) {
+	raddr, err := net.ResolveUDPAddr("udp", o.Server)
+	if err != nil {
+		return nil, fmt.Errorf("cannot resolve server address %q: %v", o.Server, err)
+	}
+	var pc net.PacketConn
+	if o.PacketConn != nil {
+		pc, err = o.PacketConn()
+	} else {
+		pc, err = net.ListenUDP("udp", nil)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("cannot open a UDP socket: %v", err)
+	}
+	tr := &quic.Transport{Conn: pc}
+	qc := clientQUICConfig()
+	if o.QUICConfig != nil {
+		o.QUICConfig(qc)
+	}
+	tlsConf := certs.ClientConfig(o.Fingerprint, o.OnFirstUse, proto.ALPN)
+	conn, err := tr.Dial(ctx, raddr, tlsConf, qc)
+	if err != nil {
+		tr.Close()
+		pc.Close()
+		return nil, dialError(o, err)
+	}
+	s := &Session{conn: conn, tr: tr,
+		calls:   make(map[uint32]*call),
+		xfers:   make(map[uint32]*call),
+		sinks:   make(map[uint32]*restoreSink),
+		pending: make(map[uint32]*restoreSink),
+		bound:   make(chan struct{}),
+	}
+	s.ctx, s.cancel = context.WithCancelCause(conn.Context())
+	if err := s.handshake(ctx, o, priv, mkHello); err != nil {
+		s.closeTransport()
+		return nil, err
+	}
+	s.wg.Add(2)
+	go func() { defer s.wg.Done(); s.readLoop() }()
+	go func() { defer s.wg.Done(); s.acceptData() }()
+	return s, nil
+}
+
+func (s *Session) closeTransport() {
+	s.conn.CloseWithError(quic.ApplicationErrorCode(proto.CodeNoError), "")
+	s.cancel(errSessionClosed)
+	s.tr.Close()
+	s.tr.Conn.Close()
+}
+
+var errSessionClosed = errors.New("session closed")
+
+// dialError turns a failed dial into a sentence that says what to do.
+func dialError(o dialOptions, err error) error {
+	var mm *certs.MismatchError
+	if errors.As(err, &mm) {
+		return &CertChangedError{Server: o.Server, Pinned: mm.Pinned, Presented: mm.Presented}
+	}
+	var idle *quic.IdleTimeoutError
+	var hs *quic.HandshakeTimeoutError
+	if errors.As(err, &idle) || errors.As(err, &hs) || errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("no answer from %s: is qbackupd running there, and is UDP to that port allowed?", o.Server)
+	}
+	var te *quic.TransportError
+	if errors.As(err, &te) && te.ErrorCode.IsCryptoError() {
+		return fmt.Errorf("TLS handshake with %s failed (%v): is it a qbackupd server?", o.Server, te.ErrorMessage)
+	}
+	return fmt.Errorf("cannot connect to %s: %v", o.Server, err)
+}
+
+// CertChangedError reports a server certificate that differs from the
+// pinned one.
+type CertChangedError struct{ Server, Pinned, Presented string }
+
+func (e *CertChangedError) Error() string {
+	return fmt.Sprintf("the certificate of %s has changed: pinned sha256 %s, server presented sha256 %s. "+
+		"If the server's certificate was replaced on purpose, check the new fingerprint with its operator "+
+		"(qbackupd logs it at start) and run: qbackup register --server %s --name NAME --fingerprint %s. "+
+		"Otherwise someone may be intercepting the connection: do not proceed.",
+		e.Server, e.Pinned, e.Presented, e.Server, e.Presented)
+}
+
+func (s *Session) handshake(ctx context.Context, o dialOptions, priv *rsa.PrivateKey, mkHello hello) error {
+	ctrl, err := s.conn.OpenStreamSync(ctx)
+	if err != nil {
+		return s.connError(err)
+	}
+	s.ctrl = ctrl
+	cs := s.conn.ConnectionState().TLS
+	ekm, err := cs.ExportKeyingMaterial(proto.ExporterLabel, nil, proto.ExporterLen)
+	if err != nil {
+		return err
+	}
+	m, err := mkHello(ekm)
+	if err != nil {
+		return err
+	}
+	if err := s.send(m); err != nil {
+		return s.connError(err)
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		ctrl.SetReadDeadline(dl)
+	}
+	reply, err := proto.NewMessageReader(ctrl).Read()
+	ctrl.SetReadDeadline(time.Time{})
+	if err != nil {
+		return s.connError(err)
+	}
+	w, ok := reply.(*proto.Welcome)
+	if !ok {
+		if e, ok := reply.(*proto.ErrorMessage); ok {
+			return e.Err()
+		}
+		return proto.Errorf(proto.CodeProtocol, "server answered %v instead of Welcome", reply.Type())
+	}
+	key, err := proto.UnwrapKey(priv, w.WrappedKey)
+	if err != nil {
+		return err
+	}
+	defer clear(key[:])
+	if testHookSessionKey != nil {
+		testHookSessionKey(&key)
+	}
+	if s.sealer, err = proto.NewSealer(&key, proto.ClientToServer); err != nil {
+		return err
+	}
+	if s.opener, err = proto.NewOpener(&key, proto.ServerToClient); err != nil {
+		return err
+	}
+	s.ClientID = w.ClientID
+	s.chunkSize = int(w.ChunkSize)
+	s.streams = max(1, int(w.Streams))
+	if o.Streams > 0 && o.Streams < s.streams {
+		s.streams = o.Streams
+	}
+	return nil
+}
+
+// connError maps a connection-level error to the protocol error the server
+// closed the connection with, if it did.
+func (s *Session) connError(err error) error {
+	var app *quic.ApplicationError
+	if errors.As(err, &app) && app.Remote {
+		return &proto.Error{Code: proto.ErrorCode(app.ErrorCode), Message: app.ErrorMessage}
+	}
+	if errors.As(err, &app) && !app.Remote && app.ErrorCode == 0 {
+		return errSessionClosed
+	}
+	var idle *quic.IdleTimeoutError
+	if errors.As(err, &idle) {
+		return errors.New("the connection to the server timed out (no packets for too long)")
+	}
+	return err
+}
+
+// Err returns why the session ended, or nil while it is open.
+func (s *Session) Err() error {
+	if s.ctx.Err() == nil {
+		return nil
+	}
+	return s.connError(context.Cause(s.ctx))
+}
+
+// Close ends the session politely.
+func (s *Session) Close() error {
+	s.mu.Lock()
+	sender := s.sender
+	s.mu.Unlock()
+	var err error
+	if sender != nil {
+		err = sender.Close()
+	}
+	s.ctrl.Close()
+	s.closeTransport()
+	s.wg.Wait()
+	return err
+}
+
+// send writes one message on the control stream.
+func (s *Session) send(m proto.Message) error {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	s.wbuf = proto.AppendMessage(s.wbuf[:0], m)
+	_, err := s.ctrl.Write(s.wbuf)
+	if err != nil {
+		return s.connError(err)
+	}
+	return nil
+}
+
+// newCall registers a request number for a new request.
+func (s *Session) newCall() *call {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.nextReq++
+	c := &call{req: s.nextReq, ch: make(chan proto.Message, 16), done: make(chan struct{})}
+	s.calls[c.req] = c
+	return c
+}
+
+// endCall forgets a request and everything routed to it.
+func (s *Session) endCall(c *call, xfer uint32) {
+	s.mu.Lock()
+	delete(s.calls, c.req)
+	if xfer != 0 && s.xfers[xfer] == c {
+		delete(s.xfers, xfer)
+	}
+	s.mu.Unlock()
+	close(c.done)
+}
+
+// wait returns the next message for c.
+func (s *Session) wait(ctx context.Context, c *call) (proto.Message, error) {
+	select {
+	case m := <-c.ch:
+		if e, ok := m.(*proto.ErrorMessage); ok {
+			return nil, e.Err()
+		}
+		return m, nil
+	case <-ctx.Done():
+		return nil, context.Cause(ctx)
+	case <-s.ctx.Done():
+		return nil, s.Err()
+	}
+}
+
+func (s *Session) deliver(c *call, m proto.Message) {
+	if c == nil {
+		return // a request the owner gave up on
+	}
+	select {
+	case c.ch <- m:
+	case <-c.done:
+	case <-s.ctx.Done():
+	}
+}
+
+// readLoop routes the server's messages to the requests they answer.
+func (s *Session) readLoop() {
+	mr := proto.NewMessageReader(s.ctrl)
+	for {
+		m, err := mr.Read()
+		if err != nil {
+			if err == io.EOF {
+				err = errors.New("the server closed the session")
+			}
+			s.cancel(err)
+			return
+		}
+		var c *call
+		s.mu.Lock()
+		switch m := m.(type) {
+		case *proto.ErrorMessage:
+			c = s.calls[m.Req]
+			if m.Req == 0 {
+				s.mu.Unlock()
+				s.cancel(m.Err())
+				return
+			}
+			if sink := s.pending[m.Req]; sink != nil {
+				delete(s.pending, m.Req)
+			}
+		case *proto.UploadReady:
+			c = s.calls[m.Req]
+			if c != nil && m.Status == proto.ReadySend {
+				s.xfers[m.Xfer] = c
+			}
+		case *proto.UploadChecksum:
+			c = s.xfers[m.Xfer]
+		case *proto.UploadResult:
+			c = s.xfers[m.Xfer]
+			delete(s.xfers, m.Xfer)
+		case *proto.ListEntry:
+			c = s.calls[m.Req]
+		case *proto.ListEnd:
+			c = s.calls[m.Req]
+		case *proto.RestoreReady:
+			c = s.calls[m.Req]
+			if sink := s.pending[m.Req]; sink != nil {
+				delete(s.pending, m.Req)
+				if err := sink.bind(m); err == nil {
+					s.sinks[m.Xfer] = sink
+					close(s.bound)
+					s.bound = make(chan struct{})
+				}
+			}
+		default:
+			s.mu.Unlock()
+			s.cancel(proto.Errorf(proto.CodeProtocol, "server sent %v, which a client never receives", m.Type()))
+			s.conn.CloseWithError(quic.ApplicationErrorCode(proto.CodeProtocol), "unexpected message")
+			return
+		}
+		s.mu.Unlock()
+		s.deliver(c, m)
+	}
+}
+
+// chunkSender returns the session's sender of client-to-server chunks.
+func (s *Session) chunkSender() *proto.ChunkSender {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.sender == nil {
+		open := func(ctx context.Context) (io.WriteCloser, error) {
+			return s.conn.OpenUniStreamSync(ctx)
+		}
+		s.sender = proto.NewChunkSender(s.ctx, s.sealer, s.streams, s.chunkSize, open)
+	}
+	return s.sender
+}
+
+// acceptData serves the data streams the server opens for restores.
+func (s *Session) acceptData() {
+	for {
+		rs, err := s.conn.AcceptUniStream(s.ctx)
+		if err != nil {
+			return
+		}
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			if err := s.readData(rs); err != nil && s.ctx.Err() == nil {
+				s.cancel(err)
+				s.conn.CloseWithError(quic.ApplicationErrorCode(proto.CodeOf(err)), err.Error())
+			}
+		}()
+	}
+}
+
+func (s *Session) readData(rs *quic.ReceiveStream) error {
+	var t [1]byte
+	if _, err := io.ReadFull(rs, t[:]); err != nil {
+		return nil
+	}
+	if t[0] != proto.StreamTypeChunks {
+		return proto.Errorf(proto.CodeProtocol, "server opened a data stream of unknown type %#x", t[0])
+	}
+	var cur *restoreSink
+	resolve := func(xfer uint32) (*[16]byte, error) {
+		sink, err := s.sinkFor(xfer)
+		if err != nil {
+			return nil, err
+		}
+		cur = sink
+		return &sink.id, nil
+	}
+	handle := func(h *proto.ChunkHeader, p []byte) error {
+		return cur.receive(h.Offset, p)
+	}
+	err := proto.ReadChunkStream(rs, uint32(s.chunkSize), s.opener, resolve, handle)
+	var serr *quic.StreamError
+	if errors.As(err, &serr) {
+		return nil
+	}
+	return err
+}
+
+// sinkFor finds the restore a chunk belongs to. RestoreReady travels on the
+// control stream and may arrive after the first chunks, so it waits a
+// little for the binding.
+func (s *Session) sinkFor(xfer uint32) (*restoreSink, error) {
+	timeout := time.NewTimer(30 * time.Second)
+	defer timeout.Stop()
+	for {
+		s.mu.Lock()
+		sink := s.sinks[xfer]
+		bound := s.bound
+		s.mu.Unlock()
+		if sink != nil {
+			if sink.isClosed() {
+				return nil, proto.ErrSkipChunk
+			}
+			return sink, nil
+		}
+		select {
+		case <-bound:
+		case <-timeout.C:
+			return nil, proto.Errorf(proto.CodeBadChunk, "chunk for transfer %d, which the server never announced", xfer)
+		case <-s.ctx.Done():
+			return nil, s.Err()
+		}
+	}
+}
+
+// publicKeyDER is the PKIX encoding of a client's public key.
+func publicKeyDER(priv *rsa.PrivateKey) ([]byte, error) {
+	return x509.MarshalPKIXPublicKey(&priv.PublicKey)
+}
