@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"sync/atomic"
 )
 
@@ -182,9 +183,16 @@ func (s *Sealer) AppendFrame(dst []byte, xfer uint32, id *[16]byte, off uint64, 
 	if len(plaintext) == 0 || len(plaintext) > MaxChunkSize {
 		return dst, fmt.Errorf("proto: chunk of %d bytes not in 1..%d", len(plaintext), MaxChunkSize)
 	}
-	ctr := s.counter.Add(1)
-	if ctr == 0 {
-		return dst, ErrNonceExhausted
+	var ctr uint64
+	for {
+		old := s.counter.Load()
+		if old == math.MaxUint64 {
+			return dst, ErrNonceExhausted
+		}
+		if s.counter.CompareAndSwap(old, old+1) {
+			ctr = old + 1
+			break
+		}
 	}
 	h := ChunkHeader{Xfer: xfer, Offset: off, Length: uint32(len(plaintext))}
 	h.Nonce[0] = byte(s.dir)

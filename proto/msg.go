@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
+	"unicode/utf8"
 )
 
 // MsgType identifies a control-stream message. Codes below 0x80 travel from
@@ -286,9 +288,12 @@ func (*ErrorMessage) Type() MsgType { return TypeError }
 func (m *ErrorMessage) appendPayload(b []byte) []byte {
 	b = appendU32(b, m.Req)
 	b = appendU16(b, uint16(m.Code))
-	msg := m.Message
+	msg := strings.ToValidUTF8(m.Message, "\uFFFD")
 	if len(msg) > MaxMessageLen {
 		msg = msg[:MaxMessageLen]
+		for len(msg) > 0 && !utf8.ValidString(msg) {
+			msg = msg[:len(msg)-1] // cut at a character boundary
+		}
 	}
 	return appendString16(b, msg)
 }
@@ -414,7 +419,9 @@ func (m *UploadReady) decode(d *decoder) {
 		d.fail(errShort, "ranges")
 		return
 	}
-	m.Missing = make([]Range, n)
+	if n > 0 {
+		m.Missing = make([]Range, n)
+	}
 	var end uint64
 	for i := range m.Missing {
 		r := Range{Off: d.u64("offset"), Len: d.u64("length")}

@@ -52,8 +52,9 @@ const (
 	MaxMessageLen = 1024
 	// MaxChunkSize is the largest plaintext a chunk frame may carry.
 	MaxChunkSize = 4 << 20
-	// MaxRanges is the most byte ranges one UploadReady may list.
-	MaxRanges = 4096
+	// MaxRanges is the most byte ranges one UploadReady may list: as many
+	// as fit in one control frame beside its 31 bytes of fixed fields.
+	MaxRanges = (MaxControlFrame - 31) / 16
 	// MaxFileSize is the largest file the protocol describes (1 PiB).
 	MaxFileSize = 1 << 50
 )

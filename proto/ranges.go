@@ -53,7 +53,7 @@ func (s *RangeSet) Ranges() []Range { return append([]Range(nil), s.r...) }
 
 // Covers reports whether the set holds every byte of [0, size).
 func (s *RangeSet) Covers(size uint64) bool {
-	return size == 0 || (len(s.r) == 1 && s.r[0].Off == 0 && s.r[0].Len >= size)
+	return size == 0 || (len(s.r) > 0 && s.r[0].Off == 0 && s.r[0].Len >= size)
 }
 
 // Missing returns the ranges of [0, size) not in the set, ascending.
