@@ -61,7 +61,7 @@ func CksumBytes(p []byte) uint32 { return CksumFinish(CRCUpdate(0, p), uint64(le
 // not complemented, no length folded in) over p and returns the new
 // register. Start from 0; CksumFinish turns the register into the cksum
 // value. Registers of separately processed pieces can be joined with
-// CRCCombine.
+// CRCCombine. CRCUpdate is safe for concurrent use.
 func CRCUpdate(crc uint32, p []byte) uint32 {
 	if cksumUseRev && len(p) >= cksumRevMin {
 		return cksumUpdateRev(crc, p)
@@ -174,7 +174,8 @@ func cksumUpdateTable(crc uint32, p []byte) uint32 {
 // cksumUseRev reports whether hash/crc32 has a hardware IEEE path on this
 // architecture (see hash/crc32/crc32_$GOARCH.go). Elsewhere crc32 falls back
 // to slicing-by-8 and the byte reversal would only add cost. On amd64 crc32
-// needs PCLMULQDQ and SSE4.1, present on every x86-64 CPU since ~2010.
+// needs PCLMULQDQ and SSE4.1, present on every x86-64 CPU since ~2010; on
+// older ones the result is still correct, only slower than the tables.
 const cksumUseRev = runtime.GOARCH == "amd64" || runtime.GOARCH == "arm64" ||
 	runtime.GOARCH == "ppc64le" || runtime.GOARCH == "s390x" || runtime.GOARCH == "loong64"
 

@@ -164,19 +164,31 @@ func NewMessageReader(r io.Reader) *MessageReader { return &MessageReader{r: r} 
 // the stream ended cleanly between frames. A frame longer than
 // MaxControlFrame is rejected before its payload is read.
 func (mr *MessageReader) Read() (Message, error) {
+	t, p, err := mr.ReadRaw()
+	if err != nil {
+		return nil, err
+	}
+	return ParseMessage(t, p)
+}
+
+// ReadRaw reads one control frame of a known type without decoding its
+// payload, which is valid until the next read. A server uses it to check
+// the version of a Register or Reconnect before parsing the rest, whose
+// layout a later version may change.
+func (mr *MessageReader) ReadRaw() (MsgType, []byte, error) {
 	if _, err := io.ReadFull(mr.r, mr.hdr[:]); err != nil {
 		if errors.Is(err, io.ErrUnexpectedEOF) {
-			return nil, &ParseError{What: "frame header", Err: errShort}
+			return 0, nil, &ParseError{What: "frame header", Err: errShort}
 		}
-		return nil, err
+		return 0, nil, err
 	}
 	t := MsgType(mr.hdr[0])
 	n := binary.BigEndian.Uint32(mr.hdr[1:])
 	if n > MaxControlFrame {
-		return nil, &ParseError{What: t.String(), Err: fmt.Errorf("%d-byte payload over the %d-byte limit", n, MaxControlFrame)}
+		return 0, nil, &ParseError{What: t.String(), Err: fmt.Errorf("%d-byte payload over the %d-byte limit", n, MaxControlFrame)}
 	}
 	if newMessage(t) == nil {
-		return nil, &ParseError{What: "frame", Err: fmt.Errorf("unknown message type %#x", uint8(t))}
+		return 0, nil, &ParseError{What: "frame", Err: fmt.Errorf("unknown message type %#x", uint8(t))}
 	}
 	if cap(mr.buf) < int(n) {
 		mr.buf = make([]byte, n)
@@ -184,11 +196,20 @@ func (mr *MessageReader) Read() (Message, error) {
 	p := mr.buf[:n]
 	if _, err := io.ReadFull(mr.r, p); err != nil {
 		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-			return nil, &ParseError{What: t.String(), Err: errShort}
+			return 0, nil, &ParseError{What: t.String(), Err: errShort}
 		}
-		return nil, err
+		return 0, nil, err
 	}
-	return ParseMessage(t, p)
+	return t, p, nil
+}
+
+// HelloVersion returns the protocol version a Register or Reconnect
+// payload starts with, or false if the payload is too short.
+func HelloVersion(payload []byte) (uint16, bool) {
+	if len(payload) < 2 {
+		return 0, false
+	}
+	return binary.BigEndian.Uint16(payload), true
 }
 
 // Register asks the server to register a new client (or to return the ID of
@@ -406,6 +427,9 @@ func (m *UploadReady) decode(d *decoder) {
 	m.Xfer = d.u32("xfer")
 	d.fixed(m.UploadID[:], "uploadID")
 	m.Status = d.u8("status")
+	if d.err == nil && m.Status > ReadyUnchanged {
+		d.fail(fmt.Errorf("unknown status %d", m.Status), "status")
+	}
 	m.Version = d.u32("version")
 	n := int(d.u16("count"))
 	if d.err != nil {
@@ -506,6 +530,9 @@ func (m *UploadResult) appendPayload(b []byte) []byte {
 func (m *UploadResult) decode(d *decoder) {
 	m.Xfer = d.u32("xfer")
 	m.Status = d.u8("status")
+	if d.err == nil && m.Status > ResultDiscarded {
+		d.fail(fmt.Errorf("unknown status %d", m.Status), "status")
+	}
 	m.Version = d.u32("version")
 	m.StoredAt = int64(d.u64("storedAt"))
 }
@@ -718,4 +745,7 @@ func (m *RestoreDone) appendPayload(b []byte) []byte {
 func (m *RestoreDone) decode(d *decoder) {
 	m.Xfer = d.u32("xfer")
 	m.Status = d.u8("status")
+	if d.err == nil && m.Status > 1 {
+		d.fail(fmt.Errorf("unknown status %d", m.Status), "status")
+	}
 }

@@ -145,7 +145,7 @@ func messageCases() []msgCase {
 		{"RestoreRequest/max", &proto.RestoreRequest{Req: math.MaxUint32, Name: maxNameUTF8, Version: math.MaxUint32}},
 
 		{"RestoreDone/zero", &proto.RestoreDone{}},
-		{"RestoreDone/max", &proto.RestoreDone{Xfer: math.MaxUint32, Status: math.MaxUint8}},
+		{"RestoreDone/max", &proto.RestoreDone{Xfer: math.MaxUint32, Status: 1}},
 
 		{"UploadReady/send", &proto.UploadReady{Req: 1, Xfer: 2, UploadID: id16(14), Status: proto.ReadySend, Missing: []proto.Range{{Off: 0, Len: 100}, {Off: 200, Len: 50}}}},
 		// UploadReady with no ranges (ReadyUnchanged) is in
@@ -154,7 +154,7 @@ func messageCases() []msgCase {
 		{"UploadReady/adjacent", &proto.UploadReady{Missing: []proto.Range{{Off: 0, Len: 5}, {Off: 5, Len: 5}}}},
 		{"UploadReady/whole", &proto.UploadReady{Missing: []proto.Range{{Off: 0, Len: proto.MaxFileSize}}}},
 		{"UploadReady/lastByte", &proto.UploadReady{Missing: []proto.Range{{Off: 7, Len: 1}, {Off: proto.MaxFileSize - 1, Len: 1}}}},
-		{"UploadReady/max", &proto.UploadReady{Req: math.MaxUint32, Xfer: math.MaxUint32, UploadID: allOnes16(), Status: math.MaxUint8, Version: math.MaxUint32, Missing: ranges(maxFittingRanges)}},
+		{"UploadReady/max", &proto.UploadReady{Req: math.MaxUint32, Xfer: math.MaxUint32, UploadID: allOnes16(), Status: proto.ReadyUnchanged, Version: math.MaxUint32, Missing: ranges(maxFittingRanges)}},
 
 		{"UploadChecksum/typical", &proto.UploadChecksum{Xfer: 2, CRC: 0x12345678, SHA256: sum32(16)}},
 		{"UploadChecksum/max", &proto.UploadChecksum{Xfer: math.MaxUint32, CRC: math.MaxUint32, SHA256: allOnes32()}},
@@ -162,7 +162,7 @@ func messageCases() []msgCase {
 
 		{"UploadResult/stored", &proto.UploadResult{Xfer: 2, Status: proto.ResultStored, Version: 4, StoredAt: mtime}},
 		{"UploadResult/discarded", &proto.UploadResult{Xfer: 3, Status: proto.ResultDiscarded}},
-		{"UploadResult/max", &proto.UploadResult{Xfer: math.MaxUint32, Status: math.MaxUint8, Version: math.MaxUint32, StoredAt: math.MinInt64}},
+		{"UploadResult/max", &proto.UploadResult{Xfer: math.MaxUint32, Status: proto.ResultDiscarded, Version: math.MaxUint32, StoredAt: math.MinInt64}},
 
 		{"ListEntry/typical", &proto.ListEntry{Req: 3, Name: "home/me/notes.txt", Version: 2, Versions: 5, Size: 12345, ModTime: mtime, Mode: 0o600, CRC: 0xcafef00d, SHA256: sum32(17), StoredAt: mtime + 1, Verified: true}},
 		{"ListEntry/max", &proto.ListEntry{Req: math.MaxUint32, Name: maxName, Version: math.MaxUint32, Versions: math.MaxUint32, Size: math.MaxUint64, ModTime: math.MinInt64, Mode: math.MaxUint32, CRC: math.MaxUint32, SHA256: allOnes32(), StoredAt: math.MaxInt64}},
@@ -408,6 +408,9 @@ func badPayloads() []badPayload {
 		{"ListEntry/nameUTF8", proto.TypeListEntry, enc(&proto.ListEntry{Name: bad}), "ListEntry.name"},
 		{"ListEntry/verified2", proto.TypeListEntry, listEntry(2), "ListEntry.verified"},
 		{"ListEntry/verified0xff", proto.TypeListEntry, listEntry(0xff), "ListEntry.verified"},
+		{"UploadReady/status", proto.TypeUploadReady, new(wire).u32(1).u32(2).raw(make([]byte, 16)).u8(2).u32(0).u16(0).b, "UploadReady.status"},
+		{"UploadResult/status", proto.TypeUploadResult, new(wire).u32(1).u8(3).u32(0).u64(0).b, "UploadResult.status"},
+		{"RestoreDone/status", proto.TypeRestoreDone, new(wire).u32(1).u8(2).b, "RestoreDone.status"},
 		{"RestoreReady/name", proto.TypeRestoreReady, enc(&proto.RestoreReady{Name: over(proto.MaxNameLen)}), "RestoreReady.name"},
 		{"RestoreReady/nameUTF8", proto.TypeRestoreReady, enc(&proto.RestoreReady{Name: bad}), "RestoreReady.name"},
 		{"RestoreReady/size", proto.TypeRestoreReady, enc(&proto.RestoreReady{Size: proto.MaxFileSize + 1}), "RestoreReady.size"},

@@ -57,4 +57,7 @@ const (
 	MaxRanges = (MaxControlFrame - 31) / 16
 	// MaxFileSize is the largest file the protocol describes (1 PiB).
 	MaxFileSize = 1 << 50
+	// MaxStreams is the most data streams either end opens at once; each
+	// end accepts this many from its peer.
+	MaxStreams = 64
 )

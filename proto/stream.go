@@ -168,15 +168,18 @@ func (s *ChunkSender) run() {
 			return
 		}
 		if w == nil {
-			var err error
-			if w, err = s.open(s.ctx); err != nil {
+			// Only a stream that opened and took its type byte is kept: an
+			// open that fails may still return a typed nil.
+			nw, err := s.open(s.ctx)
+			if err != nil {
 				fail(j, fmt.Errorf("proto: open data stream: %w", err))
 				continue
 			}
-			if _, err := w.Write([]byte{StreamTypeChunks}); err != nil {
+			if _, err := nw.Write([]byte{StreamTypeChunks}); err != nil {
 				fail(j, err)
 				continue
 			}
+			w = nw
 		}
 		var err error
 		frame, err = s.sealer.AppendFrame(frame[:0], j.xfer, j.id, j.off, j.buf)

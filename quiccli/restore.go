@@ -38,6 +38,13 @@ func newRestoreSink(f *os.File, progress func(int64)) *restoreSink {
 	return &restoreSink{f: f, progress: progress, done: make(chan struct{})}
 }
 
+// closedSink drops every chunk sent to it.
+func closedSink() *restoreSink {
+	k := &restoreSink{done: make(chan struct{})}
+	k.finishLocked(errSessionClosed)
+	return k
+}
+
 // bind is called with the server's description of the transfer.
 func (k *restoreSink) bind(m *proto.RestoreReady) error {
 	k.mu.Lock()
@@ -217,16 +224,25 @@ func (s *Session) restoreOnce(ctx context.Context, t restoreTarget, fp FileProgr
 	s.pending[c.req] = sink
 	s.mu.Unlock()
 	var xfer uint32
+	verified := false
 	defer func() {
 		s.mu.Lock()
 		delete(s.pending, c.req)
 		s.mu.Unlock()
 		sink.mu.Lock()
+		complete := sink.written == sink.size
 		sink.finishLocked(errSessionClosed)
 		sink.mu.Unlock()
 		s.endCall(c, 0)
 		if xfer != 0 {
-			s.send(&proto.RestoreDone{Xfer: xfer})
+			status := uint8(0)
+			if !verified {
+				status = 1
+			}
+			s.send(&proto.RestoreDone{Xfer: xfer, Status: status})
+			if complete {
+				s.forgetSink(xfer) // every byte arrived: no chunk can follow
+			}
 		}
 	}()
 	if err := s.send(&proto.RestoreRequest{Req: c.req, Name: t.name, Version: uint32(t.version)}); err != nil {
@@ -285,6 +301,7 @@ func (s *Session) restoreOnce(ctx context.Context, t restoreTarget, fp FileProgr
 	if err := syncDir(filepath.Dir(t.dest)); err != nil {
 		return 0, err
 	}
+	verified = true
 	return int64(ready.Size), nil
 }
 

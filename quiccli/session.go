@@ -73,15 +73,16 @@ type hello func(ekm []byte) (proto.Message, error)
 
 func clientQUICConfig() *quic.Config {
 	return &quic.Config{
+		Versions:                       []quic.Version{quic.Version1},
 		HandshakeIdleTimeout:           10 * time.Second,
 		MaxIdleTimeout:                 60 * time.Second,
 		KeepAlivePeriod:                10 * time.Second,
 		MaxIncomingStreams:             -1, // the server opens no bidirectional streams
-		MaxIncomingUniStreams:          64,
+		MaxIncomingUniStreams:          proto.MaxStreams,
 		InitialStreamReceiveWindow:     2 << 20,
-		MaxStreamReceiveWindow:         16 << 20,
+		MaxStreamReceiveWindow:         8 << 20,
 		InitialConnectionReceiveWindow: 4 << 20,
-		MaxConnectionReceiveWindow:     64 << 20,
+		MaxConnectionReceiveWindow:     32 << 20,
 	}
 }
 
@@ -332,7 +333,11 @@ func (s *Session) readLoop() {
 		m, err := mr.Read()
 		if err != nil {
 			if err == io.EOF {
-				err = errors.New("the server closed the session")
+				err = errors.New("the server ended the session (it may be shutting down)")
+			}
+			var pe *proto.ParseError
+			if errors.As(err, &pe) {
+				s.conn.CloseWithError(quic.ApplicationErrorCode(proto.CodeProtocol), "malformed message")
 			}
 			s.cancel(err)
 			return
@@ -355,6 +360,10 @@ func (s *Session) readLoop() {
 			if c != nil && m.Status == proto.ReadySend {
 				s.xfers[m.Xfer] = c
 			}
+			if c == nil && m.Status == proto.ReadySend {
+				// Its owner gave up before the answer came: release it.
+				s.goSend(&proto.UploadAbort{Xfer: m.Xfer})
+			}
 		case *proto.UploadChecksum:
 			c = s.xfers[m.Xfer]
 		case *proto.UploadResult:
@@ -366,14 +375,18 @@ func (s *Session) readLoop() {
 			c = s.calls[m.Req]
 		case *proto.RestoreReady:
 			c = s.calls[m.Req]
-			if sink := s.pending[m.Req]; sink != nil {
-				delete(s.pending, m.Req)
-				if err := sink.bind(m); err == nil {
-					s.sinks[m.Xfer] = sink
-					close(s.bound)
-					s.bound = make(chan struct{})
-				}
+			sink := s.pending[m.Req]
+			delete(s.pending, m.Req)
+			if sink == nil || sink.bind(m) != nil {
+				// Nobody will take these chunks (the owner gave up, or the
+				// file could not be sized): drop them and release the
+				// transfer.
+				sink = closedSink()
+				s.goSend(&proto.RestoreDone{Xfer: m.Xfer, Status: 1})
 			}
+			s.sinks[m.Xfer] = sink
+			close(s.bound)
+			s.bound = make(chan struct{})
 		default:
 			s.mu.Unlock()
 			s.cancel(proto.Errorf(proto.CodeProtocol, "server sent %v, which a client never receives", m.Type()))
@@ -383,6 +396,24 @@ func (s *Session) readLoop() {
 		s.mu.Unlock()
 		s.deliver(c, m)
 	}
+}
+
+// goSend sends a message from a goroutine of its own, for the read loop,
+// which must not block on the control stream's flow control.
+func (s *Session) goSend(m proto.Message) {
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		s.send(m)
+	}()
+}
+
+// forgetSink drops a finished restore's entry once no chunk can come for
+// it any more.
+func (s *Session) forgetSink(xfer uint32) {
+	s.mu.Lock()
+	delete(s.sinks, xfer)
+	s.mu.Unlock()
 }
 
 // chunkSender returns the session's sender of client-to-server chunks.

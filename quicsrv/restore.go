@@ -63,7 +63,7 @@ func (ss *session) startRestore(m *proto.RestoreRequest) error {
 		r.close()
 		return context.Canceled
 	}
-	r.xfer, err = ss.newXferLocked()
+	r.xfer, err = ss.newXferLocked(true)
 	if err == nil {
 		ss.restores[r.xfer] = r
 	}
@@ -126,6 +126,9 @@ func (ss *session) pushRestore(ctx context.Context, r *restore) error {
 		n := min(uint64(len(buf)), size-off)
 		if _, err := r.f.ReadAt(buf[:n], int64(off)); err != nil {
 			sender.Release(buf)
+			if ctx.Err() != nil {
+				return nil // released by the client while we read
+			}
 			if errors.Is(err, io.EOF) {
 				ss.log.Error("stored file is shorter than recorded", "name", r.fv.Name, "version", r.fv.Version)
 			}
@@ -144,15 +147,24 @@ func (ss *session) pushRestore(ctx context.Context, r *restore) error {
 	return nil
 }
 
-func (ss *session) restoreDone(m *proto.RestoreDone) {
+func (ss *session) restoreDone(m *proto.RestoreDone) error {
 	ss.mu.Lock()
 	r := ss.restores[m.Xfer]
 	if r != nil {
 		delete(ss.restores, m.Xfer)
 	}
+	ended := r == nil && ss.issuedRestoreLocked(m.Xfer)
 	ss.mu.Unlock()
-	if r != nil {
-		r.close()
-		ss.transferEnded()
+	if r == nil {
+		if ended {
+			return nil
+		}
+		return proto.Errorf(proto.CodeProtocol, "RestoreDone for transfer %d, which is not a restore of this session", m.Xfer)
 	}
+	if m.Status != 0 {
+		ss.log.Warn("client could not restore", "name", r.fv.Name, "version", r.fv.Version)
+	}
+	r.close()
+	ss.transferEnded()
+	return nil
 }

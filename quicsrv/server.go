@@ -59,6 +59,8 @@ type Server struct {
 	IdleTimeout time.Duration
 
 	mu       sync.Mutex
+	tr       *quic.Transport
+	pc       net.PacketConn
 	listener *quic.Listener
 	sessions map[*session]struct{}
 	closed   bool
@@ -75,7 +77,7 @@ func (s *Server) chunkSize() int {
 }
 
 func (s *Server) streams() int {
-	if s.Streams > 0 && s.Streams <= 256 {
+	if s.Streams > 0 && s.Streams <= proto.MaxStreams {
 		return s.Streams
 	}
 	return DefaultStreams
@@ -109,6 +111,7 @@ func (s *Server) QUICConfig() *quic.Config {
 		idle = DefaultIdleTimeout
 	}
 	return &quic.Config{
+		Versions:              []quic.Version{quic.Version1},
 		HandshakeIdleTimeout:  s.handshakeTimeout(),
 		MaxIdleTimeout:        idle,
 		KeepAlivePeriod:       DefaultKeepAlive,
@@ -116,9 +119,11 @@ func (s *Server) QUICConfig() *quic.Config {
 		MaxIncomingUniStreams: int64(s.streams()),
 		// Windows big enough for a few chunks per stream in flight.
 		InitialStreamReceiveWindow:     uint64(s.chunkSize()) * 2,
-		MaxStreamReceiveWindow:         16 << 20,
+		MaxStreamReceiveWindow:         8 << 20,
 		InitialConnectionReceiveWindow: uint64(s.chunkSize()) * 4,
-		MaxConnectionReceiveWindow:     64 << 20,
+		// Bounds what one connection can make the server buffer; ample for
+		// the bandwidth-delay product of a 100 Mbit/s link at 300 ms.
+		MaxConnectionReceiveWindow: 32 << 20,
 	}
 }
 
@@ -134,22 +139,23 @@ func (s *Server) Serve(pc net.PacketConn) error {
 	tr := &quic.Transport{Conn: pc}
 	ln, err := tr.Listen(tlsConf, s.QUICConfig())
 	if err != nil {
+		tr.Close()
+		pc.Close()
 		return fmt.Errorf("quicsrv: listen: %w", err)
 	}
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
 		ln.Close()
+		tr.Close()
+		pc.Close()
 		return ErrServerClosed
 	}
+	s.tr, s.pc = tr, pc
 	s.listener = ln
 	s.sessions = make(map[*session]struct{})
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.mu.Unlock()
-	defer func() {
-		tr.Close()
-		pc.Close()
-	}()
 
 	log := s.logger()
 	for {
@@ -159,8 +165,13 @@ func (s *Server) Serve(pc net.PacketConn) error {
 			closed := s.closed
 			s.mu.Unlock()
 			if closed {
+				// Shutdown or Close owns the transport from here: closing
+				// it now would cut the sessions they let finish.
 				return ErrServerClosed
 			}
+			s.closeSessions()
+			s.wg.Wait()
+			s.closeTransport()
 			return fmt.Errorf("quicsrv: accept: %w", err)
 		}
 		sess := newSession(s, conn, log.With("remote", conn.RemoteAddr().String()))
@@ -208,13 +219,26 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Unlock()
 	done := make(chan struct{})
 	go func() { s.wg.Wait(); close(done) }()
+	var err error
 	select {
 	case <-done:
-		return nil
 	case <-ctx.Done():
 		s.closeSessions()
 		<-done
-		return ctx.Err()
+		err = ctx.Err()
+	}
+	s.closeTransport()
+	return err
+}
+
+func (s *Server) closeTransport() {
+	s.mu.Lock()
+	tr, pc := s.tr, s.pc
+	s.tr, s.pc = nil, nil
+	s.mu.Unlock()
+	if tr != nil {
+		tr.Close()
+		pc.Close()
 	}
 }
 
@@ -228,6 +252,7 @@ func (s *Server) Close() error {
 	s.mu.Unlock()
 	s.closeSessions()
 	s.wg.Wait()
+	s.closeTransport()
 	return nil
 }
 

@@ -7,8 +7,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
+	"os"
+	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/qbackup/qbackup/proto"
 	"github.com/qbackup/qbackup/store"
@@ -36,22 +40,27 @@ type session struct {
 	mu       sync.Mutex
 	uploads  map[uint32]*upload
 	restores map[uint32]*restore
-	nextXfer uint32 // transfer numbers below this were issued
-	sender   *proto.ChunkSender
-	draining bool
+	// Uploads get odd transfer numbers and restores even ones, so the
+	// kind of a number is known after the transfer has ended.
+	nextUpload, nextRestore uint32
+	sender                  *proto.ChunkSender
+	draining                bool
+	ctrlDone                bool        // the control stream's send side is closed
+	lingerTimer             *time.Timer // closes a drained connection; guarded by wmu
 }
 
 func newSession(srv *Server, conn *quic.Conn, log *slog.Logger) *session {
 	ctx, cancel := context.WithCancel(conn.Context())
 	return &session{
-		srv:      srv,
-		conn:     conn,
-		log:      log,
-		ctx:      ctx,
-		cancel:   cancel,
-		uploads:  make(map[uint32]*upload),
-		restores: make(map[uint32]*restore),
-		nextXfer: 1,
+		srv:         srv,
+		conn:        conn,
+		log:         log,
+		ctx:         ctx,
+		cancel:      cancel,
+		uploads:     make(map[uint32]*upload),
+		restores:    make(map[uint32]*restore),
+		nextUpload:  1,
+		nextRestore: 2,
 	}
 }
 
@@ -78,16 +87,26 @@ func (ss *session) fail(err error) {
 	ss.closeWith(code, errorText(err))
 }
 
-// errorText is the message sent to the peer: the error without the Go
-// package prefixes, capped in length.
+// errorText is the message sent to the peer: the protocol error's own
+// text, capped at a character boundary, or a generic sentence for an
+// internal error, whose details stay in the server's log.
 func errorText(err error) string {
 	var pe *proto.Error
-	if errors.As(err, &pe) {
-		return pe.Message
+	s := ""
+	switch {
+	case errors.As(err, &pe):
+		s = pe.Message
+	case proto.CodeOf(err) == proto.CodeProtocol:
+		s = err.Error()
+	default:
+		return "internal server error; the server's log has the details"
 	}
-	s := err.Error()
-	if len(s) > proto.MaxMessageLen {
-		s = s[:proto.MaxMessageLen]
+	s = strings.ToValidUTF8(s, "?")
+	if len(s) > 256 {
+		s = s[:256]
+		for len(s) > 0 && !utf8.ValidString(s) {
+			s = s[:len(s)-1]
+		}
 	}
 	return s
 }
@@ -100,6 +119,7 @@ func (ss *session) run() {
 	}
 	ss.log = ss.log.With("client", ss.client.Name, "id", ss.client.ID.String())
 	ss.log.Info("session started")
+	ss.transferEnded() // a shutdown that began during the handshake
 	ss.wg.Add(1)
 	go func() {
 		defer ss.wg.Done()
@@ -115,6 +135,11 @@ func (ss *session) run() {
 
 func (ss *session) cleanup() {
 	ss.cancel()
+	ss.wmu.Lock()
+	if ss.lingerTimer != nil {
+		ss.lingerTimer.Stop()
+	}
+	ss.wmu.Unlock()
 	ss.conn.CloseWithError(quic.ApplicationErrorCode(proto.CodeNoError), "")
 	ss.wg.Wait()
 	ss.mu.Lock()
@@ -134,25 +159,48 @@ func (ss *session) cleanup() {
 	}
 }
 
-// drain asks the session to end once its transfers are done.
+// drain asks the session to end once its transfers are done: new requests
+// are refused with CodeShutdown, and when nothing is left in flight the
+// server finishes the control stream, after every answer already written,
+// so the client closes the connection having heard them all.
 func (ss *session) drain() {
 	ss.mu.Lock()
 	ss.draining = true
-	idle := len(ss.uploads) == 0 && len(ss.restores) == 0
 	ss.mu.Unlock()
-	if idle {
+	ss.wmu.Lock()
+	authenticated := ss.opener != nil
+	ss.wmu.Unlock()
+	if !authenticated {
+		// Mid-handshake: nothing to finish.
 		ss.closeWith(proto.CodeShutdown, "server shutting down")
+		return
 	}
+	ss.transferEnded()
 }
 
-// transferEnded closes a draining session whose last transfer ended.
+// transferEnded finishes the control stream of a draining session whose
+// last transfer ended.
 func (ss *session) transferEnded() {
 	ss.mu.Lock()
 	idle := ss.draining && len(ss.uploads) == 0 && len(ss.restores) == 0
 	ss.mu.Unlock()
-	if idle {
-		ss.closeWith(proto.CodeShutdown, "server shutting down")
+	if !idle {
+		return
 	}
+	ss.wmu.Lock()
+	defer ss.wmu.Unlock()
+	if ss.ctrlDone {
+		return
+	}
+	ss.ctrlDone = true
+	ss.ctrl.Close()
+	// A client closes on seeing the stream end. One that does not is cut
+	// off once the answers had time to arrive: a few round trips.
+	st := ss.conn.ConnectionStats()
+	linger := min(max(100*time.Millisecond, 3*(st.SmoothedRTT+4*st.MeanDeviation)), 5*time.Second)
+	ss.lingerTimer = time.AfterFunc(linger, func() {
+		ss.closeWith(proto.CodeShutdown, "server shutting down")
+	})
 }
 
 // handshake accepts the control stream, authenticates the client and sends
@@ -162,16 +210,34 @@ func (ss *session) handshake() error {
 	ctx, cancel := context.WithDeadline(ss.ctx, deadline)
 	defer cancel()
 	ctrl, err := ss.conn.AcceptStream(ctx)
+	if errors.Is(err, context.DeadlineExceeded) {
+		return proto.Errorf(proto.CodeProtocol, "no control stream within %v", ss.srv.handshakeTimeout())
+	}
 	if err != nil {
 		return fmt.Errorf("waiting for the control stream: %w", err)
 	}
+	ss.wmu.Lock()
 	ss.ctrl = ctrl
+	ss.wmu.Unlock()
 	ctrl.SetReadDeadline(deadline)
-	m, err := proto.NewMessageReader(ctrl).Read()
+	t, payload, err := proto.NewMessageReader(ctrl).ReadRaw()
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return proto.Errorf(proto.CodeProtocol, "no Register or Reconnect within %v", ss.srv.handshakeTimeout())
+	}
 	if err != nil {
 		return err
 	}
 	ctrl.SetReadDeadline(time.Time{})
+	if t == proto.TypeRegister || t == proto.TypeReconnect {
+		// Check the version before the layout it governs.
+		if v, ok := proto.HelloVersion(payload); ok && v != proto.Version {
+			return proto.Errorf(proto.CodeVersion, "protocol version %d is not supported; this server speaks %d", v, proto.Version)
+		}
+	}
+	m, err := proto.ParseMessage(t, payload)
+	if err != nil {
+		return err
+	}
 
 	ekm, err := ss.exporter()
 	if err != nil {
@@ -180,9 +246,6 @@ func (ss *session) handshake() error {
 	var pub *rsa.PublicKey
 	switch m := m.(type) {
 	case *proto.Register:
-		if m.Version != proto.Version {
-			return proto.Errorf(proto.CodeVersion, "protocol version %d is not supported; this server speaks %d", m.Version, proto.Version)
-		}
 		if pub, err = proto.ParsePublicKey(m.PublicKey); err != nil {
 			return err
 		}
@@ -202,9 +265,6 @@ func (ss *session) handshake() error {
 		ss.client = c
 		ss.log.Info("client registered", "name", c.Name, "id", c.ID.String(), "new", created)
 	case *proto.Reconnect:
-		if m.Version != proto.Version {
-			return proto.Errorf(proto.CodeVersion, "protocol version %d is not supported; this server speaks %d", m.Version, proto.Version)
-		}
 		c, err := ss.srv.Store.Client(ss.ctx, store.ClientID(m.ClientID))
 		if errors.Is(err, store.ErrUnknownClient) {
 			return proto.Errorf(proto.CodeUnknownClient, "client %x is not registered here", m.ClientID)
@@ -232,12 +292,17 @@ func (ss *session) handshake() error {
 	if err != nil {
 		return fmt.Errorf("wrapping the session key: %w", err)
 	}
-	if ss.opener, err = proto.NewOpener(&key, proto.ClientToServer); err != nil {
+	opener, err := proto.NewOpener(&key, proto.ClientToServer)
+	if err != nil {
 		return err
 	}
-	if ss.sealer, err = proto.NewSealer(&key, proto.ServerToClient); err != nil {
+	sealer, err := proto.NewSealer(&key, proto.ServerToClient)
+	if err != nil {
 		return err
 	}
+	ss.wmu.Lock()
+	ss.opener, ss.sealer = opener, sealer
+	ss.wmu.Unlock()
 	return ss.send(&proto.Welcome{
 		ClientID:   ss.client.ID,
 		WrappedKey: wrapped,
@@ -259,6 +324,9 @@ func (ss *session) exporter() ([]byte, error) {
 func (ss *session) send(m proto.Message) error {
 	ss.wmu.Lock()
 	defer ss.wmu.Unlock()
+	if ss.ctrlDone {
+		return nil // draining: the client has been told the session is over
+	}
 	ss.wbuf = proto.AppendMessage(ss.wbuf[:0], m)
 	_, err := ss.ctrl.Write(ss.wbuf)
 	return err
@@ -283,6 +351,9 @@ func (ss *session) controlLoop() error {
 		if err != nil {
 			return err
 		}
+		if req, ok := requestNumber(m); ok && req == 0 {
+			return proto.Errorf(proto.CodeProtocol, "%v with request number 0, which is reserved for the session", m.Type())
+		}
 		switch m := m.(type) {
 		case *proto.UploadRequest:
 			ss.uploadRequest(m)
@@ -295,7 +366,7 @@ func (ss *session) controlLoop() error {
 		case *proto.RestoreRequest:
 			ss.restoreRequest(m)
 		case *proto.RestoreDone:
-			ss.restoreDone(m)
+			err = ss.restoreDone(m)
 		default:
 			err = proto.Errorf(proto.CodeProtocol, "unexpected %v after the handshake", m.Type())
 		}
@@ -303,6 +374,19 @@ func (ss *session) controlLoop() error {
 			return err
 		}
 	}
+}
+
+// requestNumber returns the request number of a client request.
+func requestNumber(m proto.Message) (uint32, bool) {
+	switch m := m.(type) {
+	case *proto.UploadRequest:
+		return m.Req, true
+	case *proto.ListRequest:
+		return m.Req, true
+	case *proto.RestoreRequest:
+		return m.Req, true
+	}
+	return 0, false
 }
 
 // storeErr maps a store error to a protocol error.
@@ -318,17 +402,34 @@ func storeErr(err error) error {
 	return err
 }
 
-// newXfer reserves a transfer number; the caller holds ss.mu.
-func (ss *session) newXferLocked() (uint32, error) {
+// newXferLocked reserves a transfer number for an upload or a restore;
+// the caller holds ss.mu.
+func (ss *session) newXferLocked(isRestore bool) (uint32, error) {
 	if ss.draining {
 		return 0, proto.Errorf(proto.CodeShutdown, "the server is shutting down")
 	}
 	if len(ss.uploads)+len(ss.restores) >= ss.srv.maxTransfers() {
 		return 0, proto.Errorf(proto.CodeLimit, "more than %d transfers open in one session", ss.srv.maxTransfers())
 	}
-	x := ss.nextXfer
-	ss.nextXfer++
+	next := &ss.nextUpload
+	if isRestore {
+		next = &ss.nextRestore
+	}
+	if *next > math.MaxUint32-2 {
+		return 0, proto.Errorf(proto.CodeLimit, "transfer numbers exhausted; open a new session")
+	}
+	x := *next
+	*next += 2
 	return x, nil
+}
+
+// issuedUploadLocked reports whether x was issued to an upload that has
+// ended since; the caller holds ss.mu.
+func (ss *session) issuedUploadLocked(x uint32) bool { return x%2 == 1 && x < ss.nextUpload }
+
+// issuedRestoreLocked is the same for restores.
+func (ss *session) issuedRestoreLocked(x uint32) bool {
+	return x != 0 && x%2 == 0 && x < ss.nextRestore
 }
 
 func (ss *session) list(m *proto.ListRequest) error {

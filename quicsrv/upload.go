@@ -71,7 +71,7 @@ func (ss *session) startUpload(m *proto.UploadRequest) error {
 	}
 
 	ss.mu.Lock()
-	xfer, err := ss.newXferLocked()
+	xfer, err := ss.newXferLocked(false)
 	ss.mu.Unlock()
 	if err != nil {
 		return err
@@ -81,6 +81,9 @@ func (ss *session) startUpload(m *proto.UploadRequest) error {
 		return err
 	}
 	u := &upload{req: m.Req, xfer: xfer, id: up.ID(), name: m.Name, size: m.Size, up: up}
+	if m.Size == 0 {
+		u.state = checking // nothing to wait for
+	}
 	ss.mu.Lock()
 	if ss.uploads == nil { // the session ended meanwhile
 		ss.mu.Unlock()
@@ -145,13 +148,13 @@ func (ss *session) readData(rs *quic.ReceiveStream) error {
 	resolve := func(xfer uint32) (*[16]byte, error) {
 		ss.mu.Lock()
 		u := ss.uploads[xfer]
-		issued := xfer < ss.nextXfer
+		ended := u == nil && ss.issuedUploadLocked(xfer)
 		ss.mu.Unlock()
+		if ended {
+			return nil, proto.ErrSkipChunk // a late chunk of an aborted upload
+		}
 		if u == nil {
-			if issued {
-				return nil, proto.ErrSkipChunk // a transfer that just ended
-			}
-			return nil, proto.Errorf(proto.CodeBadChunk, "chunk for transfer %d, which was never opened", xfer)
+			return nil, proto.Errorf(proto.CodeBadChunk, "chunk for transfer %d, which is not an upload of this session", xfer)
 		}
 		cur = u
 		return &u.id, nil
@@ -219,9 +222,9 @@ func (ss *session) failUpload(u *upload, err error) {
 	}
 	u.state = finished
 	u.mu.Unlock()
-	ss.removeUpload(u)
 	u.up.Discard(context.Background())
 	ss.sendError(u.req, err)
+	ss.removeUpload(u)
 }
 
 func (ss *session) removeUpload(u *upload) {
@@ -233,12 +236,9 @@ func (ss *session) removeUpload(u *upload) {
 	ss.transferEnded()
 }
 
-// startChecksum computes the checksums of a reassembled upload in the
-// background and sends them.
+// startChecksum computes the checksums of a reassembled upload, whose
+// state the caller set to checking, in the background and sends them.
 func (ss *session) startChecksum(u *upload) {
-	u.mu.Lock()
-	u.state = checking
-	u.mu.Unlock()
 	ss.wg.Add(1)
 	go func() {
 		defer ss.wg.Done()
@@ -280,13 +280,13 @@ func checksum(r io.ReaderAt, size uint64) (uint32, [32]byte, error) {
 func (ss *session) takeUpload(xfer uint32, want uploadState) (*upload, error) {
 	ss.mu.Lock()
 	u := ss.uploads[xfer]
-	issued := xfer < ss.nextXfer
+	ended := u == nil && ss.issuedUploadLocked(xfer)
 	ss.mu.Unlock()
+	if ended {
+		return nil, nil
+	}
 	if u == nil {
-		if issued {
-			return nil, nil
-		}
-		return nil, proto.Errorf(proto.CodeProtocol, "transfer %d was never opened", xfer)
+		return nil, proto.Errorf(proto.CodeProtocol, "transfer %d is not an upload of this session", xfer)
 	}
 	u.mu.Lock()
 	defer u.mu.Unlock()
@@ -305,11 +305,15 @@ func (ss *session) uploadCommit(xfer uint32) error {
 	if u == nil {
 		return err
 	}
-	ss.removeUpload(u)
 	ss.wg.Add(1)
 	go func() {
 		defer ss.wg.Done()
-		fv, created, err := u.up.Commit(ss.ctx, u.crc, u.sha)
+		// The transfer counts as open until its answer is written, so a
+		// draining session does not end under it.
+		defer ss.removeUpload(u)
+		// The client asked for this commit: finish it even if the
+		// connection drops meanwhile.
+		fv, created, err := u.up.Commit(context.WithoutCancel(ss.ctx), u.crc, u.sha)
 		if err != nil {
 			u.up.Discard(context.Background())
 			ss.sendError(u.req, storeErr(err))
@@ -330,8 +334,8 @@ func (ss *session) uploadAbort(xfer uint32) error {
 	if u == nil {
 		return err
 	}
-	ss.removeUpload(u)
-	if err := u.up.Discard(ss.ctx); err != nil {
+	defer ss.removeUpload(u)
+	if err := u.up.Discard(context.WithoutCancel(ss.ctx)); err != nil {
 		ss.log.Warn("discard", "name", u.name, "err", err)
 	}
 	ss.log.Info("upload discarded by the client", "name", u.name)
