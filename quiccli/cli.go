@@ -78,9 +78,9 @@ func (c *sendCmd) Run(e *env) error {
 	fmt.Fprintf(e.out, "; %s in %s (%s/s)\n", formatBytes(res.Bytes), res.Elapsed.Round(time.Millisecond), formatBytes(int64(rate)))
 	if !res.OK() {
 		if serr := s.Err(); serr != nil {
-			return fmt.Errorf("%d files not stored: %v", res.Failed, serr)
+			return fmt.Errorf("%s not stored: %v", plural(res.Failed, "file"), serr)
 		}
-		return fmt.Errorf("%d files not stored; first: %v", res.Failed, res.FirstErr)
+		return fmt.Errorf("%s not stored; first: %v", plural(res.Failed, "file"), res.FirstErr)
 	}
 	return nil
 }
@@ -135,7 +135,10 @@ func (c *restoreCmd) Run(e *env) error {
 	}
 	fmt.Fprintf(e.out, "%d restored, %d failed; %s\n", res.Files, res.Failed, formatBytes(res.Bytes))
 	if res.Failed > 0 {
-		return fmt.Errorf("%d files not restored", res.Failed)
+		if res.Failed == 1 && res.Files == 0 {
+			return res.FirstErr
+		}
+		return fmt.Errorf("%s not restored; first: %v", plural(res.Failed, "file"), res.FirstErr)
 	}
 	return nil
 }
@@ -155,18 +158,23 @@ func (c *cksumCmd) Run(e *env) error {
 	}
 	failed := 0
 	for _, name := range c.Files {
-		f, err := os.Open(name)
-		if err == nil {
-			ck := proto.NewCksum()
-			_, err = io.Copy(ck, f)
-			f.Close()
-			if err == nil {
-				fmt.Fprintf(e.out, "%d %d %s\n", ck.Sum32(), ck.Len(), name)
-				continue
+		ck := proto.NewCksum()
+		var err error
+		if name == "-" {
+			_, err = io.Copy(ck, bufio.NewReaderSize(e.stdin, 1<<20))
+		} else {
+			var f *os.File
+			if f, err = os.Open(name); err == nil {
+				_, err = io.Copy(ck, f)
+				f.Close()
 			}
 		}
-		fmt.Fprintf(e.errOut, "qbackup: %s: %v\n", name, unwrapPathError(err))
-		failed++
+		if err != nil {
+			fmt.Fprintf(e.errOut, "qbackup: %s: %v\n", name, unwrapPathError(err))
+			failed++
+			continue
+		}
+		fmt.Fprintf(e.out, "%d %d %s\n", ck.Sum32(), ck.Len(), name)
 	}
 	if failed > 0 {
 		return errSilent

@@ -66,7 +66,7 @@ func (c *Client) Register(ctx context.Context, server, name, fingerprint string)
 	if fingerprint != "" {
 		fp, err := certs.ParseFingerprint(fingerprint)
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("--fingerprint %q is not a SHA-256 fingerprint: give the 64 hex digits qbackupd logs at start", fingerprint)
 		}
 		pin = fp
 	}
@@ -74,8 +74,10 @@ func (c *Client) Register(ctx context.Context, server, name, fingerprint string)
 	if err != nil && !errors.Is(err, errNoIdentity) {
 		return nil, err
 	}
+	pinnedBefore := false
 	if old != nil && pin == "" && old.Server == server {
 		pin = old.Fingerprint
+		pinnedBefore = pin != ""
 	}
 	bits := c.KeyBits
 	if bits == 0 {
@@ -101,6 +103,10 @@ func (c *Client) Register(ctx context.Context, server, name, fingerprint string)
 		}
 		return &proto.Register{Version: proto.Version, Name: name, PublicKey: pub, Signature: sig}, nil
 	})
+	var cc *CertChangedError
+	if errors.As(err, &cc) && !pinnedBefore {
+		return nil, &wrongPinError{cc}
+	}
 	if err != nil {
 		return nil, registerError(server, name, err)
 	}
@@ -115,6 +121,16 @@ func (c *Client) Register(ctx context.Context, server, name, fingerprint string)
 	}
 	return id, nil
 }
+
+// wrongPinError is a CertChangedError on a first registration: nothing was
+// pinned before, the --fingerprint given is wrong.
+type wrongPinError struct{ *CertChangedError }
+
+func (e *wrongPinError) Error() string {
+	return fmt.Sprintf("%s presented a certificate with sha256 %s, not the --fingerprint %s you gave: check the fingerprint qbackupd logged at start, and do not proceed if they differ", e.Server, e.Presented, e.Pinned)
+}
+
+func (e *wrongPinError) Unwrap() error { return e.CertChangedError }
 
 func registerError(server, name string, err error) error {
 	var pe *proto.Error
@@ -153,6 +169,9 @@ func (c *Client) Connect(ctx context.Context, server, name string) (*Session, *I
 		return nil, nil, fmt.Errorf("%s holds the identity %q, not %q: use --home for a second identity", c.Home, id.Name, name)
 	}
 	priv, err := loadKey(filepath.Join(c.Home, keyFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil, fmt.Errorf("the private key %s is missing; without it this identity cannot reconnect: restore the key from a copy, or register again under another name", filepath.Join(c.Home, keyFile))
+	}
 	if err != nil {
 		return nil, nil, fmt.Errorf("cannot load the private key: %v", err)
 	}

@@ -58,7 +58,7 @@ func loadIdentity(home string) (*Identity, error) {
 		return nil, fmt.Errorf("%s is damaged (%v); move it away and register again", filepath.Join(home, identityFile), err)
 	}
 	if _, err := id.ID(); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%s is damaged (%v); move it away and register again", filepath.Join(home, identityFile), err)
 	}
 	return &id, nil
 }

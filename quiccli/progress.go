@@ -47,7 +47,7 @@ type lineReporter struct {
 func (r *lineReporter) Start(files int, bytes int64) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	fmt.Fprintf(r.out, "%s %d files, %s\n", r.verb, files, formatBytes(bytes))
+	fmt.Fprintf(r.out, "%s %s, %s\n", r.verb, plural(files, "file"), formatBytes(bytes))
 }
 
 func (r *lineReporter) File(name string, size int64) FileProgress {
@@ -104,21 +104,25 @@ func newBarReporter(out, errOut io.Writer, verb string) *barReporter {
 
 func (r *barReporter) Start(files int, bytes int64) {
 	r.start = time.Now()
-	r.total = r.p.AddBar(bytes,
+	// Bars start with total 0 and get their size after, so they never
+	// complete on their own: only Done and Close complete them, after the
+	// result line is queued, so the last line is drawn before mpb stops.
+	r.total = r.p.AddBar(0,
 		mpb.BarPriority(1<<30), // always the bottom line
 		mpb.PrependDecorators(
-			decor.Name(fmt.Sprintf("total (%d files)", files), decor.WCSyncSpaceR),
+			decor.Name(fmt.Sprintf("total (%s)", plural(files, "file")), decor.WCSyncSpaceR),
 			decor.Counters(decor.SizeB1024(0), "% .1f / % .1f", decor.WCSyncSpace),
 		),
 		mpb.AppendDecorators(
-			decor.EwmaSpeed(decor.SizeB1024(0), "% .1f", 30, decor.WCSyncSpace),
-			decor.OnComplete(decor.EwmaETA(decor.ET_STYLE_GO, 30, decor.WCSyncSpace), "done"),
+			decor.NewAverageSpeed(decor.SizeB1024(0), "% .1f", r.start, decor.WCSyncSpace),
+			decor.OnComplete(decor.NewAverageETA(decor.ET_STYLE_GO, r.start, nil, decor.WCSyncSpace), "done"),
 		),
 	)
+	r.total.SetTotal(bytes, false)
 }
 
 func (r *barReporter) File(name string, size int64) FileProgress {
-	b := r.p.AddBar(size,
+	b := r.p.AddBar(0,
 		mpb.BarRemoveOnComplete(),
 		mpb.PrependDecorators(
 			decor.Name(shorten(name, 40), decor.WCSyncSpaceR),
@@ -129,6 +133,7 @@ func (r *barReporter) File(name string, size int64) FileProgress {
 			decor.EwmaETA(decor.ET_STYLE_GO, 30, decor.WCSyncSpace),
 		),
 	)
+	b.SetTotal(size, false)
 	return &barFile{r: r, bar: b, name: name, size: size, last: time.Now()}
 }
 
@@ -137,8 +142,8 @@ func (r *barReporter) Warn(format string, args ...any) {
 }
 
 func (r *barReporter) Close() {
-	if r.total != nil && !r.total.Completed() {
-		r.total.Abort(false)
+	if r.total != nil {
+		r.total.SetTotal(-1, true)
 	}
 	r.p.Wait()
 }
@@ -202,6 +207,14 @@ func shorten(s string, n int) string {
 		return s
 	}
 	return "…" + string(r[len(r)-n+1:])
+}
+
+// plural says "1 file" or "2 files".
+func plural(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return fmt.Sprintf("%d %ss", n, noun)
 }
 
 // formatBytes prints a byte count with a binary unit.

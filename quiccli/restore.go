@@ -120,9 +120,10 @@ type RestoreOptions struct {
 
 // RestoreResult counts what a restore did.
 type RestoreResult struct {
-	Files  int
-	Bytes  int64
-	Failed int
+	Files    int
+	Bytes    int64
+	Failed   int
+	FirstErr error // the first failure, for the exit message
 }
 
 // restoreTarget is one file to restore.
@@ -135,9 +136,15 @@ type restoreTarget struct {
 
 // planRestore lists what name covers and where each file goes.
 func (s *Session) planRestore(ctx context.Context, o RestoreOptions) ([]restoreTarget, error) {
-	entries, err := s.List(ctx, o.Name, false)
+	entries, err := s.List(ctx, o.Name, o.Version != 0)
 	if err != nil {
 		return nil, err
+	}
+	if o.Version != 0 {
+		entries, err = pickVersion(entries, o.Name, o.Version)
+		if err != nil {
+			return nil, err
+		}
 	}
 	out := o.Output
 	if out == "" {
@@ -349,6 +356,9 @@ func (s *Session) Restore(ctx context.Context, o RestoreOptions, rep Reporter) (
 				mu.Lock()
 				if err != nil {
 					res.Failed++
+					if res.FirstErr == nil {
+						res.FirstErr = fmt.Errorf("%s: %w", t.name, err)
+					}
 				} else {
 					res.Files++
 					res.Bytes += n
@@ -367,6 +377,33 @@ func (s *Session) Restore(ctx context.Context, o RestoreOptions, rep Reporter) (
 	wg.Wait()
 	if left := len(targets) - res.Files - res.Failed; left > 0 {
 		res.Failed += left
+		if res.FirstErr == nil {
+			res.FirstErr = context.Cause(ctx)
+		}
 	}
 	return res, nil
+}
+
+// pickVersion keeps the entry of one version of name from a listing of
+// all versions.
+func pickVersion(all []proto.ListEntry, name string, version int) ([]proto.ListEntry, error) {
+	var latest uint32
+	sawDir := false
+	for _, e := range all {
+		if e.Name != name {
+			sawDir = true
+			continue
+		}
+		if int(e.Version) == version {
+			return []proto.ListEntry{e}, nil
+		}
+		latest = max(latest, e.Version)
+	}
+	switch {
+	case latest > 0:
+		return nil, fmt.Errorf("%s has no version %d; its versions are 1 to %d (see qbackup ls --versions %s)", name, version, latest, name)
+	case sawDir:
+		return nil, fmt.Errorf("--version needs the name of one file, and %q is a directory", name)
+	}
+	return nil, nil // nothing at all: planRestore says so
 }
