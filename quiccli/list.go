@@ -10,7 +10,7 @@ import (
 // ("" for all): the latest version of each, or every version.
 func (s *Session) List(ctx context.Context, prefix string, allVersions bool) ([]proto.ListEntry, error) {
 	c := s.newCall()
-	defer s.endCall(c, 0)
+	defer s.endCall(c)
 	var flags uint8
 	if allVersions {
 		flags |= proto.ListAllVersions

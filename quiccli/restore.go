@@ -230,7 +230,6 @@ func (s *Session) restoreOnce(ctx context.Context, t restoreTarget, fp FileProgr
 	s.mu.Lock()
 	s.pending[c.req] = sink
 	s.mu.Unlock()
-	var xfer uint32
 	verified := false
 	defer func() {
 		s.mu.Lock()
@@ -240,8 +239,8 @@ func (s *Session) restoreOnce(ctx context.Context, t restoreTarget, fp FileProgr
 		complete := sink.written == sink.size
 		sink.finishLocked(errSessionClosed)
 		sink.mu.Unlock()
-		s.endCall(c, 0)
-		if xfer != 0 {
+		// endCall also knows a transfer whose RestoreReady we never read.
+		if xfer := s.endCall(c); xfer != 0 {
 			status := uint8(0)
 			if !verified {
 				status = 1
@@ -263,7 +262,6 @@ func (s *Session) restoreOnce(ctx context.Context, t restoreTarget, fp FileProgr
 	if !ok {
 		return 0, proto.Errorf(proto.CodeProtocol, "server answered a restore with %v", m.Type())
 	}
-	xfer = ready.Xfer
 	if ready.Name != t.name {
 		return 0, proto.Errorf(proto.CodeProtocol, "asked for %q, server sent %q", t.name, ready.Name)
 	}

@@ -66,6 +66,10 @@ func collect(paths []string, warn func(format string, args ...any)) ([]sendItem,
 			errs = append(errs, fmt.Errorf("%s and %s would both be stored as %q; send them separately", prev, path, name))
 			return
 		}
+		if len(name) > proto.MaxNameLen {
+			errs = append(errs, fmt.Errorf("cannot send %s: its stored name would be %d bytes, over the %d-byte limit", path, len(name), proto.MaxNameLen))
+			return
+		}
 		seen[name] = path
 		items = append(items, sendItem{path: path, name: name, size: size})
 	}
@@ -302,10 +306,10 @@ func (s *Session) sendAttempt(ctx context.Context, it sendItem, opts SendOptions
 	var xfer uint32
 	settled := false // the server has committed or discarded the transfer
 	defer func() {
-		if xfer != 0 && !settled && s.Err() == nil {
-			s.send(&proto.UploadAbort{Xfer: xfer}) // best effort; its answer is dropped
+		// endCall also knows a transfer whose UploadReady we never read.
+		if x := s.endCall(c); x != 0 && !settled && s.Err() == nil {
+			s.send(&proto.UploadAbort{Xfer: x}) // best effort; its answer is dropped
 		}
-		s.endCall(c, xfer)
 	}()
 	if err := s.send(req); err != nil {
 		return FileStatus{}, err

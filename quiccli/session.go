@@ -52,6 +52,7 @@ type call struct {
 	req  uint32
 	ch   chan proto.Message
 	done chan struct{} // closed by the owner when it stops listening
+	xfer uint32        // the transfer the server opened for it; guarded by Session.mu
 }
 
 // dialOptions says how to reach and trust a server.
@@ -239,7 +240,7 @@ func (s *Session) connError(err error) error {
 	}
 	var idle *quic.IdleTimeoutError
 	if errors.As(err, &idle) {
-		return errors.New("the connection to the server timed out (no packets for too long)")
+		return errors.New("lost the connection to the server (nothing heard for a minute): it may have stopped, or the network is down; run the command again when it is back")
 	}
 	return err
 }
@@ -267,11 +268,16 @@ func (s *Session) Close() error {
 	return err
 }
 
-// send writes one message on the control stream.
+// send writes one message on the control stream. A message too large for
+// a control frame (a name over the limits) fails here, not at the server,
+// which would end the session.
 func (s *Session) send(m proto.Message) error {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
 	s.wbuf = proto.AppendMessage(s.wbuf[:0], m)
+	if len(s.wbuf) > proto.MaxControlFrame+5 {
+		return fmt.Errorf("%v of %d bytes is over the protocol's limit", m.Type(), len(s.wbuf))
+	}
 	_, err := s.ctrl.Write(s.wbuf)
 	if err != nil {
 		return s.connError(err)
@@ -289,15 +295,19 @@ func (s *Session) newCall() *call {
 	return c
 }
 
-// endCall forgets a request and everything routed to it.
-func (s *Session) endCall(c *call, xfer uint32) {
+// endCall forgets a request and everything routed to it. It returns the
+// transfer the server opened for the request, even if the owner never read
+// the answer that opened it, so the owner can release it.
+func (s *Session) endCall(c *call) uint32 {
 	s.mu.Lock()
 	delete(s.calls, c.req)
+	xfer := c.xfer
 	if xfer != 0 && s.xfers[xfer] == c {
 		delete(s.xfers, xfer)
 	}
 	s.mu.Unlock()
 	close(c.done)
+	return xfer
 }
 
 // wait returns the next message for c.
@@ -359,6 +369,7 @@ func (s *Session) readLoop() {
 			c = s.calls[m.Req]
 			if c != nil && m.Status == proto.ReadySend {
 				s.xfers[m.Xfer] = c
+				c.xfer = m.Xfer
 			}
 			if c == nil && m.Status == proto.ReadySend {
 				// Its owner gave up before the answer came: release it.
@@ -375,14 +386,19 @@ func (s *Session) readLoop() {
 			c = s.calls[m.Req]
 		case *proto.RestoreReady:
 			c = s.calls[m.Req]
+			if c != nil {
+				c.xfer = m.Xfer
+			}
 			sink := s.pending[m.Req]
 			delete(s.pending, m.Req)
-			if sink == nil || sink.bind(m) != nil {
-				// Nobody will take these chunks (the owner gave up, or the
-				// file could not be sized): drop them and release the
-				// transfer.
+			if sink == nil {
+				// The owner gave up: drop the chunks, release the transfer.
 				sink = closedSink()
 				s.goSend(&proto.RestoreDone{Xfer: m.Xfer, Status: 1})
+			} else if sink.bind(m) != nil {
+				// The file could not be sized: the sink is finished with
+				// that error, drops the chunks, and its owner releases it.
+				sink = closedSink()
 			}
 			s.sinks[m.Xfer] = sink
 			close(s.bound)
@@ -441,7 +457,7 @@ func (s *Session) acceptData() {
 			defer s.wg.Done()
 			if err := s.readData(rs); err != nil && s.ctx.Err() == nil {
 				s.cancel(err)
-				s.conn.CloseWithError(quic.ApplicationErrorCode(proto.CodeOf(err)), err.Error())
+				s.conn.CloseWithError(quic.ApplicationErrorCode(proto.CodeOf(err)), "bad data stream")
 			}
 		}()
 	}

@@ -11,6 +11,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 	"unicode/utf8"
 
@@ -224,6 +225,9 @@ func (ss *session) handshake() error {
 	if errors.Is(err, os.ErrDeadlineExceeded) {
 		return proto.Errorf(proto.CodeProtocol, "no Register or Reconnect within %v", ss.srv.handshakeTimeout())
 	}
+	if err == io.EOF {
+		return proto.Errorf(proto.CodeProtocol, "the control stream ended before Register or Reconnect")
+	}
 	if err != nil {
 		return err
 	}
@@ -300,15 +304,20 @@ func (ss *session) handshake() error {
 	if err != nil {
 		return err
 	}
+	// The session counts as authenticated (for drain) from the moment
+	// Welcome is written, in one step, so a shutdown cannot end the
+	// control stream between the two.
 	ss.wmu.Lock()
+	defer ss.wmu.Unlock()
 	ss.opener, ss.sealer = opener, sealer
-	ss.wmu.Unlock()
-	return ss.send(&proto.Welcome{
+	ss.wbuf = proto.AppendMessage(ss.wbuf[:0], &proto.Welcome{
 		ClientID:   ss.client.ID,
 		WrappedKey: wrapped,
 		ChunkSize:  uint32(ss.srv.chunkSize()),
 		Streams:    uint16(ss.srv.streams()),
 	})
+	_, err = ss.ctrl.Write(ss.wbuf)
+	return err
 }
 
 func (ss *session) exporter() ([]byte, error) {
@@ -398,6 +407,8 @@ func storeErr(err error) error {
 		return proto.Errorf(proto.CodeNotFound, "no such file or version")
 	case errors.Is(err, store.ErrNoSpace):
 		return proto.Errorf(proto.CodeNoSpace, "the server's disk is full")
+	case errors.Is(err, syscall.EFBIG):
+		return proto.Errorf(proto.CodeTooLarge, "the file is larger than the server's file system allows")
 	}
 	return err
 }
