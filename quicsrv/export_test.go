@@ -1,0 +1,30 @@
+package quicsrv
+
+// Test hooks for the external tests of this package.
+
+// ShuttingDown reports whether Shutdown or Close has begun. Shutdown asks
+// every session to drain in the same critical section that sets this, so
+// once it reports true every session present then is draining.
+func ShuttingDown(s *Server) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closed
+}
+
+// DrainSessions asks every session to end once its transfers are done, as
+// Shutdown does, but leaves the listener and the transport alone.
+func DrainSessions(s *Server) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for ss := range s.sessions {
+		ss.drain()
+	}
+}
+
+// SessionCount reports how many sessions the server is running, including
+// those still in their handshake.
+func SessionCount(s *Server) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.sessions)
+}
