@@ -20,9 +20,11 @@ import (
 const crashDirEnv = "QBACKUP_STORE_CRASH_DIR"
 
 // TestCrashKill kills a process in the middle of concurrent uploads,
-// commits and discards, reopens the store, and checks that the database
-// and the files agree: every version's file exists with the recorded size
-// and SHA-256, and nothing unreferenced is left under clients/ or tmp/.
+// commits, discards, checkpoints and releases, reopens the store, and
+// checks that the database and the files agree: every version's file
+// exists with the recorded size and SHA-256, nothing unreferenced is left
+// under clients/ or tmp/, and every checkpoint's blob describes bytes that
+// are in its temp file.
 func TestCrashKill(t *testing.T) {
 	if dir := os.Getenv(crashDirEnv); dir != "" {
 		crashChild(dir)
@@ -48,7 +50,8 @@ func TestCrashKill(t *testing.T) {
 			t.Fatalf("round %d: Open after kill: %v", round, err)
 		}
 		checkConsistent(t, s)
-		t.Logf("round %d: recovered %+v", round, s.Recovered())
+		n := checkCheckpoints(t, s)
+		t.Logf("round %d: recovered %+v, %d checkpointed uploads", round, s.Recovered(), n)
 		s.Close()
 	}
 }
@@ -80,10 +83,26 @@ func crashChild(dir string) {
 					fmt.Fprintln(os.Stderr, "child:", err)
 					os.Exit(2)
 				}
-				u.WriteAt(data, 0)
-				if i%7 == 3 {
+				switch i % 7 {
+				case 3:
+					u.WriteAt(data, 0)
 					u.Discard(ctx)
 					continue
+				case 5, 6:
+					// Keep it for resume, checkpointing half of it.
+					half := len(data) / 2
+					u.WriteAt(data[:half], 0)
+					if err := u.Checkpoint(ctx, resumeBlob(half, sha256.Sum256(data[:half]))); err != nil {
+						fmt.Fprintln(os.Stderr, "child:", err)
+						os.Exit(2)
+					}
+					u.WriteAt(data[half:], int64(half))
+					if i%7 == 5 {
+						u.Release()
+						continue
+					}
+				default:
+					u.WriteAt(data, 0)
 				}
 				crc, sha := sums(data)
 				if _, _, err := u.Commit(ctx, crc, sha); err != nil {

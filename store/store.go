@@ -29,6 +29,13 @@
 // half-written. Checksums are computed by the caller (the store imports
 // nothing else from this module) and passed to Commit.
 //
+// Resume: an unfinished upload keeps its temp file and row when its session
+// ends (Upload.Release, Store.Close) or the process dies. Upload.Checkpoint
+// fsyncs the temp file and then records, in the row, an opaque blob that
+// the caller uses to describe the byte ranges written so far; a later
+// session gets upload and blob back from Store.ResumeUpload. PurgeUploads
+// removes uploads that saw no activity for a while.
+//
 // A Store is safe for concurrent use by multiple goroutines. Only one Store
 // may have a directory open at a time; Open fails otherwise.
 package store
@@ -65,12 +72,13 @@ var (
 	// has the given ID.
 	ErrUnknownClient = errors.New("store: unknown client")
 	// ErrNotFound is returned by Latest, Version and OpenVersion when the
-	// file or version does not exist.
+	// file or version does not exist, and by ResumeUpload when there is no
+	// upload to resume.
 	ErrNotFound = errors.New("store: not found")
 	// ErrInvalidName is returned by ValidateName and by every method taking
 	// a file name or prefix (Latest, Version, Versions, List, OpenVersion,
-	// NewUpload) for
-	// an invalid name, and by RegisterClient for an invalid client name.
+	// NewUpload, ResumeUpload) for an invalid name, and by RegisterClient
+	// for an invalid client name.
 	ErrInvalidName = errors.New("store: invalid name")
 	// ErrInvalidKey is returned by RegisterClient when the public key is not
 	// a PKIX DER public key.
@@ -80,15 +88,22 @@ var (
 	// error also wraps the underlying error.
 	ErrNoSpace = errors.New("store: no space left")
 	// ErrUploadSize is returned by Upload.WriteAt for a write outside
-	// [0, size) and by NewUpload for a size outside [0, MaxUploadSize].
+	// [0, size) and by NewUpload and ResumeUpload for a size outside
+	// [0, MaxUploadSize].
 	ErrUploadSize = errors.New("store: offset or size out of range")
 	// ErrUploadDone is returned by Upload methods called after Commit or
-	// Discard succeeded, or after the Store was closed.
-	ErrUploadDone = errors.New("store: upload already committed, discarded or closed")
+	// Discard succeeded, after Release, or after the Store was closed.
+	ErrUploadDone = errors.New("store: upload already committed, discarded, released or closed")
+	// ErrRangesTooLarge is returned by Upload.Checkpoint for a ranges blob
+	// longer than MaxRangesLen.
+	ErrRangesTooLarge = errors.New("store: checkpoint ranges too large")
 )
 
 // MaxUploadSize is the largest file size NewUpload accepts (1 PiB).
 const MaxUploadSize = 1 << 50
+
+// MaxRangesLen is the largest ranges blob Upload.Checkpoint accepts (1 MiB).
+const MaxRangesLen = 1 << 20
 
 // maxPublicKeyLen bounds the public key accepted by RegisterClient.
 const maxPublicKeyLen = 16 << 10
@@ -107,10 +122,13 @@ const (
 	tmpDir     = "tmp"
 )
 
-// schemaVersion is stored in PRAGMA user_version.
-const schemaVersion = 1
+// schemaVersion is stored in PRAGMA user_version. Version 0 is an empty
+// database; migrations[v] takes the schema from version v to v+1.
+const schemaVersion = 2
 
-const schema = `
+var migrations = [schemaVersion]string{
+	// 0 -> 1: the initial schema.
+	`
 CREATE TABLE clients (
 	id        BLOB    PRIMARY KEY CHECK (length(id) = 16),
 	name      TEXT    NOT NULL UNIQUE,
@@ -143,7 +161,20 @@ CREATE TABLE uploads (
 	created   INTEGER NOT NULL, -- unix nanoseconds
 	ranges    BLOB              -- reserved for resume: received byte ranges
 );
-`
+`,
+	// 1 -> 2: resumable uploads. ranges holds the caller's blob from the
+	// last Checkpoint (NULL if none); updated is the time (unix
+	// nanoseconds) of the last activity (creation, checkpoint or resume),
+	// by which PurgeUploads goes and ResumeUpload picks the most recent
+	// candidate. (No SQL comment after the added column: SQLite copies the
+	// column's text into the table's CREATE statement, where the comment
+	// would hide the closing parenthesis.)
+	`
+ALTER TABLE uploads ADD COLUMN updated INTEGER NOT NULL DEFAULT 0;
+UPDATE uploads SET updated = created;
+CREATE INDEX uploads_by_file ON uploads (client_id, name, updated);
+`,
+}
 
 // ClientID identifies a registered client. It is random, never derived from
 // the client's name.
@@ -292,8 +323,9 @@ func Open(ctx context.Context, dir string) (_ *Store, err error) {
 	return s, nil
 }
 
-// migrate creates the schema in a new database and checks the version of an
-// existing one.
+// migrate creates the schema in a new database and brings an older one up
+// to schemaVersion, in one transaction: a failed or interrupted migration
+// leaves the database as it was.
 func (s *Store) migrate(ctx context.Context) error {
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
@@ -309,11 +341,13 @@ func (s *Store) migrate(ctx context.Context) error {
 		return nil
 	case v > schemaVersion:
 		return fmt.Errorf("store: database schema version %d is newer than supported version %d", v, schemaVersion)
-	case v != 0:
+	case v < 0:
 		return fmt.Errorf("store: unknown database schema version %d", v)
 	}
-	if _, err := tx.ExecContext(ctx, schema); err != nil {
-		return wrapDB("create schema", err)
+	for ; v < schemaVersion; v++ {
+		if _, err := tx.ExecContext(ctx, migrations[v]); err != nil {
+			return wrapDB(fmt.Sprintf("migrate schema from version %d to %d", v, v+1), err)
+		}
 	}
 	if _, err := tx.ExecContext(ctx, fmt.Sprintf("PRAGMA user_version = %d", schemaVersion)); err != nil {
 		return wrapDB("set schema version", err)
@@ -326,7 +360,9 @@ func (s *Store) migrate(ctx context.Context) error {
 
 // recover removes what a crash can leave behind: upload rows whose temp
 // file is gone, temp files no upload row references, and files under
-// clients/ that no version row references. It runs before the Store is
+// clients/ that no version row references. Upload rows whose temp file
+// exists are kept with their file, for ResumeUpload or PurgeUploads; a temp
+// file that a row names is never removed here. It runs before the Store is
 // shared, so it needs no locking.
 func (s *Store) recover(ctx context.Context) error {
 	// Upload rows without a temp file.
@@ -448,8 +484,9 @@ func (s *Store) Recovered() Recovery { return s.recovery }
 func (s *Store) Dir() string { return s.dir }
 
 // Close closes the database and the files of open uploads. Uploads that were
-// neither committed nor discarded keep their database row and temp file;
-// PurgeUploads removes them.
+// neither committed nor discarded keep their database row and temp file, as
+// after Upload.Release: a later ResumeUpload (after Open) continues them, or
+// PurgeUploads removes them. Close does not checkpoint them.
 func (s *Store) Close() error {
 	s.mu.Lock()
 	if s.closed {
@@ -790,16 +827,17 @@ func (s *Store) OpenVersion(ctx context.Context, id ClientID, fv FileVersion) (*
 	return f, nil
 }
 
-// PurgeUploads discards uploads created before the given time that are not
-// open in this Store (uploads left behind by an earlier run; resuming them
-// is not implemented), removing their rows and temp files. It returns how
-// many it removed.
+// PurgeUploads discards uploads whose last activity (creation, Checkpoint
+// or ResumeUpload) was before the given time and that are not open in this
+// Store (released, or left behind by an earlier run), removing their rows
+// and temp files. An upload that keeps checkpointing is therefore never
+// purged, however long ago it started. It returns how many it removed.
 func (s *Store) PurgeUploads(ctx context.Context, before time.Time) (int, error) {
 	if err := s.lockWrite(ctx); err != nil {
 		return 0, err
 	}
 	defer s.unlockWrite()
-	rows, err := s.db.QueryContext(ctx, "SELECT id, temp_path FROM uploads WHERE created < ?", before.UnixNano())
+	rows, err := s.db.QueryContext(ctx, "SELECT id, temp_path FROM uploads WHERE updated < ?", before.UnixNano())
 	if err != nil {
 		return 0, wrapDB("list uploads", err)
 	}
@@ -830,17 +868,41 @@ func (s *Store) PurgeUploads(ctx context.Context, before time.Time) (int, error)
 	}
 	n := 0
 	for _, st := range list {
-		if _, err := s.db.ExecContext(ctx, "DELETE FROM uploads WHERE id = ?", st.id); err != nil {
-			return n, wrapDB("delete upload", err)
+		if err := s.deleteUpload(ctx, st.id, st.path); err != nil {
+			return n, err
 		}
 		n++
-		if checkTempPath(st.path) == nil {
-			if err := s.root.Remove(st.path); err != nil && !errors.Is(err, fs.ErrNotExist) {
-				return n, wrapIO("remove temp file", err)
-			}
-		}
 	}
 	return n, nil
+}
+
+// deleteUpload deletes the upload row id and then its temp file rel (if rel
+// is a valid temp path). A crash in between leaves a temp file without a
+// row, which Open removes. The caller holds the write lock and makes sure
+// the upload is not open.
+func (s *Store) deleteUpload(ctx context.Context, id []byte, rel string) error {
+	if _, err := s.db.ExecContext(ctx, "DELETE FROM uploads WHERE id = ?", id); err != nil {
+		return wrapDB("delete upload", err)
+	}
+	if checkTempPath(rel) == nil {
+		// RemoveAll: a damaged store may have anything there.
+		if err := s.root.RemoveAll(filepath.FromSlash(rel)); err != nil {
+			return wrapIO("remove temp file", err)
+		}
+	}
+	return nil
+}
+
+// PartialUploads reports the uploads in progress or kept for resume (every
+// upload row, open or not): how many there are and the sum of their file
+// sizes. The sum is of declared sizes; temp files are sparse, so they may
+// take less disk space. It is meant for logging.
+func (s *Store) PartialUploads(ctx context.Context) (n int, bytes int64, err error) {
+	err = s.db.QueryRowContext(ctx, "SELECT count(*), coalesce(sum(size), 0) FROM uploads").Scan(&n, &bytes)
+	if err != nil {
+		return 0, 0, wrapDB("count uploads", err)
+	}
+	return n, bytes, nil
 }
 
 // readDir reads the whole directory rel of root and closes it.

@@ -22,9 +22,10 @@ var errUploadLost = errors.New("store: upload's temp file was lost in a failed c
 
 // Upload is a file being received: a sparse temp file of the final size,
 // written at arbitrary offsets, then committed as a new version or
-// discarded. WriteAt and ReadAt may be called concurrently (at disjoint
-// ranges, for writes); Commit and Discard wait for calls in progress and
-// make all later calls fail with ErrUploadDone.
+// discarded, or released to be resumed later (see ResumeUpload). WriteAt,
+// ReadAt and Checkpoint may be called concurrently (at disjoint ranges, for
+// writes); Commit, Discard and Release wait for calls in progress and make
+// all later calls fail with ErrUploadDone.
 type Upload struct {
 	s      *Store
 	id     [16]byte
@@ -35,9 +36,14 @@ type Upload struct {
 	mode   uint32
 	temp   string // temp file, relative to the store directory
 
-	mu   sync.RWMutex // read-locked by WriteAt/ReadAt, locked by Commit/Discard/Close
+	mu   sync.RWMutex // read-locked by WriteAt/ReadAt/Checkpoint, locked by Commit/Discard/Release/Close
 	f    *os.File     // nil once closed
 	done bool
+
+	// ckMu serialises Checkpoint calls, so that the blobs reach the row
+	// in the order of the calls. It is taken before mu.
+	ckMu      sync.Mutex
+	dirSynced bool // tmp/ was fsynced since this Upload was made; under ckMu
 }
 
 // NewUpload starts receiving version data for the client's file name: size
@@ -86,10 +92,11 @@ func (s *Store) NewUpload(ctx context.Context, id ClientID, name string, size in
 	if err := f.Truncate(size); err != nil {
 		return fail(wrapIO("size temp file", err))
 	}
+	now := time.Now().UnixNano()
 	res, err := s.db.ExecContext(ctx, `
-		INSERT INTO uploads (id, client_id, name, size, mtime_ns, mode, temp_path, created)
-		SELECT ?, ?, ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM clients WHERE id = ?)`,
-		u.id[:], id[:], name, size, mtimeNS, int64(mode), u.temp, time.Now().UnixNano(), id[:])
+		INSERT INTO uploads (id, client_id, name, size, mtime_ns, mode, temp_path, created, updated)
+		SELECT ?, ?, ?, ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM clients WHERE id = ?)`,
+		u.id[:], id[:], name, size, mtimeNS, int64(mode), u.temp, now, now, id[:])
 	if err != nil {
 		return fail(wrapDB("insert upload", err))
 	}
@@ -100,18 +107,174 @@ func (s *Store) NewUpload(ctx context.Context, id ClientID, name string, size in
 	}
 	u.f = f
 
+	if err := s.register(u); err != nil {
+		return nil, err
+	}
+	return u, nil
+}
+
+// register records u, whose file is open, as open in s. If Close ran
+// meanwhile, it cannot have seen u, so register closes u's file itself;
+// row and file stay, like those of other open uploads at Close.
+func (s *Store) register(u *Upload) error {
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	if s.closed {
-		// Close ran meanwhile: it cannot have seen this upload, so close it
-		// here. Row and file stay for PurgeUploads, like other open uploads
-		// at Close.
-		s.mu.Unlock()
-		f.Close()
-		return nil, errors.New("store: closed")
+		u.closeFile()
+		return errors.New("store: closed")
 	}
 	s.uploads[u.id] = u
+	return nil
+}
+
+// ResumeUpload continues an upload that an earlier session (of this
+// process, or of one that stopped or crashed) left unfinished: the most
+// recently updated upload of the client's file name with the given size and
+// modification time (to the nanosecond) that is not open in this Store and
+// whose ID skip does not reject. skip reports uploads in use by a live
+// session; nil rejects none. It returns the upload, with its temp file open
+// for writing, and the ranges blob of its last Checkpoint, or nil if it was
+// never checkpointed. Only the bytes that blob describes are known to be in
+// the temp file; the rest of it may hold anything. The upload keeps the
+// mode it was created with. Resuming counts as activity for PurgeUploads.
+//
+// Uploads of the same client and name whose size or modification time
+// differ are stale (the file changed since), so ResumeUpload discards them,
+// temp file and row, unless they are open in this Store or skip rejects
+// them. If the temp file of the chosen upload is missing or has the wrong
+// size, ResumeUpload discards that upload and returns ErrNotFound; it does
+// not fall back to an older candidate.
+//
+// ResumeUpload fails with ErrNotFound if there is nothing to resume (this
+// includes an unknown client), ErrInvalidName, ErrUploadSize (size outside
+// [0, MaxUploadSize]) or ErrNoSpace. skip is called with the Store's write
+// lock held: it must not call methods of s. Concurrent ResumeUpload calls
+// never return the same upload: an upload is open in this Store from the
+// moment ResumeUpload picks it until Commit, Discard or Release.
+func (s *Store) ResumeUpload(ctx context.Context, id ClientID, name string, size int64, mtime time.Time, skip func(uploadID [16]byte) bool) (*Upload, []byte, error) {
+	if err := ValidateName(name); err != nil {
+		return nil, nil, err
+	}
+	if size < 0 || size > MaxUploadSize {
+		return nil, nil, fmt.Errorf("%w: size %d not in [0, %d]", ErrUploadSize, size, int64(MaxUploadSize))
+	}
+	mtimeNS := mtime.UnixNano()
+	if !time.Unix(0, mtimeNS).Equal(mtime) {
+		// No upload can have this time: NewUpload refuses it.
+		return nil, nil, fmt.Errorf("%w: no upload of %q to resume", ErrNotFound, name)
+	}
+	if err := s.lockWrite(ctx); err != nil {
+		return nil, nil, err
+	}
+	defer s.unlockWrite()
+	s.mu.Lock()
+	closed := s.closed
 	s.mu.Unlock()
-	return u, nil
+	if closed {
+		return nil, nil, errors.New("store: closed")
+	}
+
+	type row struct {
+		id           [16]byte
+		size, mtime  int64
+		mode         int64
+		temp         string
+		ranges       []byte
+		inUse, match bool
+	}
+	rows, err := s.db.QueryContext(ctx, `
+		SELECT id, size, mtime_ns, mode, temp_path, ranges FROM uploads
+		WHERE client_id = ? AND name = ?
+		ORDER BY updated DESC, created DESC, rowid DESC`, id[:], name)
+	if err != nil {
+		return nil, nil, wrapDB("list uploads", err)
+	}
+	var list []row
+	for rows.Next() {
+		var r row
+		var rid []byte
+		if err := rows.Scan(&rid, &r.size, &r.mtime, &r.mode, &r.temp, &r.ranges); err != nil {
+			rows.Close()
+			return nil, nil, wrapDB("list uploads", err)
+		}
+		copy(r.id[:], rid)
+		r.match = r.size == size && r.mtime == mtimeNS
+		list = append(list, r)
+	}
+	err = rows.Err()
+	rows.Close()
+	if err != nil {
+		return nil, nil, wrapDB("list uploads", err)
+	}
+	s.mu.Lock()
+	for i := range list {
+		_, list[i].inUse = s.uploads[list[i].id]
+	}
+	s.mu.Unlock()
+
+	var chosen *row
+	for i := range list {
+		r := &list[i]
+		if r.inUse || (skip != nil && skip(r.id)) {
+			continue
+		}
+		if !r.match {
+			if err := s.deleteUpload(ctx, r.id[:], r.temp); err != nil {
+				return nil, nil, err
+			}
+			continue
+		}
+		if chosen == nil {
+			chosen = r
+		}
+	}
+	if chosen == nil {
+		return nil, nil, fmt.Errorf("%w: no upload of %q to resume", ErrNotFound, name)
+	}
+
+	r := chosen
+	gone := func(why string) (*Upload, []byte, error) {
+		if err := s.deleteUpload(ctx, r.id[:], r.temp); err != nil {
+			return nil, nil, err
+		}
+		return nil, nil, fmt.Errorf("%w: upload of %q to resume %s; discarded it", ErrNotFound, name, why)
+	}
+	if checkTempPath(r.temp) != nil {
+		return gone("had a bad temp path")
+	}
+	osTemp := filepath.FromSlash(r.temp)
+	damaged := func(st fs.FileInfo) bool { return !st.Mode().IsRegular() || st.Size() != size }
+	st, err := s.root.Lstat(osTemp)
+	if errors.Is(err, fs.ErrNotExist) {
+		return gone("had lost its temp file")
+	}
+	if err != nil {
+		return nil, nil, wrapIO("check temp file", err)
+	}
+	if damaged(st) {
+		return gone(fmt.Sprintf("had a damaged temp file (mode %v, %d bytes, want %d)", st.Mode(), st.Size(), size))
+	}
+	f, err := s.root.OpenFile(osTemp, os.O_RDWR, 0)
+	if err != nil {
+		return nil, nil, wrapIO("open temp file", err)
+	}
+	if st, err = f.Stat(); err != nil {
+		f.Close()
+		return nil, nil, wrapIO("check temp file", err)
+	}
+	if damaged(st) {
+		f.Close()
+		return gone(fmt.Sprintf("had a damaged temp file (mode %v, %d bytes, want %d)", st.Mode(), st.Size(), size))
+	}
+	if _, err := s.db.ExecContext(ctx, "UPDATE uploads SET updated = ? WHERE id = ?", time.Now().UnixNano(), r.id[:]); err != nil {
+		f.Close()
+		return nil, nil, wrapDB("update upload", err)
+	}
+	u := &Upload{s: s, id: r.id, client: id, name: name, size: size, mtime: mtimeNS, mode: uint32(r.mode), temp: r.temp, f: f}
+	if err := s.register(u); err != nil {
+		return nil, nil, err
+	}
+	return u, r.ranges, nil
 }
 
 // ID returns the upload's random 128-bit ID.
@@ -161,6 +324,92 @@ func (u *Upload) ReadAt(p []byte, off int64) (int, error) {
 		return n, wrapIO("read upload", err)
 	}
 	return n, err
+}
+
+// Checkpoint makes the data written so far durable and records ranges, an
+// opaque blob of at most MaxRangesLen bytes that ResumeUpload hands back;
+// the caller uses it to describe the byte ranges it has written. Checkpoint
+// first fsyncs the temp file (and, once per Upload, the tmp directory),
+// then stores the blob and the time in the upload's row, so a stored blob
+// never describes bytes that are not on disk, provided ranges describes
+// only writes whose WriteAt returned before Checkpoint was called (writes
+// still in progress may or may not be made durable). A nil ranges is stored
+// as an empty blob.
+//
+// Checkpoint may be called concurrently with WriteAt, ReadAt and other
+// Checkpoint calls; concurrent checkpoints are serialised, so the row ends
+// up with the blob of the call that ran last. It fails with ErrUploadDone
+// after Commit, Discard or Release, ErrRangesTooLarge, or ErrNoSpace. If it
+// fails otherwise, the previous blob stays.
+func (u *Upload) Checkpoint(ctx context.Context, ranges []byte) error {
+	if len(ranges) > MaxRangesLen {
+		return fmt.Errorf("%w: %d bytes, more than %d", ErrRangesTooLarge, len(ranges), MaxRangesLen)
+	}
+	if ranges == nil {
+		ranges = []byte{}
+	}
+	u.ckMu.Lock()
+	defer u.ckMu.Unlock()
+	u.mu.RLock()
+	defer u.mu.RUnlock()
+	if u.done {
+		return ErrUploadDone
+	}
+	if u.f == nil {
+		return errUploadLost
+	}
+	if err := u.f.Sync(); err != nil {
+		return wrapIO("sync upload", err)
+	}
+	s := u.s
+	if !u.dirSynced {
+		// NewUpload does not sync tmp/, so the file's name may not be
+		// durable yet.
+		if err := syncDir(s.root, tmpDir); err != nil {
+			return err
+		}
+		u.dirSynced = true
+	}
+	if err := s.lockWrite(ctx); err != nil {
+		return err
+	}
+	defer s.unlockWrite()
+	res, err := s.db.ExecContext(ctx, "UPDATE uploads SET ranges = ?, updated = ? WHERE id = ?",
+		ranges, time.Now().UnixNano(), u.id[:])
+	if err != nil {
+		return wrapDB("record checkpoint", err)
+	}
+	if n, err := res.RowsAffected(); err != nil {
+		return wrapDB("record checkpoint", err)
+	} else if n == 0 {
+		return errors.New("store: upload row is gone (purged?)")
+	}
+	return nil
+}
+
+// Release ends this use of the upload without finishing it: it closes the
+// temp file but keeps the file and the upload row, so that a later
+// ResumeUpload (in this process or, after Open, in another) can continue
+// it, and PurgeUploads can remove it once it is old. Release does not
+// checkpoint: call Checkpoint first to keep what was written. It waits for
+// calls in progress; later calls on u (Release included) fail with
+// ErrUploadDone. The upload is released even if closing the file fails.
+func (u *Upload) Release() error {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.done {
+		return ErrUploadDone
+	}
+	var err error
+	if u.f != nil {
+		err = u.f.Close()
+		u.f = nil
+	}
+	u.finish()
+	if err != nil {
+		return wrapIO("close temp file", err)
+	}
+	return nil
 }
 
 // closeFile closes the temp file, if open. u.mu must be locked.
@@ -360,7 +609,11 @@ func (u *Upload) Discard(ctx context.Context) error {
 	if u.done {
 		return ErrUploadDone
 	}
-	u.finish()
+	// The upload stays registered as open until its row is gone, so that
+	// ResumeUpload and PurgeUploads leave it alone meanwhile.
+	u.closeFile()
+	u.done = true
+	defer u.finish()
 	s := u.s
 	var errs []error
 	if err := s.root.Remove(filepath.FromSlash(u.temp)); err != nil && !errors.Is(err, fs.ErrNotExist) {
