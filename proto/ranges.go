@@ -74,3 +74,48 @@ func (s *RangeSet) Missing(size uint64) []Range {
 	}
 	return out
 }
+
+// AppendRanges appends the ranges of s: a uint32 count, then each range as
+// offset and length, uint64 each. Servers keep it with a partial upload.
+func (s *RangeSet) AppendRanges(b []byte) []byte {
+	b = appendU32(b, uint32(len(s.r)))
+	for _, r := range s.r {
+		b = appendU64(b, r.Off)
+		b = appendU64(b, r.Len)
+	}
+	return b
+}
+
+// ParseRangeSet decodes what AppendRanges wrote, checking that the ranges
+// are non-empty, ascending, disjoint and within size.
+func ParseRangeSet(b []byte, size uint64) (*RangeSet, error) {
+	d := &decoder{b: b, what: "ranges"}
+	n := d.u32("count")
+	if d.err == nil && uint64(len(d.b)) != uint64(n)*16 {
+		d.fail(errShort, "ranges")
+	}
+	s := &RangeSet{}
+	for i := uint32(0); d.err == nil && i < n; i++ {
+		off, l := d.u64("offset"), d.u64("length")
+		if d.err != nil {
+			break
+		}
+		if l == 0 || off > size || l > size-off {
+			d.fail(fmt.Errorf("range [%d,+%d) empty or beyond size %d", off, l, size), "ranges")
+			break
+		}
+		if len(s.r) > 0 && off <= s.r[len(s.r)-1].Off+s.r[len(s.r)-1].Len {
+			// AppendRanges writes merged sets, so touching ranges are
+			// as wrong as overlapping ones.
+			d.fail(fmt.Errorf("range [%d,+%d) out of order or not merged", off, l), "ranges")
+			break
+		}
+		if err := s.Add(off, l); err != nil {
+			d.fail(err, "ranges")
+		}
+	}
+	if err := d.finish(); err != nil {
+		return nil, err
+	}
+	return s, nil
+}

@@ -1,6 +1,8 @@
 package proto_test
 
 import (
+	"bytes"
+	"encoding/binary"
 	"math"
 	"reflect"
 	"testing"
@@ -203,4 +205,83 @@ func TestRangeSetRangesIsACopy(t *testing.T) {
 	if got, want := r, []proto.Range{{0, 10}, {20, 10}}; !reflect.DeepEqual(got, want) {
 		t.Errorf("earlier Ranges result after Add = %v, want %v", got, want)
 	}
+}
+
+func TestRangeSetEncoding(t *testing.T) {
+	var s proto.RangeSet
+	for _, r := range []proto.Range{{0, 10}, {20, 5}, {100, 1}} {
+		if err := s.Add(r.Off, r.Len); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b := s.AppendRanges(nil)
+	got, err := proto.ParseRangeSet(b, 101)
+	if err != nil {
+		t.Fatalf("ParseRangeSet = %v", err)
+	}
+	if !reflect.DeepEqual(got.Ranges(), s.Ranges()) || got.Total() != s.Total() {
+		t.Errorf("ParseRangeSet = %v (total %d), want %v (total %d)", got.Ranges(), got.Total(), s.Ranges(), s.Total())
+	}
+	empty, err := proto.ParseRangeSet((&proto.RangeSet{}).AppendRanges(nil), 0)
+	if err != nil || empty.Total() != 0 {
+		t.Errorf("empty set: %v, %v", empty, err)
+	}
+	for _, tc := range []struct {
+		name string
+		b    []byte
+		size uint64
+	}{
+		{"beyond size", b, 100},
+		{"truncated", b[:len(b)-1], 101},
+		{"trailing", append(append([]byte{}, b...), 0), 101},
+		{"short count", []byte{0, 0}, 101},
+		{"count too big", []byte{0, 0, 0, 9}, 101},
+		{"empty range", (&wireRanges{}).add(5, 0).b, 101},
+		{"unordered", (&wireRanges{}).add(20, 5).add(0, 10).b, 101},
+		{"overlapping", (&wireRanges{}).add(0, 10).add(5, 10).b, 101},
+		{"touching", (&wireRanges{}).add(0, 10).add(10, 10).b, 101},
+	} {
+		if _, err := proto.ParseRangeSet(tc.b, tc.size); err == nil {
+			t.Errorf("ParseRangeSet(%s) = nil error, want one", tc.name)
+		}
+	}
+}
+
+// wireRanges builds an AppendRanges encoding by hand.
+type wireRanges struct {
+	n int
+	b []byte
+}
+
+func (w *wireRanges) add(off, l uint64) *wireRanges {
+	w.n++
+	body := w.b
+	if len(body) >= 4 {
+		body = body[4:]
+	}
+	body = binary.BigEndian.AppendUint64(body, off)
+	body = binary.BigEndian.AppendUint64(body, l)
+	w.b = append(binary.BigEndian.AppendUint32(nil, uint32(w.n)), body...)
+	return w
+}
+
+func FuzzParseRangeSet(f *testing.F) {
+	var s proto.RangeSet
+	s.Add(0, 10)
+	s.Add(20, 5)
+	f.Add(s.AppendRanges(nil), uint64(100))
+	f.Add([]byte{0, 0, 0, 0}, uint64(0))
+	f.Fuzz(func(t *testing.T, b []byte, size uint64) {
+		size %= proto.MaxFileSize
+		got, err := proto.ParseRangeSet(b, size)
+		if err != nil {
+			return
+		}
+		if again := got.AppendRanges(nil); !bytes.Equal(again, b) {
+			t.Errorf("ParseRangeSet then AppendRanges = %x, want %x", again, b)
+		}
+		if len(got.Missing(size)) == 0 && !got.Covers(size) {
+			t.Errorf("Missing is empty but Covers is false")
+		}
+	})
 }
