@@ -28,3 +28,10 @@ func SessionCount(s *Server) int {
 	defer s.mu.Unlock()
 	return len(s.sessions)
 }
+
+// ActiveUploads reports how many uploads sessions are receiving.
+func ActiveUploads(s *Server) int {
+	s.activeMu.Lock()
+	defer s.activeMu.Unlock()
+	return len(s.active)
+}

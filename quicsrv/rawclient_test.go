@@ -720,7 +720,7 @@ func (w *world) restoreAll(t *testing.T) {
 		}
 	}
 	c.close()
-	tmpEmpty(t, w.srv.Dir)
+	tmpEmpty(t, w.srv)
 	checkContained(t, w.srv.Dir)
 }
 
@@ -764,13 +764,24 @@ func snapshotDir(t testing.TB, dir string) map[string]string {
 	return out
 }
 
-// tmpEmpty waits for the data directory's tmp/ to be empty: every upload of
-// a closed session is discarded.
-func tmpEmpty(t testing.TB, dir string) {
+// tmpEmpty waits until no session is receiving an upload (uploads of a
+// closed session are discarded, or kept for resume if they received
+// something), expires the kept ones as the partial-upload time to live
+// would, and then requires tmp/ to be empty: nothing else may linger.
+func tmpEmpty(t testing.TB, srv *srvtest.Server) {
 	t.Helper()
 	deadline := time.Now().Add(ioTimeout)
+	for quicsrv.ActiveUploads(srv.Srv) > 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d uploads still active after %v", quicsrv.ActiveUploads(srv.Srv), ioTimeout)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if _, err := srv.Store.PurgeUploads(context.Background(), time.Now().Add(time.Hour)); err != nil {
+		t.Fatalf("purging partial uploads: %v", err)
+	}
 	for {
-		entries, err := os.ReadDir(filepath.Join(dir, "tmp"))
+		entries, err := os.ReadDir(filepath.Join(srv.Dir, "tmp"))
 		if err != nil {
 			t.Fatalf("reading tmp: %v", err)
 		}
@@ -792,7 +803,7 @@ func tmpEmpty(t testing.TB, dir string) {
 // hostile case, then requires clients/ and tmp/ to be as in before.
 func (w *world) unchanged(t *testing.T, before map[string]string) {
 	t.Helper()
-	tmpEmpty(t, w.srv.Dir)
+	tmpEmpty(t, w.srv)
 	after := w.snapshot(t)
 	for p, h := range before {
 		if after[p] != h {

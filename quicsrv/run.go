@@ -20,7 +20,24 @@ type Config struct {
 	ChunkSize       int           // 0: DefaultChunkSize
 	Streams         int           // 0: DefaultStreams
 	ShutdownTimeout time.Duration // how long a shutdown waits for transfers
+	PartialTTL      time.Duration // unfinished uploads idle this long are removed (0: 7 days)
 	Logger          *slog.Logger
+}
+
+// DefaultPartialTTL is how long an unfinished upload is kept for resume
+// after its last activity.
+const DefaultPartialTTL = 7 * 24 * time.Hour
+
+// purgePartials removes unfinished uploads idle for longer than ttl.
+func purgePartials(ctx context.Context, st *store.Store, ttl time.Duration, log *slog.Logger) error {
+	n, err := st.PurgeUploads(ctx, time.Now().Add(-ttl))
+	if err != nil {
+		return err
+	}
+	if n > 0 {
+		log.Info("removed partial uploads past their time to live", "count", n, "ttl", ttl.String())
+	}
+	return nil
 }
 
 // Run opens the data directory (creating the database and a self-signed
@@ -39,11 +56,15 @@ func Run(ctx context.Context, cfg Config) error {
 	if rec := st.Recovered(); rec != (store.Recovery{}) {
 		log.Warn("cleaned up after an unclean stop", "temp_files", rec.TempFiles, "upload_rows", rec.UploadRows, "orphan_files", rec.OrphanFiles)
 	}
-	// Uploads cannot be resumed across a restart yet: drop what was left.
-	if n, err := st.PurgeUploads(ctx, time.Now()); err != nil {
+	ttl := cfg.PartialTTL
+	if ttl <= 0 {
+		ttl = DefaultPartialTTL
+	}
+	if err := purgePartials(ctx, st, ttl, log); err != nil {
 		return err
-	} else if n > 0 {
-		log.Info("discarded unfinished uploads", "count", n)
+	}
+	if n, size, err := st.PartialUploads(ctx); err == nil && n > 0 {
+		log.Info("partial uploads kept for resume", "count", n, "bytes", size, "ttl", ttl.String())
 	}
 	cert, err := certs.LoadOrCreate(filepath.Join(cfg.Data, "tls"))
 	if err != nil {
@@ -63,10 +84,20 @@ func Run(ctx context.Context, cfg Config) error {
 	log.Info("qbackupd listening", "addr", pc.LocalAddr().String(), "fingerprint", certs.Fingerprint(cert.Certificate[0]), "data", cfg.Data)
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(pc) }()
-	select {
-	case err := <-errc:
-		return err
-	case <-ctx.Done():
+	purge := time.NewTicker(min(ttl, time.Hour))
+	defer purge.Stop()
+wait:
+	for {
+		select {
+		case err := <-errc:
+			return err
+		case <-purge.C:
+			if err := purgePartials(ctx, st, ttl, log); err != nil {
+				log.Warn("purging partial uploads", "err", err)
+			}
+		case <-ctx.Done():
+			break wait
+		}
 	}
 	timeout := cfg.ShutdownTimeout
 	if timeout <= 0 {

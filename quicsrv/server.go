@@ -58,6 +58,11 @@ type Server struct {
 	// IdleTimeout closes a connection that has heard nothing for this long.
 	IdleTimeout time.Duration
 
+	// active maps the uploads sessions are receiving to those sessions,
+	// so no two sessions write one upload.
+	activeMu sync.Mutex
+	active   map[[16]byte]activeUpload
+
 	mu       sync.Mutex
 	tr       *quic.Transport
 	pc       net.PacketConn
@@ -102,6 +107,69 @@ func (s *Server) logger() *slog.Logger {
 		return s.Logger
 	}
 	return slog.New(slog.NewTextHandler(io.Discard, nil))
+}
+
+type activeUpload struct {
+	ss   *session
+	name string
+}
+
+// claim marks an upload as being received by ss; false if a session has it.
+func (s *Server) claim(id [16]byte, ss *session, name string) bool {
+	s.activeMu.Lock()
+	defer s.activeMu.Unlock()
+	if _, ok := s.active[id]; ok {
+		return false
+	}
+	if s.active == nil {
+		s.active = make(map[[16]byte]activeUpload)
+	}
+	s.active[id] = activeUpload{ss: ss, name: name}
+	return true
+}
+
+func (s *Server) unclaim(id [16]byte) {
+	s.activeMu.Lock()
+	defer s.activeMu.Unlock()
+	delete(s.active, id)
+}
+
+func (s *Server) claimed(id [16]byte) bool {
+	s.activeMu.Lock()
+	defer s.activeMu.Unlock()
+	_, ok := s.active[id]
+	return ok
+}
+
+// takeOver makes other sessions of the same client give up their uploads
+// of name, keeping what they received for ss to resume. A client whose
+// connection died reconnects long before the server notices the old
+// connection is gone (its idle timeout); without this its new session
+// could not resume.
+func (s *Server) takeOver(ss *session, name string) {
+	type victim struct {
+		owner *session
+		id    [16]byte
+	}
+	var victims []victim
+	s.activeMu.Lock()
+	for id, a := range s.active {
+		if a.name == name && a.ss != ss && a.ss.client.ID == ss.client.ID {
+			victims = append(victims, victim{a.ss, id})
+		}
+	}
+	s.activeMu.Unlock()
+	for _, v := range victims {
+		v.owner.surrender(v.id)
+	}
+	// A session that is ending parks its uploads itself; wait for that
+	// (it is a checkpoint: an fsync and a row) rather than start afresh.
+	deadline := time.Now().Add(10 * time.Second)
+	for _, v := range victims {
+		for s.claimed(v.id) && time.Now().Before(deadline) && ss.ctx.Err() == nil {
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
 }
 
 // QUICConfig is the QUIC configuration the server listens with.

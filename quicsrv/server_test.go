@@ -153,7 +153,7 @@ func TestHugeUploadRequest(t *testing.T) {
 		default:
 			t.Fatalf("unexpected %v", r.Type())
 		}
-		tmpEmpty(t, w.srv.Dir)
+		tmpEmpty(t, w.srv)
 	}
 	c.list("", 0)
 	c.close()

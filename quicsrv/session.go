@@ -150,7 +150,7 @@ func (ss *session) cleanup() {
 	sender := ss.sender
 	ss.mu.Unlock()
 	for _, u := range ups {
-		u.discard(context.Background())
+		ss.park(u)
 	}
 	for _, r := range rests {
 		r.close()

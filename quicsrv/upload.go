@@ -32,22 +32,101 @@ type upload struct {
 	size uint64
 	up   *store.Upload
 
-	mu      sync.Mutex
-	state   uploadState
-	got     proto.RangeSet // ranges reserved by arriving chunks
-	written uint64         // bytes written to disk
-	crc     uint32
-	sha     [32]byte
+	mu       sync.Mutex
+	state    uploadState
+	got      proto.RangeSet // ranges reserved by arriving chunks
+	done     proto.RangeSet // ranges written to the temp file
+	written  uint64         // bytes in done
+	crc      uint32
+	sha      [32]byte
+	lastSync time.Time // last checkpoint
+	syncing  bool      // a checkpoint is running
 }
 
-func (u *upload) discard(ctx context.Context) {
+// checkpointEvery is how often an upload's received ranges are made
+// durable while it runs, which bounds what a server crash loses. A session
+// that ends for any other reason checkpoints everything it wrote.
+const checkpointEvery = 2 * time.Second
+
+// checkpoint syncs the temp file and records the ranges written so far, so
+// a later session can resume from them.
+func (ss *session) checkpoint(ctx context.Context, u *upload) {
+	u.mu.Lock()
+	if u.syncing {
+		u.mu.Unlock()
+		return
+	}
+	u.syncing = true
+	blob := u.done.AppendRanges(nil)
+	u.mu.Unlock()
+	err := u.up.Checkpoint(ctx, blob)
+	u.mu.Lock()
+	u.syncing = false
+	u.lastSync = time.Now()
+	u.mu.Unlock()
+	if err != nil && !errors.Is(err, store.ErrUploadDone) {
+		ss.log.Warn("checkpoint", "name", u.name, "err", err)
+	}
+}
+
+// park keeps an unfinished upload for a later session when the session
+// ends: what was written is checkpointed and the file closed. An upload
+// that received nothing is discarded.
+func (ss *session) park(u *upload) {
 	u.mu.Lock()
 	wasFinished := u.state == finished
 	u.state = finished
+	keep := u.written > 0 || u.size == 0
+	blob := u.done.AppendRanges(nil) // only writes that completed
 	u.mu.Unlock()
-	if !wasFinished {
-		u.up.Discard(ctx)
+	defer ss.srv.unclaim(u.id)
+	if wasFinished {
+		return
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if !keep {
+		u.up.Discard(ctx)
+		return
+	}
+	if err := u.up.Checkpoint(ctx, blob); err != nil {
+		ss.log.Warn("keeping a partial upload failed; discarding it", "name", u.name, "err", err)
+		u.up.Discard(ctx)
+		return
+	}
+	u.up.Release()
+	ss.log.Info("kept partial upload for resume", "name", u.name, "have", u.written, "size", u.size)
+}
+
+// surrender gives up an upload another session of this client wants to
+// resume: it is kept as a partial upload, and this session's client is
+// told the transfer was aborted.
+func (ss *session) surrender(id [16]byte) {
+	ss.mu.Lock()
+	var u *upload
+	for _, cand := range ss.uploads {
+		if cand.id == id {
+			u = cand
+		}
+	}
+	if u != nil {
+		u.mu.Lock()
+		committing := u.state == finished
+		u.mu.Unlock()
+		if committing {
+			u = nil // its commit is under way: let it finish
+		} else {
+			delete(ss.uploads, u.xfer)
+		}
+	}
+	ss.mu.Unlock()
+	if u == nil {
+		return
+	}
+	ss.park(u)
+	ss.log.Info("upload taken over by a newer session of the client", "name", u.name)
+	ss.sendError(u.req, proto.Errorf(proto.CodeAborted, "another session of this client took over the upload of %q", u.name))
+	ss.transferEnded()
 }
 
 func (ss *session) uploadRequest(m *proto.UploadRequest) {
@@ -76,34 +155,72 @@ func (ss *session) startUpload(m *proto.UploadRequest) error {
 	if err != nil {
 		return err
 	}
-	up, err := ss.srv.Store.NewUpload(ss.ctx, ss.client.ID, m.Name, int64(m.Size), time.Unix(0, m.ModTime), m.Mode)
+	u, err := ss.openUpload(m)
 	if err != nil {
 		return err
 	}
-	u := &upload{req: m.Req, xfer: xfer, id: up.ID(), name: m.Name, size: m.Size, up: up}
-	if m.Size == 0 {
-		u.state = checking // nothing to wait for
+	u.req, u.xfer = m.Req, xfer
+	missing := u.done.Missing(u.size)
+	if len(missing) > proto.MaxRanges {
+		// Too fragmented to describe in one message: take it all again.
+		missing = []proto.Range{{Off: 0, Len: u.size}}
+		u.got, u.done, u.written = proto.RangeSet{}, proto.RangeSet{}, 0
+	}
+	if len(missing) == 0 {
+		u.state = checking // nothing to wait for: empty, or every byte already here
 	}
 	ss.mu.Lock()
 	if ss.uploads == nil { // the session ended meanwhile
 		ss.mu.Unlock()
-		up.Discard(context.Background())
+		ss.park(u)
 		return context.Canceled
 	}
 	ss.uploads[xfer] = u
 	ss.mu.Unlock()
 
-	ready := &proto.UploadReady{Req: m.Req, Xfer: xfer, UploadID: u.id, Status: proto.ReadySend}
-	if m.Size > 0 {
-		ready.Missing = []proto.Range{{Off: 0, Len: m.Size}}
-	}
+	ready := &proto.UploadReady{Req: m.Req, Xfer: xfer, UploadID: u.id, Status: proto.ReadySend, Missing: missing}
 	if err := ss.send(ready); err != nil {
 		return err
 	}
-	if m.Size == 0 {
+	if len(missing) == 0 {
 		ss.startChecksum(u)
 	}
 	return nil
+}
+
+// openUpload resumes the partial upload of the same file (same name, size
+// and modification time) that an earlier session left, or starts a new
+// one. The store discards partial uploads of an earlier state of the file,
+// so a file that changed is sent afresh, never stitched together.
+func (ss *session) openUpload(m *proto.UploadRequest) (*upload, error) {
+	st := ss.srv.Store
+	mtime := time.Unix(0, m.ModTime)
+	ss.srv.takeOver(ss, m.Name)
+	up, blob, err := st.ResumeUpload(ss.ctx, ss.client.ID, m.Name, int64(m.Size), mtime, ss.srv.claimed)
+	if err == nil {
+		done, perr := &proto.RangeSet{}, error(nil)
+		if blob != nil { // nil: never checkpointed, so nothing is known to be there
+			done, perr = proto.ParseRangeSet(blob, m.Size)
+		}
+		if perr != nil {
+			ss.log.Warn("partial upload has unreadable ranges; starting afresh", "name", m.Name, "err", perr)
+			up.Discard(ss.ctx)
+		} else if !ss.srv.claim(up.ID(), ss, m.Name) {
+			up.Release() // another session took it meanwhile
+		} else {
+			u := &upload{id: up.ID(), name: m.Name, size: m.Size, up: up, got: *done, done: *done, written: done.Total(), lastSync: time.Now()}
+			ss.log.Info("resuming upload", "name", m.Name, "have", u.written, "size", m.Size)
+			return u, nil
+		}
+	} else if !errors.Is(err, store.ErrNotFound) {
+		return nil, err
+	}
+	up, err = st.NewUpload(ss.ctx, ss.client.ID, m.Name, int64(m.Size), mtime, m.Mode)
+	if err != nil {
+		return nil, err
+	}
+	ss.srv.claim(up.ID(), ss, m.Name)
+	return &upload{id: up.ID(), name: m.Name, size: m.Size, up: up, lastSync: time.Now()}, nil
 }
 
 // unchanged reports whether the stored version already holds what the
@@ -201,14 +318,22 @@ func (ss *session) receive(u *upload, off uint64, p []byte) error {
 		u.mu.Unlock()
 		return nil
 	}
+	u.done.Add(off, n) // cannot overlap: got reserved the range
 	u.written += n
 	done := u.written == u.size
 	if done {
 		u.state = checking
 	}
+	sync := !done && !u.syncing && time.Since(u.lastSync) >= checkpointEvery
 	u.mu.Unlock()
 	if done {
 		ss.startChecksum(u)
+	} else if sync {
+		ss.wg.Add(1)
+		go func() {
+			defer ss.wg.Done()
+			ss.checkpoint(ss.ctx, u)
+		}()
 	}
 	return nil
 }
@@ -233,6 +358,7 @@ func (ss *session) removeUpload(u *upload) {
 		delete(ss.uploads, u.xfer)
 	}
 	ss.mu.Unlock()
+	ss.srv.unclaim(u.id)
 	ss.transferEnded()
 }
 

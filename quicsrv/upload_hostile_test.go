@@ -450,7 +450,7 @@ func TestUploadAbort(t *testing.T) {
 	if res.Xfer != r.Xfer || res.Status != proto.ResultDiscarded || res.Version != 0 {
 		t.Fatalf("UploadResult %+v; want transfer %d discarded", res, r.Xfer)
 	}
-	tmpEmpty(t, w.srv.Dir)
+	tmpEmpty(t, w.srv)
 	// Late chunks of the aborted transfer are dropped quietly, and a second
 	// abort or commit of it is not an error.
 	c.sendData(c.frame(r.Xfer, r.UploadID, 4096, d[4096:8192]))
@@ -476,7 +476,7 @@ func TestUploadAbort(t *testing.T) {
 		t.Fatal("restored bytes differ")
 	}
 	c.close()
-	tmpEmpty(t, w.srv.Dir)
+	tmpEmpty(t, w.srv)
 	after := w.snapshot(t)
 	for p, h := range before {
 		if after[p] != h {
@@ -523,7 +523,7 @@ func TestTooManyTransfers(t *testing.T) {
 		}
 	}
 	c.close()
-	tmpEmpty(t, w.srv.Dir)
+	tmpEmpty(t, w.srv)
 	after := w.snapshot(t)
 	for p, h := range before {
 		if after[p] != h {
@@ -588,7 +588,7 @@ func TestStreamLimits(t *testing.T) {
 		t.Fatal("restored bytes differ")
 	}
 	c.close()
-	tmpEmpty(t, w.srv.Dir)
+	tmpEmpty(t, w.srv)
 	after := w.snapshot(t)
 	for p, h := range before {
 		if after[p] != h {

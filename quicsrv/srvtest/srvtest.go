@@ -11,7 +11,6 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/qbackup/qbackup/certs"
 	"github.com/qbackup/qbackup/quicsrv"
@@ -49,9 +48,6 @@ func (s *Server) start(addr string) {
 	st, err := store.Open(ctx, s.Dir)
 	if err != nil {
 		t.Fatalf("srvtest: open store: %v", err)
-	}
-	if _, err := st.PurgeUploads(ctx, time.Now()); err != nil {
-		t.Fatalf("srvtest: purge uploads: %v", err)
 	}
 	cert, err := certs.LoadOrCreate(filepath.Join(s.Dir, "tls"))
 	if err != nil {

@@ -15,12 +15,13 @@ import (
 )
 
 type flags struct {
-	Data      string        `required:"" env:"QBACKUPD_DATA" help:"Data directory: database, stored files, TLS key." placeholder:"DIR"`
-	Listen    string        `default:"0.0.0.0:7443" env:"QBACKUPD_LISTEN" help:"UDP address to listen on." placeholder:"HOST:PORT"`
-	ChunkSize int           `default:"1048576" help:"Largest chunk accepted and sent, in bytes."`
-	Streams   int           `default:"8" help:"Data streams a client may open at once."`
-	Grace     time.Duration `default:"30s" help:"How long a shutdown waits for transfers to finish."`
-	LogJSON   bool          `help:"Log as JSON lines."`
+	Data       string        `required:"" env:"QBACKUPD_DATA" help:"Data directory: database, stored files, TLS key." placeholder:"DIR"`
+	Listen     string        `default:"0.0.0.0:7443" env:"QBACKUPD_LISTEN" help:"UDP address to listen on." placeholder:"HOST:PORT"`
+	ChunkSize  int           `default:"1048576" help:"Largest chunk accepted and sent, in bytes."`
+	Streams    int           `default:"8" help:"Data streams a client may open at once."`
+	Grace      time.Duration `default:"30s" help:"How long a shutdown waits for transfers to finish."`
+	PartialTTL time.Duration `default:"168h" env:"QBACKUPD_PARTIAL_TTL" help:"Remove unfinished uploads idle for this long (they are kept for resume until then)."`
+	LogJSON    bool          `help:"Log as JSON lines."`
 }
 
 func main() {
@@ -38,6 +39,7 @@ func main() {
 		ChunkSize:       f.ChunkSize,
 		Streams:         f.Streams,
 		ShutdownTimeout: f.Grace,
+		PartialTTL:      f.PartialTTL,
 		Logger:          slog.New(h),
 	})
 	if err != nil {
