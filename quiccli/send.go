@@ -239,6 +239,7 @@ type FileStatus struct {
 	Identical bool   // sent, and found identical to the latest version
 	Version   uint32 // the version holding the content
 	Attempts  int    // how many times it was sent
+	Resumed   int64  // bytes the server already had from an interrupted send
 }
 
 // errMismatch means one attempt's checksums did not match, or the file
@@ -339,6 +340,15 @@ func (s *Session) sendAttempt(ctx context.Context, it sendItem, opts SendOptions
 		}
 		ref = &sums{crc, sha}
 	}
+	var missing uint64
+	for _, r := range ready.Missing {
+		missing += r.Len
+	}
+	resumed := int64(0)
+	if missing < uint64(size) {
+		resumed = size - int64(missing) // kept by the server from an interrupted send
+		fp.Add(resumed)
+	}
 	ck := proto.NewCksum()
 	h := sha256.New()
 	sender := s.chunkSender()
@@ -427,7 +437,7 @@ func (s *Session) sendAttempt(ctx context.Context, it sendItem, opts SendOptions
 	if !ok || res.Status == proto.ResultDiscarded {
 		return FileStatus{}, proto.Errorf(proto.CodeProtocol, "server answered a commit with %v", m.Type())
 	}
-	return FileStatus{Version: res.Version, Identical: res.Status == proto.ResultIdentical}, nil
+	return FileStatus{Version: res.Version, Identical: res.Status == proto.ResultIdentical, Resumed: resumed}, nil
 }
 
 // abort tells the server to discard a transfer and waits until it has.
@@ -463,6 +473,8 @@ func describe(st FileStatus) string {
 		return "unchanged"
 	case st.Identical:
 		return "identical"
+	case st.Resumed > 0:
+		return fmt.Sprintf("resumed v%d", st.Version)
 	}
 	return fmt.Sprintf("stored v%d", st.Version)
 }
