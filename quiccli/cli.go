@@ -53,23 +53,25 @@ func (c *registerCmd) Run(e *env) error {
 }
 
 type sendCmd struct {
-	Server   string   `help:"Server address (needed only before the first registration)." placeholder:"HOST:PORT"`
-	Name     string   `help:"Client name (needed only before the first registration)."`
-	Checksum bool     `short:"c" help:"Hash every file and compare content, rather than trusting size and modification time."`
-	Files    int      `default:"8" help:"Files in flight at once."`
-	Progress string   `enum:"auto,bars,lines" default:"auto" help:"Progress display: auto (bars on a terminal), bars, lines."`
-	Paths    []string `arg:"" type:"path" help:"Files and directories to back up."`
+	Server   string        `help:"Server address (needed only before the first registration)." placeholder:"HOST:PORT"`
+	Name     string        `help:"Client name (needed only before the first registration)."`
+	Checksum bool          `short:"c" help:"Hash every file and compare content, rather than trusting size and modification time."`
+	Files    int           `default:"8" help:"Files in flight at once."`
+	Progress string        `enum:"auto,bars,lines" default:"auto" help:"Progress display: auto (bars on a terminal), bars, lines."`
+	Retries  int           `default:"10" help:"Reconnections after a lost connection, each resuming where the last stopped (0: give up at once)."`
+	RetryMax time.Duration `default:"30s" help:"Longest wait between reconnections (waits double from 1s)."`
+	Paths    []string      `arg:"" type:"path" help:"Files and directories to back up."`
 }
 
 func (c *sendCmd) Run(e *env) error {
-	s, _, err := e.client.Connect(e.ctx, c.Server, c.Name)
+	rep := NewReporter(e.out, e.errOut, c.Progress == "bars" || (c.Progress == "auto" && e.terminal), "sending")
+	res, err := e.client.SendResilient(e.ctx, c.Server, c.Name,
+		SendOptions{Paths: c.Paths, Checksum: c.Checksum, Files: c.Files},
+		ReconnectOptions{Attempts: c.Retries, MaxWait: c.RetryMax}, rep)
+	rep.Close()
 	if err != nil {
 		return err
 	}
-	defer s.Close()
-	rep := NewReporter(e.out, e.errOut, c.Progress == "bars" || (c.Progress == "auto" && e.terminal), "sending")
-	res := s.Send(e.ctx, SendOptions{Paths: c.Paths, Checksum: c.Checksum, Files: c.Files}, rep)
-	rep.Close()
 	rate := float64(res.Bytes) / max(res.Elapsed.Seconds(), 1e-9)
 	fmt.Fprintf(e.out, "%d sent, %d unchanged, %d failed", res.Sent, res.Unchanged, res.Failed)
 	if res.Skipped > 0 {
@@ -77,9 +79,6 @@ func (c *sendCmd) Run(e *env) error {
 	}
 	fmt.Fprintf(e.out, "; %s in %s (%s/s)\n", formatBytes(res.Bytes), res.Elapsed.Round(time.Millisecond), formatBytes(int64(rate)))
 	if !res.OK() {
-		if serr := s.Err(); serr != nil {
-			return fmt.Errorf("%s not stored: %v", plural(res.Failed, "file"), serr)
-		}
 		return fmt.Errorf("%s not stored; first: %v", plural(res.Failed, "file"), res.FirstErr)
 	}
 	return nil

@@ -202,11 +202,13 @@ func (c *Client) reconnect(ctx context.Context, id *Identity, priv *rsa.PrivateK
 	if errors.As(err, &pe) {
 		switch pe.Code {
 		case proto.CodeUnknownClient:
-			return nil, fmt.Errorf("reconnect rejected: %s does not know client %s (%q). It may have lost its data, or it is another server. To start afresh there: qbackup register --server %s --name %s", id.Server, id.ClientID, id.Name, id.Server, id.Name)
+			return nil, &permanentError{fmt.Errorf("reconnect rejected: %s does not know client %s (%q). It may have lost its data, or it is another server. To start afresh there: qbackup register --server %s --name %s", id.Server, id.ClientID, id.Name, id.Server, id.Name)}
 		case proto.CodeBadProof:
-			return nil, fmt.Errorf("reconnect rejected: %s does not accept this client's key as the key of %q; the key in %s is not the one registered", id.Server, id.Name, c.Home)
+			return nil, &permanentError{fmt.Errorf("reconnect rejected: %s does not accept this client's key as the key of %q; the key in %s is not the one registered", id.Server, id.Name, c.Home)}
+		case proto.CodeShutdown, proto.CodeInternal, proto.CodeLimit:
+			return nil, fmt.Errorf("the server refused the session for now: %s", pe.Message)
 		}
-		return nil, fmt.Errorf("the server refused the session: %s", pe.Message)
+		return nil, &permanentError{fmt.Errorf("the server refused the session: %s", pe.Message)}
 	}
 	return s, err
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	mathrand "math/rand/v2"
 	"os"
 	"path/filepath"
 	"sort"
@@ -161,77 +162,181 @@ func unwrapPathError(err error) error {
 func (s *Session) Send(ctx context.Context, opts SendOptions, rep Reporter) *SendResult {
 	start := time.Now()
 	res := &SendResult{}
-	var mu sync.Mutex
-	fail := func(err error) {
-		mu.Lock()
-		defer mu.Unlock()
-		res.Failed++
-		if res.FirstErr == nil {
-			res.FirstErr = err
-		}
-	}
-	items, skipped, errs := collect(opts.Paths, rep.Warn)
+	items := collectReported(opts.Paths, rep, res)
+	s.sendItems(ctx, items, opts, rep, res, false)
+	res.Elapsed = time.Since(start)
+	return res
+}
+
+// collectReported walks the paths, reports what it passes over or cannot
+// read, and announces the total.
+func collectReported(paths []string, rep Reporter, res *SendResult) []sendItem {
+	items, skipped, errs := collect(paths, rep.Warn)
 	res.Skipped = skipped
 	for _, err := range errs {
 		rep.Warn("%v", err)
-		fail(err)
+		res.fail(err)
 	}
 	var total int64
 	for _, it := range items {
 		total += it.size
 	}
 	rep.Start(len(items), total)
+	return items
+}
 
+func (r *SendResult) fail(err error) {
+	r.Failed++
+	if r.FirstErr == nil {
+		r.FirstErr = err
+	}
+}
+
+// sendItems sends items over the session and adds the outcomes to res.
+// With keepLost, files that failed because the session itself ended are
+// not counted but returned, to be sent again over a new session.
+func (s *Session) sendItems(ctx context.Context, items []sendItem, opts SendOptions, rep Reporter, res *SendResult, keepLost bool) (lost []sendItem) {
 	workers := opts.Files
 	if workers <= 0 {
 		workers = 8
 	}
+	var mu sync.Mutex
 	next := make(chan sendItem)
 	var wg sync.WaitGroup
 	var bytes atomic.Int64
-	var processed atomic.Int64
 	for range min(workers, max(1, len(items))) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			for it := range next {
-				processed.Add(1)
 				fp := rep.File(it.name, it.size)
 				st, err := s.sendFile(ctx, it, opts, fp, &bytes)
-				fp.Done(describe(st), err)
+				mu.Lock()
 				switch {
+				case err != nil && keepLost && s.Err() != nil && ctx.Err() == nil:
+					lost = append(lost, it)
+					fp.Done("interrupted", nil)
 				case err != nil:
-					fail(fmt.Errorf("%s: %w", it.name, err))
+					res.fail(fmt.Errorf("%s: %w", it.name, err))
+					fp.Done("", err)
 				case st.Unchanged:
-					mu.Lock()
 					res.Unchanged++
-					mu.Unlock()
+					fp.Done(describe(st), nil)
 				default:
-					mu.Lock()
 					res.Sent++
-					mu.Unlock()
+					fp.Done(describe(st), nil)
 				}
+				mu.Unlock()
 			}
 		}()
 	}
+	handed := 0
+feed:
 	for _, it := range items {
+		if keepLost && s.Err() != nil {
+			break // the session is gone: the rest goes to the next one
+		}
 		select {
 		case next <- it:
+			handed++
 		case <-ctx.Done():
+			break feed
 		}
 	}
 	close(next)
 	wg.Wait()
-	if left := len(items) - int(processed.Load()); left > 0 {
-		res.Failed += left
-		if res.FirstErr == nil {
-			res.FirstErr = context.Cause(ctx)
+	if rest := items[handed:]; len(rest) > 0 {
+		if keepLost && s.Err() != nil && ctx.Err() == nil {
+			lost = append(lost, rest...)
+		} else {
+			res.Failed += len(rest)
+			if res.FirstErr == nil {
+				res.FirstErr = context.Cause(ctx)
+			}
 		}
 	}
-	res.Bytes = bytes.Load()
-	res.Elapsed = time.Since(start)
-	return res
+	res.Bytes += bytes.Load()
+	return lost
 }
+
+// ReconnectOptions bound how a send carries on after its connection is
+// lost: it reconnects with exponential backoff and resumes.
+type ReconnectOptions struct {
+	Attempts int           // reconnections at most (0: none)
+	MaxWait  time.Duration // longest wait between attempts (0: 30 s)
+}
+
+// SendResilient sends like Session.Send, but when the connection is lost
+// (the network changed or failed, the server restarted) it reconnects
+// with backoff and resumes the files that were under way, sending only
+// what the server does not have yet.
+func (c *Client) SendResilient(ctx context.Context, server, name string, opts SendOptions, ro ReconnectOptions, rep Reporter) (*SendResult, error) {
+	start := time.Now()
+	res := &SendResult{}
+	s, _, err := c.Connect(ctx, server, name)
+	if err != nil {
+		return nil, err
+	}
+	items := collectReported(opts.Paths, rep, res)
+	maxWait := ro.MaxWait
+	if maxWait <= 0 {
+		maxWait = 30 * time.Second
+	}
+	reconnects := 0
+	for {
+		lost := s.sendItems(ctx, items, opts, rep, res, reconnects < ro.Attempts)
+		lastErr := s.Err()
+		s.Close()
+		if len(lost) == 0 {
+			break
+		}
+		items, s = lost, nil
+		for wait := time.Second; s == nil; wait = min(2*wait, maxWait) {
+			if reconnects >= ro.Attempts || ctx.Err() != nil || permanent(lastErr) {
+				if ctx.Err() != nil {
+					lastErr = context.Cause(ctx)
+				}
+				for _, it := range items {
+					res.fail(fmt.Errorf("%s: %w", it.name, lastErr))
+				}
+				res.Elapsed = time.Since(start)
+				return res, nil
+			}
+			reconnects++
+			rep.Warn("connection lost (%v); reconnecting in %v to resume %s (attempt %d of %d)",
+				lastErr, wait, plural(len(items), "file"), reconnects, ro.Attempts)
+			select {
+			case <-time.After(jitter(wait)):
+			case <-ctx.Done():
+				continue
+			}
+			if s, _, err = c.Connect(ctx, "", ""); err != nil {
+				lastErr = err
+			}
+		}
+	}
+	res.Elapsed = time.Since(start)
+	return res, nil
+}
+
+// jitter spreads reconnections of many clients: 75% to 125% of d.
+func jitter(d time.Duration) time.Duration {
+	return d*3/4 + time.Duration(mathrand.Int64N(int64(d)/2+1))
+}
+
+// permanent reports whether a failure to connect will not go away by
+// trying again: the server's identity or ours is in question.
+func permanent(err error) bool {
+	var cc *CertChangedError
+	var pe *permanentError
+	return errors.As(err, &cc) || errors.As(err, &pe)
+}
+
+// permanentError marks an error that retrying cannot fix.
+type permanentError struct{ err error }
+
+func (e *permanentError) Error() string { return e.err.Error() }
+func (e *permanentError) Unwrap() error { return e.err }
 
 // FileStatus is how a file ended.
 type FileStatus struct {
