@@ -22,7 +22,9 @@ type Session struct {
 	ClientID [16]byte
 
 	conn      *quic.Conn
-	tr        *quic.Transport
+	tr        *quic.Transport // the first transport: it must stay open for the connection
+	newSocket func() (net.PacketConn, error)
+	extra     []*quic.Transport // transports of migrated paths; guarded by mu
 	ctrl      *quic.Stream
 	sealer    *proto.Sealer
 	opener    *proto.Opener
@@ -62,7 +64,7 @@ type dialOptions struct {
 	OnFirstUse  func(fp string) error          // records a newly trusted fingerprint
 	Streams     int                            // data streams to use at most (0: what the server says)
 	QUICConfig  func(*quic.Config)             // test hook
-	PacketConn  func() (net.PacketConn, error) // test hook: the socket to dial from
+	PacketConn  func() (net.PacketConn, error) // test hook: the sockets to dial and migrate from
 }
 
 // testHookSessionKey, if set, sees every session key (tests check that
@@ -77,8 +79,8 @@ func clientQUICConfig() *quic.Config {
 		Versions:                       []quic.Version{quic.Version1},
 		HandshakeIdleTimeout:           10 * time.Second,
 		MaxIdleTimeout:                 60 * time.Second,
-		KeepAlivePeriod:                10 * time.Second,
-		MaxIncomingStreams:             -1, // the server opens no bidirectional streams
+		KeepAlivePeriod:                5 * time.Second, // keeps NAT mappings alive
+		MaxIncomingStreams:             -1,              // the server opens no bidirectional streams
 		MaxIncomingUniStreams:          proto.MaxStreams,
 		InitialStreamReceiveWindow:     2 << 20,
 		MaxStreamReceiveWindow:         8 << 20,
@@ -94,12 +96,11 @@ func dial(ctx context.Context, o dialOptions, priv *rsa.PrivateKey, mkHello hell
 	if err != nil {
 		return nil, fmt.Errorf("cannot resolve server address %q: %v", o.Server, err)
 	}
-	var pc net.PacketConn
-	if o.PacketConn != nil {
-		pc, err = o.PacketConn()
-	} else {
-		pc, err = net.ListenUDP("udp", nil)
+	newSocket := o.PacketConn
+	if newSocket == nil {
+		newSocket = func() (net.PacketConn, error) { return net.ListenUDP("udp", nil) }
 	}
+	pc, err := newSocket()
 	if err != nil {
 		return nil, fmt.Errorf("cannot open a UDP socket: %v", err)
 	}
@@ -115,7 +116,7 @@ func dial(ctx context.Context, o dialOptions, priv *rsa.PrivateKey, mkHello hell
 		pc.Close()
 		return nil, dialError(o, err)
 	}
-	s := &Session{conn: conn, tr: tr,
+	s := &Session{conn: conn, tr: tr, newSocket: newSocket,
 		calls:   make(map[uint32]*call),
 		xfers:   make(map[uint32]*call),
 		sinks:   make(map[uint32]*restoreSink),
@@ -133,11 +134,52 @@ func dial(ctx context.Context, o dialOptions, priv *rsa.PrivateKey, mkHello hell
 	return s, nil
 }
 
+// Migrate moves the connection to a new local UDP socket: it probes the
+// path from the new socket and switches to it once the server answers.
+// Transfers under way carry on. It works while the old path still carries
+// the probe's acknowledgements; when the old path is already dead, the
+// probe did not complete in our tests (quic-go v0.65), and send's reconnect and
+// resume take over instead.
+func (s *Session) Migrate(ctx context.Context) error {
+	pc, err := s.newSocket()
+	if err != nil {
+		return fmt.Errorf("migrate: new socket: %w", err)
+	}
+	tr := &quic.Transport{Conn: pc}
+	fail := func(err error) error {
+		tr.Close()
+		pc.Close()
+		return fmt.Errorf("migrate: %w", err)
+	}
+	path, err := s.conn.AddPath(tr)
+	if err != nil {
+		return fail(err)
+	}
+	if err := path.Probe(ctx); err != nil {
+		path.Close()
+		return fail(err)
+	}
+	if err := path.Switch(); err != nil {
+		path.Close()
+		return fail(err)
+	}
+	s.mu.Lock()
+	s.extra = append(s.extra, tr)
+	s.mu.Unlock()
+	return nil
+}
+
 func (s *Session) closeTransport() {
 	s.conn.CloseWithError(quic.ApplicationErrorCode(proto.CodeNoError), "")
 	s.cancel(errSessionClosed)
-	s.tr.Close()
-	s.tr.Conn.Close()
+	s.mu.Lock()
+	trs := append([]*quic.Transport{s.tr}, s.extra...)
+	s.extra = nil
+	s.mu.Unlock()
+	for _, tr := range trs {
+		tr.Close()
+		tr.Conn.Close()
+	}
 }
 
 var errSessionClosed = errors.New("session closed")

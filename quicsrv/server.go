@@ -273,8 +273,9 @@ func (s *Server) Addr() net.Addr {
 }
 
 // Shutdown stops accepting connections, lets sessions finish what they are
-// doing until ctx ends, then closes the rest. Uploads not yet committed are
-// discarded; committed files are safe.
+// doing until ctx ends, then closes the rest. Uploads not yet committed
+// are kept, as far as they got, for the clients to resume; committed files
+// are safe.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	s.closed = true
