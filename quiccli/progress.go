@@ -92,13 +92,17 @@ type barReporter struct {
 	errOut io.Writer
 	verb   string
 	start  time.Time
+
+	mu      sync.Mutex
+	counted map[string]int64 // bytes of each file counted in the total, at most its size
 }
 
 func newBarReporter(out, errOut io.Writer, verb string) *barReporter {
 	return &barReporter{
-		p:      mpb.New(mpb.WithOutput(out), mpb.WithWidth(100), mpb.WithRefreshRate(150*time.Millisecond)),
-		errOut: errOut,
-		verb:   verb,
+		p:       mpb.New(mpb.WithOutput(out), mpb.WithWidth(100), mpb.WithRefreshRate(150*time.Millisecond)),
+		errOut:  errOut,
+		verb:    verb,
+		counted: make(map[string]int64),
 	}
 }
 
@@ -154,7 +158,6 @@ type barFile struct {
 	name    string
 	size    int64
 	mu      sync.Mutex
-	counted int64 // bytes of this file counted in the total, at most size
 	retries int
 	last    time.Time
 }
@@ -169,12 +172,15 @@ func (f *barFile) Add(n int64) {
 }
 
 // countLocked adds to the total bar, counting each byte of the file once
-// however often it is resent.
+// however often it is resent, in this session or after a reconnect.
 func (f *barFile) countLocked(n int64) {
-	n = min(n, f.size-f.counted)
-	if n > 0 && f.r.total != nil {
-		f.counted += n
-		f.r.total.EwmaIncrInt64(n, 0)
+	r := f.r
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n = min(n, f.size-r.counted[f.name])
+	if n > 0 && r.total != nil {
+		r.counted[f.name] += n
+		r.total.EwmaIncrInt64(n, 0)
 	}
 }
 
@@ -188,7 +194,9 @@ func (f *barFile) Retry() {
 func (f *barFile) Done(result string, err error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.countLocked(f.size) // the rest: unchanged, failed or skipped bytes
+	if result != "interrupted" { // an interrupted file comes back after a reconnect
+		f.countLocked(f.size) // the rest: unchanged, failed or skipped bytes
+	}
 	if err != nil {
 		fmt.Fprintf(f.r.p, "FAILED     %s: %v\n", f.name, err)
 	} else {
