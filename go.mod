@@ -7,7 +7,6 @@ require (
 	github.com/mattn/go-sqlite3 v1.14.53
 	github.com/quic-go/quic-go v0.65.0
 	github.com/vbauerster/mpb/v8 v8.16.2
-	golang.org/x/sync v0.25.0
 	golang.org/x/term v0.48.0
 )
 
