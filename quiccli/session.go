@@ -38,15 +38,14 @@ type Session struct {
 	wmu  sync.Mutex
 	wbuf []byte
 
-	mu       sync.Mutex
-	nextReq  uint32
-	calls    map[uint32]*call        // open requests, by req
-	xfers    map[uint32]*call        // uploads, by transfer number
-	sinks    map[uint32]*restoreSink // restores, by transfer number
-	pending  map[uint32]*restoreSink // restores awaiting RestoreReady, by req
-	bound    chan struct{}           // closed and replaced whenever a sink is bound
-	sender   *proto.ChunkSender
-	closeErr error
+	mu      sync.Mutex
+	nextReq uint32
+	calls   map[uint32]*call        // open requests, by req
+	xfers   map[uint32]*call        // uploads, by transfer number
+	sinks   map[uint32]*restoreSink // restores, by transfer number
+	pending map[uint32]*restoreSink // restores awaiting RestoreReady, by req
+	bound   chan struct{}           // closed and replaced whenever a sink is bound
+	sender  *proto.ChunkSender
 }
 
 // call is one request in flight: the messages for it arrive on ch.
