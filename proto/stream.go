@@ -27,7 +27,8 @@ type ChunkSender struct {
 	ctx       context.Context
 	cancel    context.CancelCauseFunc
 	wg        sync.WaitGroup
-	closeOnce sync.Once
+	closeMu   sync.RWMutex // Send holds it shared, Close exclusively
+	closed    bool
 }
 
 type chunkJob struct {
@@ -89,6 +90,12 @@ func (s *ChunkSender) Release(b []byte) { s.free <- b[:0] }
 // belongs to the sender from now on. sent, if not nil, is called from a
 // stream goroutine once the frame is written (n plaintext bytes) or failed.
 func (s *ChunkSender) Send(ctx context.Context, xfer uint32, id *[16]byte, off uint64, plaintext []byte, sent func(n int, err error)) error {
+	s.closeMu.RLock()
+	defer s.closeMu.RUnlock()
+	if s.closed {
+		s.Release(plaintext)
+		return errSenderClosed
+	}
 	select {
 	case s.jobs <- chunkJob{xfer: xfer, id: id, off: off, buf: plaintext, sent: sent}:
 		return nil
@@ -112,7 +119,12 @@ func (s *ChunkSender) Err() error {
 // Close stops the sender once queued chunks are written and closes its
 // streams. It returns the first stream error, if any.
 func (s *ChunkSender) Close() error {
-	s.closeOnce.Do(func() { close(s.jobs) })
+	s.closeMu.Lock()
+	if !s.closed {
+		s.closed = true
+		close(s.jobs)
+	}
+	s.closeMu.Unlock()
 	s.wg.Wait()
 	err := context.Cause(s.ctx)
 	s.cancel(errSenderClosed)
