@@ -343,6 +343,11 @@ func (ss *session) send(m proto.Message) error {
 
 // sendError reports the failure of request req.
 func (ss *session) sendError(req uint32, err error) {
+	if ss.ctx.Err() != nil {
+		// The client is gone, and with it the reason the request failed.
+		ss.log.Debug("request ended with the session", "req", req, "err", err)
+		return
+	}
 	code := proto.CodeOf(err)
 	if code == proto.CodeInternal {
 		ss.log.Error("request failed", "req", req, "err", err)
