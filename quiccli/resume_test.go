@@ -2,6 +2,7 @@ package quiccli
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -143,3 +144,44 @@ func TestChangedFileIsNotStitched(t *testing.T) {
 }
 
 type atomicInt struct{ v atomic.Int64 }
+
+// TestInterruptedSendResumes stops a send the way Ctrl-C does (its context
+// ends) half-way: the server keeps what arrived, and the next send resumes.
+func TestInterruptedSendResumes(t *testing.T) {
+	ctx := testContext(t)
+	srv := startServer(t)
+	c := newClient(t)
+	register(t, ctx, c, srv, "alice")
+	path := filepath.Join(t.TempDir(), "big.bin")
+	data := writeRandom(t, path, resumeSize, 21)
+	sendCtx, interrupt := context.WithCancel(ctx)
+	hook := func(_ string, _ int, off int64) {
+		if off >= resumeSize/2 {
+			interrupt()
+		}
+	}
+	start := time.Now()
+	res1, err := c.SendResilient(sendCtx, "", "", SendOptions{Paths: []string{path}, testHookChunkRead: hook}, ReconnectOptions{Attempts: 3}, nopReporter{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res1.Failed != 1 {
+		t.Fatalf("interrupted send: failed %d, want 1", res1.Failed)
+	}
+	t.Logf("interrupted send returned after %v", time.Since(start))
+	res2, err := c.SendResilient(ctx, "", "", SendOptions{Paths: []string{path}}, ReconnectOptions{}, nopReporter{})
+	if err != nil || res2.Sent != 1 {
+		t.Fatalf("send after the interruption: sent %d, err %v (%v)", res2.Sent, err, res2.FirstErr)
+	}
+	total := res1.Bytes + res2.Bytes
+	t.Logf("first send %d bytes, second %d; total %.3f× the file", res1.Bytes, res2.Bytes, float64(total)/resumeSize)
+	if float64(total) > 1.05*resumeSize {
+		t.Errorf("sent %d bytes in all for a %d-byte file: over 1.05× (the interrupted upload was not kept)", total, resumeSize)
+	}
+	s := connect(t, ctx, c)
+	out := filepath.Join(t.TempDir(), "out")
+	restoreAll(t, ctx, s, "big.bin", out)
+	if got, _ := os.ReadFile(out); !bytes.Equal(got, data) {
+		t.Errorf("restored bytes differ from the original")
+	}
+}

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/qbackup/qbackup/proto"
+	"github.com/quic-go/quic-go"
 )
 
 // maxResends is how many times a file is sent again after a checksum
@@ -286,6 +287,11 @@ func (c *Client) SendResilient(ctx context.Context, server, name string, opts Se
 	for {
 		lost := s.sendItems(ctx, items, opts, rep, res, reconnects < ro.Attempts)
 		lastErr := s.Err()
+		if ctx.Err() != nil {
+			// Interrupted: end at once rather than drain queued chunks over
+			// a slow link; the server keeps what arrived for resume.
+			s.conn.CloseWithError(quic.ApplicationErrorCode(proto.CodeNoError), "interrupted")
+		}
 		s.Close()
 		if len(lost) == 0 {
 			break
@@ -413,7 +419,10 @@ func (s *Session) sendAttempt(ctx context.Context, it sendItem, opts SendOptions
 	settled := false // the server has committed or discarded the transfer
 	defer func() {
 		// endCall also knows a transfer whose UploadReady we never read.
-		if x := s.endCall(c); x != 0 && !settled && s.Err() == nil {
+		// An interrupted send (ctx done) leaves the upload to the server,
+		// which keeps it for resume when the session ends; any other
+		// failure here abandons it.
+		if x := s.endCall(c); x != 0 && !settled && s.Err() == nil && ctx.Err() == nil {
 			s.send(&proto.UploadAbort{Xfer: x}) // best effort; its answer is dropped
 		}
 	}()
