@@ -123,6 +123,26 @@ func sendPaths(t *testing.T, ctx context.Context, s *Session, opts SendOptions) 
 	return res
 }
 
+// assertRestores restores name over s and compares it with want.
+func assertRestores(t *testing.T, ctx context.Context, s *Session, name string, want []byte) {
+	t.Helper()
+	out := filepath.Join(t.TempDir(), "out")
+	restoreAll(t, ctx, s, name, out)
+	if got, _ := os.ReadFile(out); !bytes.Equal(got, want) {
+		t.Errorf("restored %s: %d bytes that differ from the %d expected", name, len(got), len(want))
+	}
+}
+
+// assertResendBound fails if sending a size-byte file took more than 1.05
+// times its size in all: an interruption may cost a little, not a restart.
+func assertResendBound(t *testing.T, sent, size int64) {
+	t.Helper()
+	t.Logf("sent %d bytes in all for a %d-byte file: %.3f×", sent, size, float64(sent)/float64(size))
+	if float64(sent) > 1.05*float64(size) {
+		t.Errorf("sent %d bytes in all for a %d-byte file: over 1.05×", sent, size)
+	}
+}
+
 func restoreAll(t *testing.T, ctx context.Context, s *Session, name, out string) *RestoreResult {
 	t.Helper()
 	res, err := s.Restore(ctx, RestoreOptions{Name: name, Output: out}, nopReporter{})

@@ -1,9 +1,7 @@
 package quiccli
 
 import (
-	"bytes"
 	"net"
-	"os"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
@@ -106,9 +104,5 @@ func TestActiveMigration(t *testing.T) {
 	if socks.count() != 2 {
 		t.Errorf("%d sockets used, want 2", socks.count())
 	}
-	out := filepath.Join(t.TempDir(), "out")
-	restoreAll(t, ctx, s, "big.bin", out) // over the new path, in the same session
-	if got, _ := os.ReadFile(out); !bytes.Equal(got, data) {
-		t.Errorf("restored bytes differ from the original")
-	}
+	assertRestores(t, ctx, s, "big.bin", data) // over the new path, in the same session
 }
