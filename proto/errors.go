@@ -60,7 +60,8 @@ func (c ErrorCode) String() string {
 
 // Error is an error reported by the peer in an Error message, or one that a
 // local check attributes to a code. errors.Is(err, &Error{Code: c}) matches
-// any *Error with code c.
+// any *Error with code c. Its text is the peer's sentence for a person, so
+// unlike this package's own errors it carries no "proto:" prefix.
 type Error struct {
 	Code    ErrorCode
 	Message string
@@ -68,9 +69,9 @@ type Error struct {
 
 func (e *Error) Error() string {
 	if e.Message == "" {
-		return "proto: " + e.Code.String()
+		return e.Code.String()
 	}
-	return "proto: " + e.Code.String() + ": " + e.Message
+	return e.Code.String() + ": " + e.Message
 }
 
 // Is reports whether target is an *Error with the same code.

@@ -695,7 +695,7 @@ func TestErrorMessageErr(t *testing.T) {
 	if got, want := *err, (proto.Error{Code: proto.CodeNameTaken, Message: "laptop"}); got != want {
 		t.Errorf("Err() = %+v, want %+v", got, want)
 	}
-	if got, want := err.Error(), "proto: name taken: laptop"; got != want {
+	if got, want := err.Error(), "name taken: laptop"; got != want {
 		t.Errorf("Err().Error() = %q, want %q", got, want)
 	}
 }
@@ -759,10 +759,10 @@ func TestErrorStrings(t *testing.T) {
 		err  error
 		want string
 	}{
-		{&proto.Error{Code: proto.CodeNotFound}, "proto: not found"},
-		{&proto.Error{Code: proto.CodeNotFound, Message: "a/b"}, "proto: not found: a/b"},
-		{proto.Errorf(proto.CodeTooLarge, "%d > %d", 2, 1), "proto: too large: 2 > 1"},
-		{&proto.Error{Code: 0x99}, "proto: error code 0x99"},
+		{&proto.Error{Code: proto.CodeNotFound}, "not found"},
+		{&proto.Error{Code: proto.CodeNotFound, Message: "a/b"}, "not found: a/b"},
+		{proto.Errorf(proto.CodeTooLarge, "%d > %d", 2, 1), "too large: 2 > 1"},
+		{&proto.Error{Code: 0x99}, "error code 0x99"},
 		{&proto.ParseError{What: "Register.name"}, "proto: malformed Register.name"},
 		{&proto.ParseError{What: "Register.name", Err: errors.New("truncated")}, "proto: malformed Register.name: truncated"},
 	}

@@ -21,6 +21,9 @@ type Config struct {
 	Streams         int           // 0: DefaultStreams
 	ShutdownTimeout time.Duration // how long a shutdown waits for transfers
 	PartialTTL      time.Duration // unfinished uploads idle this long are removed (0: 7 days)
+	MaxFileSize     int64         // largest file accepted, bytes (0: proto.MaxFileSize); see Server
+	QuotaBytes      int64         // bytes stored per client (0: unlimited); see Server
+	QuotaFiles      int           // file versions stored per client (0: unlimited); see Server
 	Logger          *slog.Logger
 }
 
@@ -80,6 +83,10 @@ func Run(ctx context.Context, cfg Config) error {
 		Logger:    log,
 		ChunkSize: cfg.ChunkSize,
 		Streams:   cfg.Streams,
+
+		MaxFileSize: cfg.MaxFileSize,
+		QuotaBytes:  cfg.QuotaBytes,
+		QuotaFiles:  cfg.QuotaFiles,
 	}
 	log.Info("qbackupd listening", "addr", pc.LocalAddr().String(), "fingerprint", certs.Fingerprint(cert.Certificate[0]), "data", cfg.Data)
 	errc := make(chan error, 1)

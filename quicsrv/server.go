@@ -58,6 +58,25 @@ type Server struct {
 	// IdleTimeout closes a connection that has heard nothing for this long.
 	IdleTimeout time.Duration
 
+	// Per-client limits, checked when an upload is requested: a request
+	// over one is answered with an Error (CodeTooLarge for MaxFileSize,
+	// CodeLimit for the quotas) before anything is created. A request for
+	// a file the server already holds unchanged is never refused. Uploads
+	// of one client that are requested at the same time are checked
+	// against the same usage, so together they may overshoot a quota by
+	// what they add.
+
+	// MaxFileSize is the largest file accepted, in bytes. 0 (the default)
+	// means no limit but the protocol's, proto.MaxFileSize (1 PiB).
+	MaxFileSize int64
+	// QuotaBytes bounds what one client stores, in bytes: the sizes of all
+	// its file versions, plus the declared sizes of its other uploads in
+	// progress, plus the requested file. 0 (the default) means unlimited.
+	QuotaBytes int64
+	// QuotaFiles bounds how many file versions one client stores. 0 (the
+	// default) means unlimited.
+	QuotaFiles int
+
 	// active maps the uploads sessions are receiving to those sessions,
 	// so no two sessions write one upload.
 	activeMu sync.Mutex
@@ -95,6 +114,13 @@ func (s *Server) maxTransfers() int {
 	return DefaultMaxTransfers
 }
 
+func (s *Server) maxFileSize() uint64 {
+	if s.MaxFileSize > 0 && s.MaxFileSize < proto.MaxFileSize {
+		return uint64(s.MaxFileSize)
+	}
+	return proto.MaxFileSize
+}
+
 func (s *Server) handshakeTimeout() time.Duration {
 	if s.HandshakeTimeout > 0 {
 		return s.HandshakeTimeout
@@ -112,10 +138,12 @@ func (s *Server) logger() *slog.Logger {
 type activeUpload struct {
 	ss   *session
 	name string
+	size uint64
 }
 
-// claim marks an upload as being received by ss; false if a session has it.
-func (s *Server) claim(id [16]byte, ss *session, name string) bool {
+// claim marks an upload of a file of size bytes as being received by ss;
+// false if a session has it.
+func (s *Server) claim(id [16]byte, ss *session, name string, size uint64) bool {
 	s.activeMu.Lock()
 	defer s.activeMu.Unlock()
 	if _, ok := s.active[id]; ok {
@@ -124,8 +152,23 @@ func (s *Server) claim(id [16]byte, ss *session, name string) bool {
 	if s.active == nil {
 		s.active = make(map[[16]byte]activeUpload)
 	}
-	s.active[id] = activeUpload{ss: ss, name: name}
+	s.active[id] = activeUpload{ss: ss, name: name, size: size}
 	return true
+}
+
+// inFlight sums the declared sizes of the uploads the sessions of client
+// are receiving, except those of name (a new request for name takes them
+// over).
+func (s *Server) inFlight(client store.ClientID, name string) uint64 {
+	s.activeMu.Lock()
+	defer s.activeMu.Unlock()
+	var n uint64
+	for _, a := range s.active {
+		if a.ss.client.ID == client && a.name != name {
+			n += a.size
+		}
+	}
+	return n
 }
 
 func (s *Server) unclaim(id [16]byte) {

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -148,6 +150,9 @@ func (ss *session) startUpload(m *proto.UploadRequest) error {
 	case !errors.Is(err, store.ErrNotFound):
 		return err
 	}
+	if err := ss.checkLimits(m); err != nil {
+		return err
+	}
 
 	ss.mu.Lock()
 	xfer, err := ss.newXferLocked(false)
@@ -188,6 +193,49 @@ func (ss *session) startUpload(m *proto.UploadRequest) error {
 	return nil
 }
 
+// checkLimits refuses an upload over the server's file size limit or the
+// client's quotas.
+func (ss *session) checkLimits(m *proto.UploadRequest) error {
+	srv := ss.srv
+	if limit := srv.maxFileSize(); m.Size > limit {
+		return proto.Errorf(proto.CodeTooLarge, "file of %d bytes is over the server's limit of %d bytes", m.Size, limit)
+	}
+	if srv.QuotaBytes <= 0 && srv.QuotaFiles <= 0 {
+		return nil
+	}
+	bytes, files, err := srv.Store.Usage(ss.ctx, ss.client.ID)
+	if err != nil {
+		return err
+	}
+	if srv.QuotaFiles > 0 && files+1 > srv.QuotaFiles {
+		return proto.Errorf(proto.CodeLimit, "file quota exceeded: %d file versions stored, the limit is %d", files, srv.QuotaFiles)
+	}
+	if srv.QuotaBytes > 0 {
+		used := uint64(bytes) + srv.inFlight(ss.client.ID, m.Name)
+		if quota := uint64(srv.QuotaBytes); used > quota || m.Size > quota-used {
+			return proto.Errorf(proto.CodeLimit, "storage quota exceeded: %s stored + %s > %s",
+				formatBytes(used), formatBytes(m.Size), formatBytes(quota))
+		}
+	}
+	return nil
+}
+
+// formatBytes writes n in binary units: "512 B", "9.5 MiB".
+func formatBytes(n uint64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := uint64(unit), 0
+	for m := n / unit; m >= unit && exp < 5; m /= unit {
+		div *= unit
+		exp++
+	}
+	s := strconv.FormatFloat(float64(n)/float64(div), 'f', 1, 64)
+	s = strings.TrimSuffix(s, ".0")
+	return s + " " + string("KMGTPE"[exp]) + "iB"
+}
+
 // openUpload resumes the partial upload of the same file (same name, size
 // and modification time) that an earlier session left, or starts a new
 // one. The store discards partial uploads of an earlier state of the file,
@@ -205,7 +253,7 @@ func (ss *session) openUpload(m *proto.UploadRequest) (*upload, error) {
 		if perr != nil {
 			ss.log.Warn("partial upload has unreadable ranges; starting afresh", "name", m.Name, "err", perr)
 			up.Discard(ss.ctx)
-		} else if !ss.srv.claim(up.ID(), ss, m.Name) {
+		} else if !ss.srv.claim(up.ID(), ss, m.Name, m.Size) {
 			up.Release() // another session took it meanwhile
 		} else {
 			u := &upload{id: up.ID(), name: m.Name, size: m.Size, up: up, got: *done, done: *done, written: done.Total(), lastSync: time.Now()}
@@ -219,7 +267,7 @@ func (ss *session) openUpload(m *proto.UploadRequest) (*upload, error) {
 	if err != nil {
 		return nil, err
 	}
-	ss.srv.claim(up.ID(), ss, m.Name)
+	ss.srv.claim(up.ID(), ss, m.Name, m.Size)
 	return &upload{id: up.ID(), name: m.Name, size: m.Size, up: up, lastSync: time.Now()}, nil
 }
 

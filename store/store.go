@@ -893,6 +893,18 @@ func (s *Store) deleteUpload(ctx context.Context, id []byte, rel string) error {
 	return nil
 }
 
+// Usage reports what the client has stored: the sum of the sizes of all
+// its file versions and how many versions there are. Uploads not yet
+// committed are not counted. An unknown client has stored nothing.
+func (s *Store) Usage(ctx context.Context, id ClientID) (bytes int64, files int, err error) {
+	err = s.db.QueryRowContext(ctx,
+		"SELECT coalesce(sum(size), 0), count(*) FROM files WHERE client_id = ?", id[:]).Scan(&bytes, &files)
+	if err != nil {
+		return 0, 0, wrapDB("sum file sizes", err)
+	}
+	return bytes, files, nil
+}
+
 // PartialUploads reports the uploads in progress or kept for resume (every
 // upload row, open or not): how many there are and the sum of their file
 // sizes. The sum is of declared sizes; temp files are sparse, so they may

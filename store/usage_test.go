@@ -1,0 +1,42 @@
+package store
+
+import (
+	"testing"
+	"time"
+)
+
+func TestUsage(t *testing.T) {
+	s := openStore(t, t.TempDir())
+	ctx := t.Context()
+	a, b := register(t, s, "a"), register(t, s, "b")
+	put(t, s, a.ID, "x", randBytes(3000), time.Unix(1, 0), 0o644)
+	put(t, s, a.ID, "x", randBytes(2000), time.Unix(2, 0), 0o644) // a second version
+	put(t, s, a.ID, "dir/y", randBytes(500), time.Unix(1, 0), 0o644)
+	put(t, s, a.ID, "empty", nil, time.Unix(1, 0), 0o644)
+	put(t, s, b.ID, "x", randBytes(7), time.Unix(1, 0), 0o644)
+	// An upload in progress is not stored yet.
+	u, err := s.NewUpload(ctx, a.ID, "pending", 1<<20, time.Unix(1, 0), 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer u.Discard(ctx)
+
+	tests := []struct {
+		name      string
+		id        ClientID
+		wantBytes int64
+		wantFiles int
+	}{
+		{"every version counts", a.ID, 5500, 4},
+		{"other client", b.ID, 7, 1},
+		{"unknown client", ClientID{1, 2, 3}, 0, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			bytes, files, err := s.Usage(ctx, tt.id)
+			if err != nil || bytes != tt.wantBytes || files != tt.wantFiles {
+				t.Errorf("Usage = %d bytes, %d files, %v; want %d, %d, nil", bytes, files, err, tt.wantBytes, tt.wantFiles)
+			}
+		})
+	}
+}
