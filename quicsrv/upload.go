@@ -396,6 +396,7 @@ func (ss *session) failUpload(u *upload, err error) {
 	u.state = finished
 	u.mu.Unlock()
 	u.up.Discard(context.Background())
+	ss.srv.unclaim(u.id) // gone before the client hears of it
 	ss.sendError(u.req, err)
 	ss.removeUpload(u)
 }
@@ -488,6 +489,9 @@ func (ss *session) uploadCommit(xfer uint32) error {
 		// The client asked for this commit: finish it even if the
 		// connection drops meanwhile.
 		fv, created, err := u.up.Commit(context.WithoutCancel(ss.ctx), u.crc, u.sha)
+		// Stored (or gone) now, so no longer in flight: the quota must not
+		// count it twice for a request the client sends on our answer.
+		ss.srv.unclaim(u.id)
 		if err != nil {
 			u.up.Discard(context.Background())
 			ss.sendError(u.req, storeErr(err))
@@ -512,6 +516,7 @@ func (ss *session) uploadAbort(xfer uint32) error {
 	if err := u.up.Discard(context.WithoutCancel(ss.ctx)); err != nil {
 		ss.log.Warn("discard", "name", u.name, "err", err)
 	}
+	ss.srv.unclaim(u.id) // gone before the client hears of it
 	ss.log.Info("upload discarded by the client", "name", u.name)
 	return ss.send(&proto.UploadResult{Xfer: xfer, Status: proto.ResultDiscarded})
 }
