@@ -1,9 +1,12 @@
 package proto
 
 import (
+	"crypto/sha256"
 	"encoding/binary"
+	"fmt"
 	"hash"
 	"hash/crc32"
+	"io"
 	"math/bits"
 	"runtime"
 	"sync"
@@ -306,4 +309,22 @@ func cksumMatVec(m *cksumMat, v uint32) uint32 {
 		r ^= m[i] & -(v & 1)
 	}
 	return r
+}
+
+// FileChecksums reads size bytes of r from the start, once, and returns
+// their cksum value and SHA-256: what both ends compare for a file.
+func FileChecksums(r io.ReaderAt, size int64) (uint32, [32]byte, error) {
+	ck := NewCksum()
+	h := sha256.New()
+	var sum [32]byte
+	buf := make([]byte, 1<<20) // large reads: this pass covers whole files
+	n, err := io.CopyBuffer(io.MultiWriter(ck, h), io.NewSectionReader(r, 0, size), buf)
+	if err != nil {
+		return 0, sum, err
+	}
+	if n != size {
+		return 0, sum, fmt.Errorf("proto: file ends after %d of %d bytes", n, size)
+	}
+	h.Sum(sum[:0])
+	return ck.Sum32(), sum, nil
 }

@@ -2,6 +2,7 @@ package proto
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"encoding/binary"
 	"fmt"
 	"math/rand/v2"
@@ -462,4 +463,26 @@ func FuzzCksum(f *testing.F) {
 			}
 		}
 	})
+}
+
+func TestFileChecksums(t *testing.T) {
+	for _, n := range []int{0, 1, 4095, 1 << 20, 3<<20 + 17} {
+		data := make([]byte, n)
+		for i := range data {
+			data[i] = byte(i*31 + i>>9)
+		}
+		crc, sha, err := FileChecksums(bytes.NewReader(data), int64(n))
+		if err != nil {
+			t.Fatalf("FileChecksums(%d bytes) error = %v", n, err)
+		}
+		if want := CksumBytes(data); crc != want {
+			t.Errorf("FileChecksums(%d bytes) crc = %d, want %d", n, crc, want)
+		}
+		if want := sha256.Sum256(data); sha != want {
+			t.Errorf("FileChecksums(%d bytes) sha256 = %x, want %x", n, sha, want)
+		}
+	}
+	if _, _, err := FileChecksums(bytes.NewReader(make([]byte, 10)), 11); err == nil {
+		t.Errorf("FileChecksums past the end: nil error, want one")
+	}
 }

@@ -3,11 +3,9 @@ package quiccli
 import (
 	"context"
 	"crypto/rand"
-	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path"
 	"path/filepath"
@@ -280,7 +278,7 @@ func (s *Session) restoreOnce(ctx context.Context, t restoreTarget, fp FileProgr
 	if sink.err != nil {
 		return 0, sink.err
 	}
-	crc, sha, err := fileChecksums(f, int64(ready.Size))
+	crc, sha, err := proto.FileChecksums(f, int64(ready.Size))
 	if err != nil {
 		return 0, err
 	}
@@ -308,19 +306,6 @@ func (s *Session) restoreOnce(ctx context.Context, t restoreTarget, fp FileProgr
 	}
 	verified = true
 	return int64(ready.Size), nil
-}
-
-// fileChecksums reads size bytes of f from the start and returns their
-// cksum value and SHA-256.
-func fileChecksums(f io.ReaderAt, size int64) (uint32, [32]byte, error) {
-	ck := proto.NewCksum()
-	h := sha256.New()
-	var sum [32]byte
-	if _, err := io.Copy(io.MultiWriter(ck, h), io.NewSectionReader(f, 0, size)); err != nil {
-		return 0, sum, err
-	}
-	h.Sum(sum[:0])
-	return ck.Sum32(), sum, nil
 }
 
 // Restore fetches a stored file, or every file under a directory name, and

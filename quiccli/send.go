@@ -404,7 +404,7 @@ func (s *Session) sendAttempt(ctx context.Context, it sendItem, opts SendOptions
 	}
 	var ref *sums // what the server's checksum must equal
 	if opts.Checksum {
-		crc, sha, err := fileChecksums(f, size)
+		crc, sha, err := proto.FileChecksums(f, size)
 		if err != nil {
 			return FileStatus{}, fmt.Errorf("reading: %v", unwrapPathError(err))
 		}
@@ -448,7 +448,7 @@ func (s *Session) sendAttempt(ctx context.Context, it sendItem, opts SendOptions
 	// case) that running checksum is the reference; otherwise hash first.
 	whole := size == 0 || (len(ready.Missing) == 1 && ready.Missing[0] == proto.Range{Off: 0, Len: uint64(size)})
 	if !whole && ref == nil {
-		crc, sha, err := fileChecksums(f, size)
+		crc, sha, err := proto.FileChecksums(f, size)
 		if err != nil {
 			return FileStatus{}, fmt.Errorf("reading: %v", unwrapPathError(err))
 		}

@@ -2,7 +2,6 @@ package quicsrv
 
 import (
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -417,7 +416,7 @@ func (ss *session) startChecksum(u *upload) {
 	ss.wg.Add(1)
 	go func() {
 		defer ss.wg.Done()
-		crc, sha, err := checksum(u.up, u.size)
+		crc, sha, err := proto.FileChecksums(u.up, int64(u.size))
 		if err != nil {
 			ss.failUpload(u, fmt.Errorf("reading back %q: %w", u.name, err))
 			return
@@ -432,20 +431,6 @@ func (ss *session) startChecksum(u *upload) {
 		u.mu.Unlock()
 		ss.send(&proto.UploadChecksum{Xfer: u.xfer, CRC: crc, SHA256: sha})
 	}()
-}
-
-// checksum reads an upload's temporary file once, computing the cksum CRC
-// and SHA-256 of what was written.
-func checksum(r io.ReaderAt, size uint64) (uint32, [32]byte, error) {
-	ck := proto.NewCksum()
-	h := sha256.New()
-	w := io.MultiWriter(ck, h)
-	if _, err := io.Copy(w, io.NewSectionReader(r, 0, int64(size))); err != nil {
-		return 0, [32]byte{}, err
-	}
-	var sum [32]byte
-	h.Sum(sum[:0])
-	return ck.Sum32(), sum, nil
 }
 
 // takeUpload claims an open upload for its final step. It returns nil and
