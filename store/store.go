@@ -97,6 +97,12 @@ var (
 	// ErrRangesTooLarge is returned by Upload.Checkpoint for a ranges blob
 	// longer than MaxRangesLen.
 	ErrRangesTooLarge = errors.New("store: checkpoint ranges too large")
+	// ErrRegistrationClosed is returned by Admit when the admission rule
+	// lets no new client in.
+	ErrRegistrationClosed = errors.New("store: registration closed")
+	// ErrBadInvite is returned by Admit for an invite token that is
+	// missing, unknown, used up, expired or revoked.
+	ErrBadInvite = errors.New("store: invite unknown, used up or expired")
 )
 
 // MaxUploadSize is the largest file size NewUpload accepts (1 PiB).
@@ -124,7 +130,7 @@ const (
 
 // schemaVersion is stored in PRAGMA user_version. Version 0 is an empty
 // database; migrations[v] takes the schema from version v to v+1.
-const schemaVersion = 2
+const schemaVersion = 3
 
 var migrations = [schemaVersion]string{
 	// 0 -> 1: the initial schema.
@@ -173,6 +179,22 @@ CREATE TABLE uploads (
 ALTER TABLE uploads ADD COLUMN updated INTEGER NOT NULL DEFAULT 0;
 UPDATE uploads SET updated = created;
 CREATE INDEX uploads_by_file ON uploads (client_id, name, updated);
+`,
+	// 2 -> 3: invites for registration by token. hash is the SHA-256 of
+	// the token (the token itself is never stored); id is a short public
+	// name for it, shown to operators; uses counts the registrations it
+	// still admits. clients.invite records the id of the invite a client
+	// registered with (NULL for open registration).
+	`
+CREATE TABLE invites (
+	id      TEXT    PRIMARY KEY,
+	hash    BLOB    NOT NULL UNIQUE CHECK (length(hash) = 32),
+	created INTEGER NOT NULL, -- unix nanoseconds
+	expires INTEGER NOT NULL, -- unix nanoseconds
+	uses    INTEGER NOT NULL CHECK (uses >= 0),
+	note    TEXT    NOT NULL DEFAULT ''
+);
+ALTER TABLE clients ADD COLUMN invite TEXT;
 `,
 }
 
@@ -571,13 +593,32 @@ func (s *Store) lockWrite(ctx context.Context) error {
 
 func (s *Store) unlockWrite() { <-s.writeSem }
 
-// RegisterClient registers a client under name with a PKIX DER public key.
-// If a client of that name exists with the same key, it is returned with
-// created false (registration is idempotent); with a different key,
-// RegisterClient fails with ErrNameTaken. Otherwise a client with a new
-// random ID is created. Concurrent registrations of one name are serialised:
-// exactly one creates the client.
+// RegisterClient registers a client under name with a PKIX DER public key,
+// admitting anyone: Admit with AdmitAll.
 func (s *Store) RegisterClient(ctx context.Context, name string, pub []byte) (c Client, created bool, err error) {
+	return s.Admit(ctx, name, pub, AdmitAll, "")
+}
+
+// Admission says who may register a new client.
+type Admission int
+
+const (
+	AdmitAll     Admission = iota // anyone
+	AdmitInvited                  // holders of a valid invite token
+	AdmitNone                     // nobody new
+)
+
+// Admit registers a client under name with a PKIX DER public key, if the
+// admission rule lets it in. If a client of that name exists with the same
+// key, it is returned with created false (registration is idempotent, and
+// needs no invite); with a different key, Admit fails with ErrNameTaken —
+// but only once the caller is admitted, so a stranger cannot probe which
+// names exist. Otherwise a client with a new random ID is created: always
+// under AdmitAll, never under AdmitNone (ErrRegistrationClosed), and under
+// AdmitInvited only with a valid invite, one use of which it consumes in
+// the same transaction (ErrBadInvite). Concurrent registrations of one
+// name are serialised: exactly one creates the client.
+func (s *Store) Admit(ctx context.Context, name string, pub []byte, adm Admission, invite string) (c Client, created bool, err error) {
 	if err := validateClientName(name); err != nil {
 		return Client{}, false, err
 	}
@@ -604,11 +645,11 @@ func (s *Store) RegisterClient(ctx context.Context, name string, pub []byte) (c 
 		createN int64
 	)
 	err = tx.QueryRowContext(ctx, "SELECT id, pubkey, created FROM clients WHERE name = ?", name).Scan(&id, &key, &createN)
-	switch {
-	case err == nil:
-		if !bytes.Equal(key, pub) {
-			return Client{}, false, fmt.Errorf("%w: %q", ErrNameTaken, name)
-		}
+	exists := err == nil
+	if err != nil && !errors.Is(err, sql.ErrNoRows) {
+		return Client{}, false, wrapDB("look up client", err)
+	}
+	if exists && bytes.Equal(key, pub) {
 		if _, err := tx.ExecContext(ctx, "UPDATE clients SET last_seen = ? WHERE id = ?", now.UnixNano(), id); err != nil {
 			return Client{}, false, wrapDB("update client", err)
 		}
@@ -618,21 +659,45 @@ func (s *Store) RegisterClient(ctx context.Context, name string, pub []byte) (c 
 		c = Client{Name: name, PublicKey: key, Created: time.Unix(0, createN)}
 		copy(c.ID[:], id)
 		return c, false, nil
-	case !errors.Is(err, sql.ErrNoRows):
-		return Client{}, false, wrapDB("look up client", err)
+	}
+
+	var inviteID any // NULL unless an invite admitted the client
+	switch adm {
+	case AdmitAll:
+	case AdmitInvited:
+		iid, err := useInvite(ctx, tx, invite, now)
+		if err != nil {
+			return Client{}, false, err
+		}
+		inviteID = iid
+	default:
+		return Client{}, false, ErrRegistrationClosed
+	}
+	if exists {
+		// The rollback gives the invite its use back.
+		return Client{}, false, fmt.Errorf("%w: %q", ErrNameTaken, name)
 	}
 
 	c = Client{Name: name, PublicKey: bytes.Clone(pub), Created: time.Unix(0, now.UnixNano())}
 	rand.Read(c.ID[:])
 	if _, err := tx.ExecContext(ctx,
-		"INSERT INTO clients (id, name, pubkey, created, last_seen) VALUES (?, ?, ?, ?, ?)",
-		c.ID[:], name, c.PublicKey, now.UnixNano(), now.UnixNano()); err != nil {
+		"INSERT INTO clients (id, name, pubkey, created, last_seen, invite) VALUES (?, ?, ?, ?, ?, ?)",
+		c.ID[:], name, c.PublicKey, now.UnixNano(), now.UnixNano(), inviteID); err != nil {
 		return Client{}, false, wrapDB("insert client", err)
 	}
 	if err := tx.Commit(); err != nil {
 		return Client{}, false, wrapDB("commit", err)
 	}
 	return c, true, nil
+}
+
+// ClientCount returns how many clients are registered.
+func (s *Store) ClientCount(ctx context.Context) (int, error) {
+	var n int
+	if err := s.db.QueryRowContext(ctx, "SELECT count(*) FROM clients").Scan(&n); err != nil {
+		return 0, wrapDB("count clients", err)
+	}
+	return n, nil
 }
 
 // Client returns the client with the given ID, or ErrUnknownClient.
@@ -903,6 +968,20 @@ func (s *Store) Usage(ctx context.Context, id ClientID) (bytes int64, files int,
 		return 0, 0, wrapDB("sum file sizes", err)
 	}
 	return bytes, files, nil
+}
+
+// Pending sums the declared sizes of the client's uploads in progress or
+// kept for resume, except those of the file except (which a new request
+// for it replaces or resumes). A quota counts them: they hold, or will
+// hold, that much disk until they are committed or purged.
+func (s *Store) Pending(ctx context.Context, id ClientID, except string) (int64, error) {
+	var n int64
+	err := s.db.QueryRowContext(ctx,
+		"SELECT coalesce(sum(size), 0) FROM uploads WHERE client_id = ? AND name != ?", id[:], except).Scan(&n)
+	if err != nil {
+		return 0, wrapDB("sum upload sizes", err)
+	}
+	return n, nil
 }
 
 // PartialUploads reports the uploads in progress or kept for resume (every

@@ -40,3 +40,45 @@ func TestUsage(t *testing.T) {
 		})
 	}
 }
+
+func TestPending(t *testing.T) {
+	s := openStore(t, t.TempDir())
+	ctx := t.Context()
+	a, b := register(t, s, "a"), register(t, s, "b")
+	put(t, s, a.ID, "stored", randBytes(100), time.Unix(1, 0), 0o644)
+	for _, p := range []struct {
+		id   ClientID
+		name string
+		size int64
+	}{{a.ID, "x", 1000}, {a.ID, "y", 20}, {b.ID, "x", 5}} {
+		u, err := s.NewUpload(ctx, p.id, p.name, p.size, time.Unix(1, 0), 0o644)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p.name == "y" {
+			u.Release() // parked for resume: still counts
+		} else {
+			defer u.Discard(ctx)
+		}
+	}
+	tests := []struct {
+		name   string
+		id     ClientID
+		except string
+		want   int64
+	}{
+		{"open and parked uploads", a.ID, "", 1020},
+		{"a request for x replaces its own upload", a.ID, "x", 20},
+		{"committed files are not pending", a.ID, "y", 1000},
+		{"other client", b.ID, "", 5},
+		{"unknown client", ClientID{9}, "", 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := s.Pending(ctx, tt.id, tt.except)
+			if err != nil || got != tt.want {
+				t.Errorf("Pending = %d, %v; want %d", got, err, tt.want)
+			}
+		})
+	}
+}
