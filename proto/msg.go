@@ -219,11 +219,13 @@ func HelloVersion(payload []byte) (uint16, bool) {
 //	name      uint16 length + UTF-8, 1..MaxClientNameLen bytes
 //	publicKey uint16 length + PKIX DER RSA public key, ..MaxPublicKeyLen
 //	signature uint16 length + RSA-PSS signature over RegisterDigest
+//	invite    uint16 length + invite token, 0..MaxInviteLen bytes (0: none)
 type Register struct {
 	Version   uint16
 	Name      string
 	PublicKey []byte
 	Signature []byte
+	Invite    string // a secret: never log it
 }
 
 func (*Register) Type() MsgType { return TypeRegister }
@@ -231,13 +233,15 @@ func (m *Register) appendPayload(b []byte) []byte {
 	b = appendU16(b, m.Version)
 	b = appendString16(b, m.Name)
 	b = appendBytes16(b, m.PublicKey)
-	return appendBytes16(b, m.Signature)
+	b = appendBytes16(b, m.Signature)
+	return appendString16(b, m.Invite)
 }
 func (m *Register) decode(d *decoder) {
 	m.Version = d.u16("version")
 	m.Name = d.string16(MaxClientNameLen, "name")
 	m.PublicKey = d.bytes16(MaxPublicKeyLen, "publicKey")
 	m.Signature = d.bytes16(MaxSignatureLen, "signature")
+	m.Invite = d.string16(MaxInviteLen, "invite")
 }
 
 // Reconnect opens a session for a registered client.

@@ -110,7 +110,8 @@ func messageCases() []msgCase {
 	maxNameUTF8 := strings.Repeat("日", proto.MaxNameLen/3) + "x"
 	return []msgCase{
 		{"Register/typical", &proto.Register{Version: proto.Version, Name: "laptop", PublicKey: pattern(294, 1), Signature: pattern(256, 2)}},
-		{"Register/max", &proto.Register{Version: math.MaxUint16, Name: strings.Repeat("c", proto.MaxClientNameLen), PublicKey: pattern(proto.MaxPublicKeyLen, 3), Signature: pattern(proto.MaxSignatureLen, 4)}},
+		{"Register/max", &proto.Register{Version: math.MaxUint16, Name: strings.Repeat("c", proto.MaxClientNameLen), PublicKey: pattern(proto.MaxPublicKeyLen, 3), Signature: pattern(proto.MaxSignatureLen, 4), Invite: strings.Repeat("i", proto.MaxInviteLen)}},
+		{"Register/invite", &proto.Register{Version: proto.Version, Name: "laptop", PublicKey: pattern(294, 1), Signature: pattern(256, 2), Invite: "qbi1-abcdefghijklmnopqrstuvwxyz234567"}},
 		{"Register/maxUTF8", &proto.Register{Version: 1, Name: strings.Repeat("é", proto.MaxClientNameLen/2), PublicKey: pattern(1, 5), Signature: pattern(1, 6)}},
 		{"Register/empty", &proto.Register{Name: "a"}},
 
@@ -387,6 +388,9 @@ func badPayloads() []badPayload {
 		{"Register/publicKey", proto.TypeRegister, enc(&proto.Register{Name: "a", PublicKey: pattern(proto.MaxPublicKeyLen+1, 1)}), "Register.publicKey"},
 		{"Register/publicKey0xffff", proto.TypeRegister, new(wire).u16(1).str("a").u16(0xffff).b, "Register.publicKey"},
 		{"Register/signature", proto.TypeRegister, enc(&proto.Register{Name: "a", Signature: pattern(proto.MaxSignatureLen+1, 1)}), "Register.signature"},
+		{"Register/invite", proto.TypeRegister, enc(&proto.Register{Name: "a", Invite: over(proto.MaxInviteLen)}), "Register.invite"},
+		{"Register/inviteUTF8", proto.TypeRegister, enc(&proto.Register{Name: "a", Invite: bad}), "Register.invite"},
+		{"Register/noInviteField", proto.TypeRegister, new(wire).u16(1).str("a").u16(0).u16(0).b, "Register.invite"},
 		{"Reconnect/signature", proto.TypeReconnect, enc(&proto.Reconnect{Signature: pattern(proto.MaxSignatureLen+1, 1)}), "Reconnect.signature"},
 		{"Welcome/wrappedKey", proto.TypeWelcome, enc(&proto.Welcome{WrappedKey: pattern(proto.MaxWrappedKeyLen+1, 1), ChunkSize: 1}), "Welcome.wrappedKey"},
 		{"Welcome/chunkSize0", proto.TypeWelcome, enc(&proto.Welcome{ChunkSize: 0}), "Welcome.chunkSize"},

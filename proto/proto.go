@@ -42,6 +42,8 @@ const (
 	MaxNameLen = 4096
 	// MaxClientNameLen is the longest client name, in bytes.
 	MaxClientNameLen = 64
+	// MaxInviteLen is the longest invite token in a Register.
+	MaxInviteLen = 128
 	// MaxPublicKeyLen is the longest PKIX DER public key accepted.
 	MaxPublicKeyLen = 2048
 	// MaxSignatureLen is the longest signature accepted (RSA-8192 = 1024 bytes).
