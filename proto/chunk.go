@@ -85,14 +85,29 @@ func ParseChunkHeader(b []byte, maxLen uint32) (ChunkHeader, error) {
 // ChunkReader reads chunk frames from a data stream whose type byte has
 // already been consumed.
 type ChunkReader struct {
+	// Buffers, if set, lends the buffer for each frame's payload, which
+	// the reader gives back at the next call to Next or at Close; a nil
+	// Buffers means one buffer of maxLen+TagSize bytes owned by the
+	// reader, allocated on first use.
+	Buffers BufferSource
+
 	r      io.Reader
 	maxLen uint32
 	hdr    [ChunkHeaderLen]byte
 	buf    []byte
+	lent   []byte // from Buffers, until the next frame
+}
+
+// A BufferSource lends buffers for chunk payloads. A server uses one to
+// bound the chunk data it holds across all its connections: Get may wait
+// until enough is given back. An error from Get ends the stream.
+type BufferSource interface {
+	Get(n int) ([]byte, error) // a buffer of length n
+	Put(b []byte)              // b came from Get and is no longer used
 }
 
 // NewChunkReader returns a reader of chunk frames whose plaintext is at most
-// maxLen bytes. Its buffer (maxLen+TagSize) is allocated on first use.
+// maxLen bytes.
 func NewChunkReader(r io.Reader, maxLen uint32) *ChunkReader {
 	return &ChunkReader{r: r, maxLen: maxLen}
 }
@@ -100,6 +115,7 @@ func NewChunkReader(r io.Reader, maxLen uint32) *ChunkReader {
 // Next reads the next frame. The ciphertext is valid until the next call. It
 // returns io.EOF only when the stream ended cleanly between frames.
 func (cr *ChunkReader) Next() (ChunkHeader, []byte, error) {
+	cr.Close()
 	if _, err := io.ReadFull(cr.r, cr.hdr[:]); err != nil {
 		if errors.Is(err, io.ErrUnexpectedEOF) {
 			return ChunkHeader{}, nil, &ParseError{What: "chunk header", Err: errShort}
@@ -111,10 +127,18 @@ func (cr *ChunkReader) Next() (ChunkHeader, []byte, error) {
 		return h, nil, err
 	}
 	n := int(h.Length) + TagSize
-	if cap(cr.buf) < n {
-		cr.buf = make([]byte, int(cr.maxLen)+TagSize)
+	var ct []byte
+	if cr.Buffers != nil {
+		if ct, err = cr.Buffers.Get(n); err != nil {
+			return h, nil, err
+		}
+		cr.lent = ct
+	} else {
+		if cap(cr.buf) < n {
+			cr.buf = make([]byte, int(cr.maxLen)+TagSize)
+		}
+		ct = cr.buf[:n]
 	}
-	ct := cr.buf[:n]
 	if _, err := io.ReadFull(cr.r, ct); err != nil {
 		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 			return h, nil, &ParseError{What: "chunk payload", Err: errShort}
@@ -122,6 +146,15 @@ func (cr *ChunkReader) Next() (ChunkHeader, []byte, error) {
 		return h, nil, err
 	}
 	return h, ct, nil
+}
+
+// Close gives back a buffer lent by Buffers. The reader may still be used;
+// Close only ends the use of the last frame's ciphertext.
+func (cr *ChunkReader) Close() {
+	if cr.lent != nil {
+		cr.Buffers.Put(cr.lent)
+		cr.lent = nil
+	}
 }
 
 // SessionKey is the symmetric key of one session.

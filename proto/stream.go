@@ -220,7 +220,12 @@ func (s *ChunkSender) run() {
 // and decrypts the chunk in place and passes the plaintext to handle, which
 // must not keep it. A clean end of stream returns nil.
 func ReadChunkStream(r io.Reader, maxLen uint32, opener *Opener, resolve func(xfer uint32) (*[16]byte, error), handle func(h *ChunkHeader, plaintext []byte) error) error {
-	cr := NewChunkReader(r, maxLen)
+	return ReadChunkFrames(NewChunkReader(r, maxLen), opener, resolve, handle)
+}
+
+// ReadChunkFrames is ReadChunkStream reading from cr, which it closes.
+func ReadChunkFrames(cr *ChunkReader, opener *Opener, resolve func(xfer uint32) (*[16]byte, error), handle func(h *ChunkHeader, plaintext []byte) error) error {
+	defer cr.Close()
 	for {
 		h, ct, err := cr.Next()
 		if err == io.EOF {
