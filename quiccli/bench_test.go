@@ -18,7 +18,7 @@ func BenchmarkSendLoopback(b *testing.B) {
 			srv := srvtest.Start(b, nil)
 			c := &Client{Home: filepath.Join(b.TempDir(), "home"), KeyBits: 2048, Out: io.Discard, Err: io.Discard}
 			ctx := b.Context()
-			if _, err := c.Register(ctx, srv.Addr, "bench", srv.Fingerprint); err != nil {
+			if _, err := c.Register(ctx, srv.Addr, "bench", RegisterOptions{Fingerprint: srv.Fingerprint}); err != nil {
 				b.Fatal(err)
 			}
 			s, _, err := c.Connect(ctx, "", "")

@@ -41,10 +41,11 @@ type registerCmd struct {
 	Server      string `required:"" help:"Server address." placeholder:"HOST:PORT"`
 	Name        string `required:"" help:"Name to register under."`
 	Fingerprint string `help:"Pin the server certificate's SHA-256 fingerprint instead of trusting it on first use." placeholder:"SHA256"`
+	Invite      string `env:"QBACKUP_INVITE" help:"Invite token from the server's operator (qbackupd invite), for a server that registers new clients only by invite. The environment variable keeps it out of the process list." placeholder:"TOKEN"`
 }
 
 func (c *registerCmd) Run(e *env) error {
-	id, err := e.client.Register(e.ctx, c.Server, c.Name, c.Fingerprint)
+	id, err := e.client.Register(e.ctx, c.Server, c.Name, RegisterOptions{Fingerprint: c.Fingerprint, Invite: strings.TrimSpace(c.Invite)})
 	if err != nil {
 		return err
 	}

@@ -54,11 +54,22 @@ func (c *Client) options(server, pin string, onFirstUse func(string) error) dial
 	return o
 }
 
+// RegisterOptions are the optional parts of a registration.
+type RegisterOptions struct {
+	// Fingerprint pins the server certificate's SHA-256 (hex) instead of
+	// trusting it on first use.
+	Fingerprint string
+	// Invite is an invite token from the server's operator, needed by a
+	// server that registers new clients only by invite.
+	Invite string
+}
+
 // Register registers name with the server (or confirms an earlier
 // registration of the same name with the same key) and saves the identity.
-// fingerprint pins the server certificate; "" trusts the first one seen,
-// or keeps the one pinned for this server before.
-func (c *Client) Register(ctx context.Context, server, name, fingerprint string) (*Identity, error) {
+// An empty opt.Fingerprint trusts the first certificate seen, or keeps the
+// one pinned for this server before.
+func (c *Client) Register(ctx context.Context, server, name string, opt RegisterOptions) (*Identity, error) {
+	fingerprint := opt.Fingerprint
 	if name == "" || server == "" {
 		return nil, errors.New("register needs --server HOST:PORT and --name NAME")
 	}
@@ -101,7 +112,7 @@ func (c *Client) Register(ctx context.Context, server, name, fingerprint string)
 		if err != nil {
 			return nil, err
 		}
-		return &proto.Register{Version: proto.Version, Name: name, PublicKey: pub, Signature: sig}, nil
+		return &proto.Register{Version: proto.Version, Name: name, PublicKey: pub, Signature: sig, Invite: opt.Invite}, nil
 	})
 	var cc *CertChangedError
 	if errors.As(err, &cc) && !pinnedBefore {
@@ -141,7 +152,7 @@ func registerError(server, name string, err error) error {
 	case proto.CodeNameTaken:
 		return fmt.Errorf("the name %q is already registered on %s by another client; choose another --name", name, server)
 	case proto.CodeRegistrationClosed:
-		return fmt.Errorf("%s does not accept new clients: %s", server, pe.Message)
+		return fmt.Errorf("%s did not register %q: %s", server, name, pe.Message)
 	}
 	return fmt.Errorf("registration refused by %s: %s", server, pe.Message)
 }
@@ -155,7 +166,7 @@ func (c *Client) Connect(ctx context.Context, server, name string) (*Session, *I
 		if server == "" || name == "" {
 			return nil, nil, fmt.Errorf("no identity in %s: run qbackup register --server HOST:PORT --name NAME first (or give send --server and --name)", c.Home)
 		}
-		if id, err = c.Register(ctx, server, name, ""); err != nil {
+		if id, err = c.Register(ctx, server, name, RegisterOptions{}); err != nil {
 			return nil, nil, err
 		}
 		c.notice("registered as %q (client ID %s)", id.Name, id.ClientID)

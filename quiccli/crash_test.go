@@ -80,7 +80,7 @@ func TestCrashServerKill(t *testing.T) {
 	dataDir := filepath.Join(t.TempDir(), "data")
 	cs := startCrashServer(t, dataDir, freeUDPAddr(t))
 	c := newClient(t)
-	id, err := c.Register(ctx, cs.addr, "crash", cs.fp)
+	id, err := c.Register(ctx, cs.addr, "crash", RegisterOptions{Fingerprint: cs.fp})
 	if err != nil {
 		t.Fatalf("Register: %v", err)
 	}

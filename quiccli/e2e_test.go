@@ -44,7 +44,7 @@ func testContext(t *testing.T) context.Context {
 
 func register(t *testing.T, ctx context.Context, c *Client, srv *srvtest.Server, name string) *Identity {
 	t.Helper()
-	id, err := c.Register(ctx, srv.Addr, name, srv.Fingerprint)
+	id, err := c.Register(ctx, srv.Addr, name, RegisterOptions{Fingerprint: srv.Fingerprint})
 	if err != nil {
 		t.Fatalf("Register(%q): %v", name, err)
 	}
@@ -466,7 +466,7 @@ func TestRegistrationErrors(t *testing.T) {
 	}
 	// Another key cannot take the name.
 	mallory := newClient(t)
-	_, err := mallory.Register(ctx, srv.Addr, "alice", srv.Fingerprint)
+	_, err := mallory.Register(ctx, srv.Addr, "alice", RegisterOptions{Fingerprint: srv.Fingerprint})
 	if err == nil || !strings.Contains(err.Error(), "already registered") {
 		t.Errorf("register taken name: err = %v, want 'already registered'", err)
 	}
@@ -528,7 +528,7 @@ func TestChangedServerCertificate(t *testing.T) {
 	srv := startServer(t)
 	c := newClient(t)
 	// Trust on first use: no fingerprint given.
-	id, err := c.Register(ctx, srv.Addr, "alice", "")
+	id, err := c.Register(ctx, srv.Addr, "alice", RegisterOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -554,12 +554,12 @@ func TestChangedServerCertificate(t *testing.T) {
 	}
 	// Pinning a wrong fingerprint up front fails the same way.
 	other := newClient(t)
-	_, err = other.Register(ctx, srv.Addr, "bob", old)
+	_, err = other.Register(ctx, srv.Addr, "bob", RegisterOptions{Fingerprint: old})
 	if !errors.As(err, &cc) {
 		t.Errorf("register with a wrong --fingerprint: err = %v, want CertChangedError", err)
 	}
 	// Re-pinning the new certificate on purpose works.
-	if _, err := c.Register(ctx, srv.Addr, "alice", srv.Fingerprint); err != nil {
+	if _, err := c.Register(ctx, srv.Addr, "alice", RegisterOptions{Fingerprint: srv.Fingerprint}); err != nil {
 		t.Fatalf("re-pin: %v", err)
 	}
 	connect(t, ctx, c)

@@ -253,7 +253,7 @@ func runSoak(t *testing.T, cfg soakConfig) string {
 			defer func() { <-sem }()
 			ctx, cancel := context.WithTimeout(hard, cfg.opTimeout)
 			defer cancel()
-			if _, err := k.c.Register(ctx, srv.Addr, fmt.Sprintf("soak-%03d", i), srv.Fingerprint); err != nil {
+			if _, err := k.c.Register(ctx, srv.Addr, fmt.Sprintf("soak-%03d", i), RegisterOptions{Fingerprint: srv.Fingerprint}); err != nil {
 				regErr <- fmt.Errorf("register client %d: %w", i, err)
 			}
 		}()

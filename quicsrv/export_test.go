@@ -35,3 +35,6 @@ func ActiveUploads(s *Server) int {
 	defer s.activeMu.Unlock()
 	return len(s.active)
 }
+
+// BudgetInUse reports the bytes taken from the server's memory budget.
+func BudgetInUse(s *Server) int64 { return s.budget().inUse() }

@@ -15,16 +15,21 @@ import (
 
 // Config is what qbackupd's flags and environment fill in.
 type Config struct {
-	Data            string        // data directory: database, files, TLS key
-	Listen          string        // UDP host:port
-	ChunkSize       int           // 0: DefaultChunkSize
-	Streams         int           // 0: DefaultStreams
-	ShutdownTimeout time.Duration // how long a shutdown waits for transfers
-	PartialTTL      time.Duration // unfinished uploads idle this long are removed (0: 7 days)
-	MaxFileSize     int64         // largest file accepted, bytes (0: proto.MaxFileSize); see Server
-	QuotaBytes      int64         // bytes stored per client (0: unlimited); see Server
-	QuotaFiles      int           // file versions stored per client (0: unlimited); see Server
-	Logger          *slog.Logger
+	Data              string        // data directory: database, files, TLS key
+	Listen            string        // UDP host:port
+	ChunkSize         int           // 0: DefaultChunkSize
+	Streams           int           // 0: DefaultStreams
+	ShutdownTimeout   time.Duration // how long a shutdown waits for transfers
+	PartialTTL        time.Duration // unfinished uploads idle this long are removed (0: 7 days)
+	MaxFileSize       int64         // largest file accepted, bytes (0: proto.MaxFileSize); see Server
+	QuotaBytes        int64         // bytes stored per client (0: unlimited); see Server
+	QuotaFiles        int           // file versions stored per client (0: unlimited); see Server
+	Registration      store.Admission
+	MaxConns          int           // see Server
+	MaxConnsPerClient int           // see Server
+	MemoryBudget      int64         // see Server
+	TransferTimeout   time.Duration // see Server
+	Logger            *slog.Logger
 }
 
 // DefaultPartialTTL is how long an unfinished upload is kept for resume
@@ -87,8 +92,22 @@ func Run(ctx context.Context, cfg Config) error {
 		MaxFileSize: cfg.MaxFileSize,
 		QuotaBytes:  cfg.QuotaBytes,
 		QuotaFiles:  cfg.QuotaFiles,
+
+		Registration:      cfg.Registration,
+		MaxConns:          cfg.MaxConns,
+		MaxConnsPerClient: cfg.MaxConnsPerClient,
+		MemoryBudget:      cfg.MemoryBudget,
+		TransferTimeout:   cfg.TransferTimeout,
 	}
 	log.Info("qbackupd listening", "addr", pc.LocalAddr().String(), "fingerprint", certs.Fingerprint(cert.Certificate[0]), "data", cfg.Data)
+	switch cfg.Registration {
+	case store.AdmitAll:
+		log.Warn("registration is open: anyone who reaches this server can register and store files; use --registration=token on a public address")
+	case store.AdmitInvited:
+		log.Info("registration by invite: make one with 'qbackupd invite --data " + cfg.Data + "'")
+	default:
+		log.Info("registration is closed: only registered clients are served")
+	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(pc) }()
 	purge := time.NewTicker(min(ttl, time.Hour))

@@ -11,8 +11,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/qbackup/qbackup/proto"
@@ -28,6 +30,10 @@ const (
 	DefaultIdleTimeout      = 60 * time.Second
 	DefaultKeepAlive        = 10 * time.Second
 	DefaultMaxTransfers     = 256
+	DefaultMaxConns         = 1024
+	DefaultMaxConnsClient   = 16
+	DefaultMemoryBudget     = 512 << 20
+	DefaultTransferTimeout  = 5 * time.Minute
 )
 
 // ErrServerClosed is returned by Serve after Shutdown or Close.
@@ -77,20 +83,56 @@ type Server struct {
 	// default) means unlimited.
 	QuotaFiles int
 
+	// Registration says who may register a new client: anyone
+	// (store.AdmitAll, the zero value), holders of an invite token
+	// (store.AdmitInvited; see store.InviteBook), or nobody
+	// (store.AdmitNone). A registered client may always register again
+	// with its key, which is how it learns its ID.
+	Registration store.Admission
+
+	// MaxConns bounds the connections open at once, authenticated or
+	// not; one more is closed with CodeLimit at once. Default
+	// DefaultMaxConns.
+	MaxConns int
+	// MaxConnsPerClient bounds the authenticated connections of one
+	// client; one more is closed with CodeLimit after the handshake.
+	// Default DefaultMaxConnsClient.
+	MaxConnsPerClient int
+	// MemoryBudget bounds, across all connections, the bytes clients can
+	// make the server hold: QUIC connection receive windows and the
+	// buffers of chunks being read. A connection that does not fit is
+	// refused with CodeLimit; past it, windows stop growing and chunk
+	// readers wait, which slows senders rather than failing them.
+	// Default DefaultMemoryBudget.
+	MemoryBudget int64
+	// TransferTimeout ends an upload that has received nothing for this
+	// long (it is kept for resume and the client is told, CodeAborted),
+	// and a connection whose data stream stops in the middle of a chunk
+	// for this long (CodeAborted). Keep-alives keep an idle connection
+	// open, so without it a stalled client would hold its upload, and
+	// its share of the memory budget, forever. Default
+	// DefaultTransferTimeout.
+	TransferTimeout time.Duration
+
 	// active maps the uploads sessions are receiving to those sessions,
 	// so no two sessions write one upload.
 	activeMu sync.Mutex
 	active   map[[16]byte]activeUpload
 
-	mu       sync.Mutex
-	tr       *quic.Transport
-	pc       net.PacketConn
-	listener *quic.Listener
-	sessions map[*session]struct{}
-	closed   bool
-	wg       sync.WaitGroup
-	ctx      context.Context
-	cancel   context.CancelFunc
+	budgetOnce sync.Once
+	mem        *budget
+	windows    sync.Map // *quic.Conn -> *int64: receive window bytes charged to mem
+
+	mu        sync.Mutex
+	tr        *quic.Transport
+	pc        net.PacketConn
+	listener  *quic.Listener
+	sessions  map[*session]struct{}
+	perClient map[store.ClientID]int // authenticated sessions of each client
+	closed    bool
+	wg        sync.WaitGroup
+	ctx       context.Context
+	cancel    context.CancelFunc
 }
 
 func (s *Server) chunkSize() int {
@@ -119,6 +161,57 @@ func (s *Server) maxFileSize() uint64 {
 		return uint64(s.MaxFileSize)
 	}
 	return proto.MaxFileSize
+}
+
+func (s *Server) maxConns() int {
+	if s.MaxConns > 0 {
+		return s.MaxConns
+	}
+	return DefaultMaxConns
+}
+
+func (s *Server) maxConnsPerClient() int {
+	if s.MaxConnsPerClient > 0 {
+		return s.MaxConnsPerClient
+	}
+	return DefaultMaxConnsClient
+}
+
+func (s *Server) transferTimeout() time.Duration {
+	if s.TransferTimeout > 0 {
+		return s.TransferTimeout
+	}
+	return DefaultTransferTimeout
+}
+
+// budget returns the memory budget shared by all connections.
+func (s *Server) budget() *budget {
+	s.budgetOnce.Do(func() {
+		size := s.MemoryBudget
+		if size <= 0 {
+			size = DefaultMemoryBudget
+		}
+		s.mem = newBudget(size)
+	})
+	return s.mem
+}
+
+// chargeWindow charges a connection receive window increase to the budget;
+// false refuses it (quic-go then keeps the smaller window).
+func (s *Server) chargeWindow(conn *quic.Conn, delta uint64) bool {
+	if delta > math.MaxInt64 || !s.budget().tryAcquire(int64(delta)) {
+		return false
+	}
+	v, _ := s.windows.LoadOrStore(conn, new(int64))
+	atomic.AddInt64(v.(*int64), int64(delta))
+	return true
+}
+
+// releaseWindow gives back what a closed connection's window held.
+func (s *Server) releaseWindow(conn *quic.Conn) {
+	if v, ok := s.windows.LoadAndDelete(conn); ok {
+		s.budget().release(atomic.LoadInt64(v.(*int64)))
+	}
 }
 
 func (s *Server) handshakeTimeout() time.Duration {
@@ -154,21 +247,6 @@ func (s *Server) claim(id [16]byte, ss *session, name string, size uint64) bool 
 	}
 	s.active[id] = activeUpload{ss: ss, name: name, size: size}
 	return true
-}
-
-// inFlight sums the declared sizes of the uploads the sessions of client
-// are receiving, except those of name (a new request for name takes them
-// over).
-func (s *Server) inFlight(client store.ClientID, name string) uint64 {
-	s.activeMu.Lock()
-	defer s.activeMu.Unlock()
-	var n uint64
-	for _, a := range s.active {
-		if a.ss.client.ID == client && a.name != name {
-			n += a.size
-		}
-	}
-	return n
 }
 
 func (s *Server) unclaim(id [16]byte) {
@@ -235,6 +313,9 @@ func (s *Server) QUICConfig() *quic.Config {
 		// Bounds what one connection can make the server buffer; ample for
 		// the bandwidth-delay product of a 100 Mbit/s link at 300 ms.
 		MaxConnectionReceiveWindow: 32 << 20,
+		// Every increase is charged to the memory budget, which bounds
+		// what all connections together can make the server buffer.
+		AllowConnectionWindowIncrease: s.chargeWindow,
 	}
 }
 
@@ -292,6 +373,20 @@ func (s *Server) Serve(pc net.PacketConn) error {
 			conn.CloseWithError(quic.ApplicationErrorCode(proto.CodeShutdown), "server shutting down")
 			continue
 		}
+		if n := len(s.sessions); n >= s.maxConns() {
+			s.mu.Unlock()
+			log.Warn("refusing a connection: too many open", "remote", conn.RemoteAddr().String(), "limit", s.maxConns())
+			conn.CloseWithError(quic.ApplicationErrorCode(proto.CodeLimit), fmt.Sprintf("server busy: %d connections open; try again later", n))
+			continue
+		}
+		// The initial receive window is granted without asking: charge it
+		// now, and refuse the connection if it does not fit.
+		if !s.chargeWindow(conn, s.QUICConfig().InitialConnectionReceiveWindow) {
+			s.mu.Unlock()
+			log.Warn("refusing a connection: memory budget used up", "remote", conn.RemoteAddr().String(), "in_use", s.budget().inUse())
+			conn.CloseWithError(quic.ApplicationErrorCode(proto.CodeLimit), "server busy: memory budget used up; try again later")
+			continue
+		}
 		s.sessions[sess] = struct{}{}
 		s.wg.Add(1)
 		s.mu.Unlock()
@@ -301,7 +396,31 @@ func (s *Server) Serve(pc net.PacketConn) error {
 			s.mu.Lock()
 			delete(s.sessions, sess)
 			s.mu.Unlock()
+			s.releaseWindow(conn)
 		}()
+	}
+}
+
+// admitClient counts an authenticated session of client c, or refuses it
+// over the per-client limit.
+func (s *Server) admitClient(c store.ClientID) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.perClient == nil {
+		s.perClient = make(map[store.ClientID]int)
+	}
+	if n := s.perClient[c]; n >= s.maxConnsPerClient() {
+		return proto.Errorf(proto.CodeLimit, "this client has %d connections open, the server's limit; close some or try again later", n)
+	}
+	s.perClient[c]++
+	return nil
+}
+
+func (s *Server) leaveClient(c store.ClientID) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.perClient[c]--; s.perClient[c] <= 0 {
+		delete(s.perClient, c)
 	}
 }
 

@@ -34,9 +34,10 @@ type session struct {
 	wmu  sync.Mutex
 	wbuf []byte
 
-	client store.Client
-	opener *proto.Opener
-	sealer *proto.Sealer
+	client   store.Client
+	admitted bool // counted in the server's per-client connections
+	opener   *proto.Opener
+	sealer   *proto.Sealer
 
 	mu       sync.Mutex
 	uploads  map[uint32]*upload
@@ -121,10 +122,14 @@ func (ss *session) run() {
 	ss.log = ss.log.With("client", ss.client.Name, "id", ss.client.ID.String())
 	ss.log.Info("session started")
 	ss.transferEnded() // a shutdown that began during the handshake
-	ss.wg.Add(1)
+	ss.wg.Add(2)
 	go func() {
 		defer ss.wg.Done()
 		ss.acceptData()
+	}()
+	go func() {
+		defer ss.wg.Done()
+		ss.watch()
 	}()
 	err := ss.controlLoop()
 	if err != nil {
@@ -157,6 +162,9 @@ func (ss *session) cleanup() {
 	}
 	if sender != nil {
 		sender.Close()
+	}
+	if ss.admitted {
+		ss.srv.leaveClient(ss.client.ID)
 	}
 }
 
@@ -256,8 +264,17 @@ func (ss *session) handshake() error {
 		if err := proto.VerifyProof(pub, proto.RegisterDigest(ekm, m.Name, m.PublicKey), m.Signature); err != nil {
 			return err
 		}
-		c, created, err := ss.srv.Store.RegisterClient(ss.ctx, m.Name, m.PublicKey)
+		c, created, err := ss.srv.Store.Admit(ss.ctx, m.Name, m.PublicKey, ss.srv.Registration, m.Invite)
 		switch {
+		case errors.Is(err, store.ErrRegistrationClosed):
+			ss.log.Info("registration refused: closed", "name", m.Name)
+			return proto.Errorf(proto.CodeRegistrationClosed, "this server accepts no new clients; ask its operator")
+		case errors.Is(err, store.ErrBadInvite) && m.Invite == "":
+			ss.log.Info("registration refused: no invite", "name", m.Name)
+			return proto.Errorf(proto.CodeRegistrationClosed, "this server registers new clients only with an invite; ask its operator for one and register with --invite")
+		case errors.Is(err, store.ErrBadInvite):
+			ss.log.Info("registration refused: bad invite", "name", m.Name)
+			return proto.Errorf(proto.CodeRegistrationClosed, "the invite is unknown, used up, expired or revoked; ask the server's operator for a new one")
 		case errors.Is(err, store.ErrNameTaken):
 			return proto.Errorf(proto.CodeNameTaken, "the name %q is registered with another key", m.Name)
 		case errors.Is(err, store.ErrInvalidName):
@@ -286,6 +303,11 @@ func (ss *session) handshake() error {
 	default:
 		return proto.Errorf(proto.CodeProtocol, "the first message must be Register or Reconnect, not %v", m.Type())
 	}
+	if err := ss.srv.admitClient(ss.client.ID); err != nil {
+		ss.log.Warn("refusing a connection: too many for the client", "client", ss.client.Name, "limit", ss.srv.maxConnsPerClient())
+		return err
+	}
+	ss.admitted = true
 
 	key, err := proto.NewSessionKey()
 	if err != nil {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -41,6 +42,7 @@ type upload struct {
 	crc      uint32
 	sha      [32]byte
 	lastSync time.Time // last checkpoint
+	lastData time.Time // last chunk received, or the start
 	syncing  bool      // a checkpoint is running
 }
 
@@ -103,31 +105,66 @@ func (ss *session) park(u *upload) {
 // resume: it is kept as a partial upload, and this session's client is
 // told the transfer was aborted.
 func (ss *session) surrender(id [16]byte) {
+	ss.giveUp(func(u *upload) bool { return u.id == id }, func(u *upload) error {
+		ss.log.Info("upload taken over by a newer session of the client", "name", u.name)
+		return proto.Errorf(proto.CodeAborted, "another session of this client took over the upload of %q", u.name)
+	})
+}
+
+// giveUp ends the uploads that match, unless their commit is under way:
+// each is kept as a partial upload, and the client gets the error why
+// returns for it.
+func (ss *session) giveUp(match func(*upload) bool, why func(*upload) error) {
+	var gone []*upload
 	ss.mu.Lock()
-	var u *upload
-	for _, cand := range ss.uploads {
-		if cand.id == id {
-			u = cand
+	for x, u := range ss.uploads {
+		if !match(u) {
+			continue
 		}
-	}
-	if u != nil {
 		u.mu.Lock()
 		committing := u.state == finished
 		u.mu.Unlock()
-		if committing {
-			u = nil // its commit is under way: let it finish
-		} else {
-			delete(ss.uploads, u.xfer)
+		if !committing { // a commit under way is let finish
+			delete(ss.uploads, x)
+			gone = append(gone, u)
 		}
 	}
 	ss.mu.Unlock()
-	if u == nil {
-		return
+	for _, u := range gone {
+		ss.park(u)
+		ss.sendError(u.req, why(u))
 	}
-	ss.park(u)
-	ss.log.Info("upload taken over by a newer session of the client", "name", u.name)
-	ss.sendError(u.req, proto.Errorf(proto.CodeAborted, "another session of this client took over the upload of %q", u.name))
-	ss.transferEnded()
+	if len(gone) > 0 {
+		ss.transferEnded()
+	}
+}
+
+// stalled ends the uploads that have received nothing for the transfer
+// timeout while still waiting for chunks. They are kept for resume.
+func (ss *session) stalled(now time.Time) {
+	timeout := ss.srv.transferTimeout()
+	ss.giveUp(func(u *upload) bool {
+		u.mu.Lock()
+		defer u.mu.Unlock()
+		return u.state == receiving && now.Sub(u.lastData) >= timeout
+	}, func(u *upload) error {
+		ss.log.Info("upload stalled; kept for resume", "name", u.name, "timeout", timeout.String())
+		return proto.Errorf(proto.CodeAborted, "no data for %q in %v; what arrived is kept, send again to resume", u.name, timeout)
+	})
+}
+
+// watch checks for stalled uploads until the session ends.
+func (ss *session) watch() {
+	t := time.NewTicker(max(ss.srv.transferTimeout()/4, 10*time.Millisecond))
+	defer t.Stop()
+	for {
+		select {
+		case <-ss.ctx.Done():
+			return
+		case now := <-t.C:
+			ss.stalled(now)
+		}
+	}
 }
 
 func (ss *session) uploadRequest(m *proto.UploadRequest) {
@@ -210,10 +247,19 @@ func (ss *session) checkLimits(m *proto.UploadRequest) error {
 		return proto.Errorf(proto.CodeLimit, "file quota exceeded: %d file versions stored, the limit is %d", files, srv.QuotaFiles)
 	}
 	if srv.QuotaBytes > 0 {
-		used := uint64(bytes) + srv.inFlight(ss.client.ID, m.Name)
+		// Unfinished uploads, running or kept for resume, count at their
+		// full size: they will take that much disk when they finish.
+		pending, err := srv.Store.Pending(ss.ctx, ss.client.ID, m.Name)
+		if err != nil {
+			return err
+		}
+		used := uint64(bytes) + uint64(pending)
 		if quota := uint64(srv.QuotaBytes); used > quota || m.Size > quota-used {
-			return proto.Errorf(proto.CodeLimit, "storage quota exceeded: %s stored + %s > %s",
-				formatBytes(used), formatBytes(m.Size), formatBytes(quota))
+			msg := fmt.Sprintf("storage quota exceeded: %s stored", formatBytes(uint64(bytes)))
+			if pending > 0 {
+				msg += fmt.Sprintf(" + %s in unfinished uploads", formatBytes(uint64(pending)))
+			}
+			return proto.Errorf(proto.CodeLimit, "%s + %s > %s", msg, formatBytes(m.Size), formatBytes(quota))
 		}
 	}
 	return nil
@@ -255,7 +301,8 @@ func (ss *session) openUpload(m *proto.UploadRequest) (*upload, error) {
 		} else if !ss.srv.claim(up.ID(), ss, m.Name, m.Size) {
 			up.Release() // another session took it meanwhile
 		} else {
-			u := &upload{id: up.ID(), name: m.Name, size: m.Size, up: up, got: *done, done: *done, written: done.Total(), lastSync: time.Now()}
+			now := time.Now()
+			u := &upload{id: up.ID(), name: m.Name, size: m.Size, up: up, got: *done, done: *done, written: done.Total(), lastSync: now, lastData: now}
 			ss.log.Info("resuming upload", "name", m.Name, "have", u.written, "size", m.Size)
 			return u, nil
 		}
@@ -267,7 +314,8 @@ func (ss *session) openUpload(m *proto.UploadRequest) (*upload, error) {
 		return nil, err
 	}
 	ss.srv.claim(up.ID(), ss, m.Name, m.Size)
-	return &upload{id: up.ID(), name: m.Name, size: m.Size, up: up, lastSync: time.Now()}, nil
+	now := time.Now()
+	return &upload{id: up.ID(), name: m.Name, size: m.Size, up: up, lastSync: now, lastData: now}, nil
 }
 
 // unchanged reports whether the stored version already holds what the
@@ -326,12 +374,47 @@ func (ss *session) readData(rs *quic.ReceiveStream) error {
 	handle := func(h *proto.ChunkHeader, p []byte) error {
 		return ss.receive(cur, h.Offset, p)
 	}
-	err := proto.ReadChunkStream(rs, uint32(ss.srv.chunkSize()), ss.opener, resolve, handle)
+	cr := proto.NewChunkReader(rs, uint32(ss.srv.chunkSize()))
+	cr.Buffers = &chunkBuffers{ss: ss, rs: rs}
+	err := proto.ReadChunkFrames(cr, ss.opener, resolve, handle)
 	var serr *quic.StreamError
 	if errors.As(err, &serr) {
 		return nil // the client reset the stream; its transfers will say why
 	}
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return proto.Errorf(proto.CodeAborted, "a data stream stopped in the middle of a chunk for %v", ss.srv.transferTimeout())
+	}
 	return err
+}
+
+// chunkPool recycles chunk buffers across streams and connections.
+var chunkPool sync.Pool
+
+// chunkBuffers lends a data stream its chunk buffers out of the server's
+// memory budget, and bounds how long a chunk may take to arrive once its
+// header has.
+type chunkBuffers struct {
+	ss *session
+	rs *quic.ReceiveStream
+}
+
+func (b *chunkBuffers) Get(n int) ([]byte, error) {
+	if err := b.ss.srv.budget().acquire(b.ss.ctx, int64(n)); err != nil {
+		return nil, err
+	}
+	b.rs.SetReadDeadline(time.Now().Add(b.ss.srv.transferTimeout()))
+	size := b.ss.srv.chunkSize() + proto.TagSize
+	if p, ok := chunkPool.Get().(*[]byte); ok && cap(*p) >= n {
+		return (*p)[:n], nil
+	}
+	return make([]byte, n, max(n, size)), nil
+}
+
+func (b *chunkBuffers) Put(p []byte) {
+	b.rs.SetReadDeadline(time.Time{})
+	b.ss.srv.budget().release(int64(len(p)))
+	p = p[:cap(p)]
+	chunkPool.Put(&p)
 }
 
 // receive writes one decrypted chunk into its upload.
@@ -367,6 +450,7 @@ func (ss *session) receive(u *upload, off uint64, p []byte) error {
 	}
 	u.done.Add(off, n) // cannot overlap: got reserved the range
 	u.written += n
+	u.lastData = time.Now()
 	done := u.written == u.size
 	if done {
 		u.state = checking

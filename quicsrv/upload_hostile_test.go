@@ -12,12 +12,14 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/qbackup/qbackup/proto"
 	"github.com/qbackup/qbackup/quicsrv"
+	"github.com/quic-go/quic-go"
 )
 
 // smallChunks makes the server use 4 KiB chunks, so small files take
@@ -621,6 +623,69 @@ func TestDataStreamReset(t *testing.T) {
 	c.finishUpload(r.Xfer, d)
 	w.files["docs/reset.bin"] = d
 	c.close()
+	w.healthy(t)
+	w.restoreAll(t)
+}
+
+// TestThousandsOfStreams: a client opens thousands of data streams, each
+// left unfinished (silent, a type byte, half a header, a header and part
+// of its payload) until it is reset to make room for the next. The server
+// keeps up, holds no goroutine, buffer or budget for them afterwards, and
+// the upload they were aimed at still completes.
+func TestThousandsOfStreams(t *testing.T) {
+	w := newWorld(t, smallChunks)
+	before := w.snapshot(t)
+	baseline := runtime.NumGoroutine()
+	c, r, d := openUpload(t, w, 6000)
+	n := 2000
+	if testing.Short() {
+		n = 300
+	}
+	header := chunkHeader(r.Xfer, 0, 100, proto.ClientToServer, 1)
+	var open []*quic.SendStream
+	for i := range n {
+		ctx, cancel := context.WithTimeout(context.Background(), ioTimeout)
+		s, err := c.conn.OpenUniStreamSync(ctx)
+		cancel()
+		if err != nil {
+			t.Fatalf("stream %d: %v", i, err)
+		}
+		switch i % 4 {
+		case 1:
+			s.Write([]byte{proto.StreamTypeChunks})
+		case 2:
+			s.Write(append([]byte{proto.StreamTypeChunks}, header[:7]...))
+		case 3:
+			s.Write(append(append([]byte{proto.StreamTypeChunks}, header...), make([]byte, 50)...))
+		}
+		open = append(open, s)
+		if len(open) == int(c.welcome.Streams) {
+			for _, s := range open {
+				s.CancelWrite(0)
+			}
+			open = open[:0]
+		}
+	}
+	for _, s := range open {
+		s.CancelWrite(0)
+	}
+	c.list("", 0) // the control stream was never starved
+	c.sendData(c.chunkFrames(r.Xfer, r.UploadID, d, 4096)...)
+	if res := c.finishUpload(r.Xfer, d); res.Status != proto.ResultStored {
+		t.Fatalf("upload after %d streams: %+v", n, res)
+	}
+	c.close()
+	waitFor(t, "the session to end", func() bool { return quicsrv.SessionCount(w.srv.Srv) == 0 })
+	waitFor(t, "the budget to be given back", func() bool { return quicsrv.BudgetInUse(w.srv.Srv) == 0 })
+	// quic-go and the test keep a few goroutines of their own; a leak of
+	// one per stream would be thousands.
+	waitFor(t, "the stream goroutines to end", func() bool { return runtime.NumGoroutine() < baseline+20 })
+	after := w.snapshot(t)
+	for p, h := range before {
+		if after[p] != h {
+			t.Errorf("%s changed", p)
+		}
+	}
 	w.healthy(t)
 	w.restoreAll(t)
 }

@@ -1,0 +1,111 @@
+package quiccli
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/qbackup/qbackup/quicsrv"
+	"github.com/qbackup/qbackup/quicsrv/srvtest"
+	"github.com/qbackup/qbackup/store"
+)
+
+// qbackupd runs the server's command line and returns stdout, stderr and
+// the exit code.
+func qbackupd(t *testing.T, args ...string) (string, string, int) {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	code := quicsrv.Main(context.Background(), args, &out, &errOut)
+	t.Logf("qbackupd %s: exit %d\n%s%s", strings.Join(args, " "), code, out.String(), errOut.String())
+	return out.String(), errOut.String(), code
+}
+
+// TestCLIInvite: the operator makes an invite with qbackupd while the
+// server runs, a user registers with it (by flag, then another by
+// environment variable), a used-up or revoked invite is refused with a
+// message that says what to do, and the token is never written to the
+// client's files or the server's.
+func TestCLIInvite(t *testing.T) {
+	srv := srvtest.Start(t, func(s *quicsrv.Server) { s.Registration = store.AdmitInvited })
+
+	noInvite := newCLIUser(t)
+	r := noInvite.run("register", "--server", srv.Addr, "--name", "stranger", "--fingerprint", srv.Fingerprint)
+	checkFailure(t, r, 1, "only with an invite", "--invite")
+
+	token, errOut, code := qbackupd(t, "invite", "--data", srv.Dir, "--uses", "1", "--note", "alice's laptop")
+	token = strings.TrimSpace(token)
+	if code != 0 || !strings.HasPrefix(token, store.InvitePrefix) || !strings.Contains(errOut, "qbackup register") {
+		t.Fatalf("qbackupd invite: exit %d, token %q", code, token)
+	}
+	alice := newCLIUser(t)
+	alice.ok("register", "--server", srv.Addr, "--name", "alice", "--fingerprint", srv.Fingerprint, "--invite", token)
+	// Registering again (to learn the ID on a second machine with the same
+	// key) needs no invite.
+	alice.ok("register", "--server", srv.Addr, "--name", "alice", "--fingerprint", srv.Fingerprint)
+
+	bob := newCLIUser(t)
+	r = bob.run("register", "--server", srv.Addr, "--name", "bob", "--fingerprint", srv.Fingerprint, "--invite", token)
+	checkFailure(t, r, 1, "used up", "new one")
+
+	out, _, code := qbackupd(t, "invite", "ls", "--data", srv.Dir)
+	if code != 0 || !strings.Contains(out, "used up") || !strings.Contains(out, "alice's laptop") || strings.Contains(out, token) {
+		t.Fatalf("invite ls: exit %d\n%s", code, out)
+	}
+
+	second, _, _ := qbackupd(t, "invite", "new", "--data", srv.Dir, "--uses", "2")
+	second = strings.TrimSpace(second)
+	book, err := store.OpenInvites(t.Context(), srv.Dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	list, err := book.List(t.Context())
+	book.Close()
+	if err != nil || len(list) != 2 {
+		t.Fatalf("invites: %v, %v", list, err)
+	}
+	t.Setenv("QBACKUP_INVITE", second+"\n") // as pasted, with a newline
+	bob.ok("register", "--server", srv.Addr, "--name", "bob", "--fingerprint", srv.Fingerprint)
+
+	if _, _, code := qbackupd(t, "invite", "rm", "--data", srv.Dir, list[1].ID); code != 0 {
+		t.Fatal("invite rm failed")
+	}
+	if _, errOut, code := qbackupd(t, "invite", "rm", "--data", srv.Dir, list[1].ID); code != 1 || !strings.Contains(errOut, "invite ls") {
+		t.Fatalf("second rm: exit %d, %q", code, errOut)
+	}
+	carol := newCLIUser(t)
+	r = carol.run("register", "--server", srv.Addr, "--name", "carol", "--fingerprint", srv.Fingerprint)
+	checkFailure(t, r, 1, "revoked")
+
+	// The tokens are in no file of the client or the server.
+	for _, dir := range []string{alice.home, bob.home, srv.Dir} {
+		filepath.WalkDir(dir, func(path string, d os.DirEntry, err error) error {
+			if err != nil || d.IsDir() {
+				return err
+			}
+			b, err := os.ReadFile(path)
+			if err != nil {
+				return err
+			}
+			for _, tok := range []string{token, second} {
+				if bytes.Contains(b, []byte(tok[len(store.InvitePrefix):])) {
+					t.Errorf("%s holds an invite token", path)
+				}
+			}
+			return nil
+		})
+	}
+}
+
+func TestCLIInviteErrors(t *testing.T) {
+	_, errOut, code := qbackupd(t, "invite", "--data", t.TempDir())
+	if code != 1 || !strings.Contains(errOut, "start qbackupd") {
+		t.Fatalf("invite in an empty dir: exit %d, %q", code, errOut)
+	}
+	_, errOut, code = qbackupd(t, "--data", t.TempDir(), "--registration", "sometimes")
+	if code == 0 || !strings.Contains(errOut, "registration") {
+		t.Fatalf("bad --registration: exit %d, %q", code, errOut)
+	}
+}

@@ -1,0 +1,288 @@
+package quicsrv_test
+
+// Who gets in, and how many: registration modes with invite tokens,
+// connection limits, the memory budget and the transfer timeout.
+
+import (
+	"bytes"
+	"context"
+	"crypto/rsa"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/qbackup/qbackup/proto"
+	"github.com/qbackup/qbackup/quicsrv"
+	"github.com/qbackup/qbackup/quicsrv/srvtest"
+	"github.com/qbackup/qbackup/store"
+)
+
+func newInvite(t *testing.T, srv *srvtest.Server, uses int, ttl time.Duration) string {
+	t.Helper()
+	book, err := store.OpenInvites(t.Context(), srv.Dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer book.Close()
+	token, _, err := book.Create(t.Context(), ttl, uses, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return token
+}
+
+func clientCount(t *testing.T, srv *srvtest.Server) int {
+	t.Helper()
+	n, err := srv.Store.ClientCount(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+func TestRegistrationModes(t *testing.T) {
+	a, b := testKeys(t)
+	type attempt struct {
+		name, invite string
+		key          *rsa.PrivateKey
+		code         proto.ErrorCode // CodeNoError: welcomed
+		msg          string          // part of the close reason
+	}
+	tests := []struct {
+		name     string
+		mode     store.Admission
+		attempts func(good, expired string) []attempt
+	}{
+		{"open", store.AdmitAll, func(good, expired string) []attempt {
+			return []attempt{
+				{name: "alice", key: a},
+				{name: "bob", key: b, invite: "ignored"},
+			}
+		}},
+		{"closed", store.AdmitNone, func(good, expired string) []attempt {
+			return []attempt{
+				{name: "alice", key: a, code: proto.CodeRegistrationClosed, msg: "accepts no new clients"},
+				{name: "alice", key: a, invite: good, code: proto.CodeRegistrationClosed, msg: "accepts no new clients"},
+				{name: "veteran", key: b}, // registered before the server closed
+				// A stranger learns nothing about which names exist.
+				{name: "veteran", key: a, code: proto.CodeRegistrationClosed, msg: "accepts no new clients"},
+			}
+		}},
+		{"token", store.AdmitInvited, func(good, expired string) []attempt {
+			return []attempt{
+				{name: "alice", key: a, code: proto.CodeRegistrationClosed, msg: "only with an invite"},
+				{name: "alice", key: a, invite: store.InvitePrefix + strings.Repeat("z", 32), code: proto.CodeRegistrationClosed, msg: "unknown, used up, expired"},
+				{name: "alice", key: a, invite: expired, code: proto.CodeRegistrationClosed, msg: "unknown, used up, expired"},
+				{name: "veteran", key: a, code: proto.CodeRegistrationClosed, msg: "only with an invite"},
+				{name: "veteran", key: a, invite: good, code: proto.CodeNameTaken, msg: "registered with another key"},
+				{name: "alice", key: a, invite: good}, // the use given back above
+				{name: "alice", key: a},               // registering again needs no invite
+				{name: "carol", key: b, invite: good, code: proto.CodeRegistrationClosed, msg: "unknown, used up, expired"},
+				{name: "veteran", key: b},
+			}
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			mode := store.AdmitAll
+			srv := srvtest.Start(t, func(s *quicsrv.Server) { s.Registration = mode })
+			registered(t, srv, "veteran", b).close()
+			good := newInvite(t, srv, 1, time.Hour)
+			expired := newInvite(t, srv, 1, time.Nanosecond)
+			mode = tt.mode
+			srv.Restart()
+			for i, at := range tt.attempts(good, expired) {
+				before := clientCount(t, srv)
+				c := dialRaw(t, srv)
+				m := c.registerMsg(at.name, at.key)
+				m.Invite = at.invite
+				c.send(m)
+				if at.code == proto.CodeNoError {
+					c.welcomed(at.key)
+					c.close()
+					continue
+				}
+				ae := c.expectClosed(at.code)
+				if !strings.Contains(ae.ErrorMessage, at.msg) {
+					t.Errorf("attempt %d: close reason %q, want it to contain %q", i, ae.ErrorMessage, at.msg)
+				}
+				if at.invite != "" && strings.Contains(ae.ErrorMessage, at.invite) {
+					t.Errorf("attempt %d: the close reason repeats the invite", i)
+				}
+				if after := clientCount(t, srv); after != before {
+					t.Errorf("attempt %d: refused, yet clients went from %d to %d", i, before, after)
+				}
+			}
+		})
+	}
+}
+
+func TestConnectionLimits(t *testing.T) {
+	w := newWorld(t, func(s *quicsrv.Server) { s.MaxConnsPerClient = 2; s.MaxConns = 4 })
+	srv := w.srv
+
+	// Per client: two sessions, the third is refused after its handshake,
+	// and another client is not affected.
+	m1, m2 := w.mallory(t), w.mallory(t)
+	c := dialRaw(t, srv)
+	c.send(c.reconnectMsg(m1.id, w.bad))
+	ae := c.expectClosed(proto.CodeLimit)
+	if !strings.Contains(ae.ErrorMessage, "2 connections open") {
+		t.Errorf("close reason %q does not give the limit", ae.ErrorMessage)
+	}
+	w.healthy(t)
+	m2.close()
+	waitFor(t, "the closed session to end", func() bool { return quicsrv.SessionCount(srv.Srv) == 1 })
+	m3 := w.mallory(t) // room again
+	m3.list("", 0)
+
+	// In total: m1, m3 and two idle connections fill the four places.
+	idle1, idle2 := dialRaw(t, srv), dialRaw(t, srv)
+	waitFor(t, "four sessions", func() bool { return quicsrv.SessionCount(srv.Srv) == 4 })
+	extra, err := dialConn(t, srv, proto.ALPN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	expectConnClosed(t, extra, proto.CodeLimit)
+	idle1.close()
+	idle2.close()
+	waitFor(t, "the idle sessions to end", func() bool { return quicsrv.SessionCount(srv.Srv) == 2 })
+	w.healthy(t)
+	m1.close()
+	m3.close()
+	w.restoreAll(t)
+}
+
+// TestMemoryBudget runs uploads through a budget far smaller than what
+// they move: windows stop growing and chunk readers wait, the uploads
+// finish, a connection that does not fit is refused, and every byte is
+// given back at the end.
+func TestMemoryBudget(t *testing.T) {
+	const chunk = 64 << 10
+	initial := int64(4 * chunk) // the server's initial connection window
+	budget := 2*initial + 3*(chunk+proto.TagSize)
+	w := newWorld(t, func(s *quicsrv.Server) { s.ChunkSize = chunk; s.MemoryBudget = budget })
+	srv := w.srv
+	waitFor(t, "the budget to be free", func() bool { return quicsrv.BudgetInUse(srv.Srv) == 0 })
+
+	a, b := w.mallory(t), w.mallory(t)
+	// Both connections hold their initial windows: a third does not fit.
+	c, err := dialConn(t, srv, proto.ALPN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ae := expectConnClosed(t, c, proto.CodeLimit)
+	if !strings.Contains(ae.ErrorMessage, "memory") {
+		t.Errorf("close reason %q does not say why", ae.ErrorMessage)
+	}
+
+	data := [][]byte{randBytes(3<<20 + 17), randBytes(2<<20 + 5)}
+	done := make(chan error, 2)
+	for i, rc := range []*rawClient{a, b} {
+		go func() {
+			defer func() { done <- nil }()
+			r := rc.startUpload(fmt.Sprintf("big-%d", i), data[i])
+			frames := rc.chunkFrames(r.Xfer, r.UploadID, data[i], chunk)
+			// Four streams at once, so readers compete for the budget.
+			parts := [4][][]byte{}
+			for j, f := range frames {
+				parts[j%4] = append(parts[j%4], f)
+			}
+			var streams []func()
+			for _, p := range parts {
+				s := rc.openData()
+				streams = append(streams, func() { s.Write(bytes.Join(p, nil)); s.Close() })
+			}
+			for _, f := range streams {
+				go f()
+			}
+			if res := rc.finishUpload(r.Xfer, data[i]); res.Status != proto.ResultStored {
+				t.Errorf("upload %d: %+v", i, res)
+			}
+		}()
+	}
+	for range 2 {
+		<-done
+	}
+	if used := quicsrv.BudgetInUse(srv.Srv); used > budget {
+		t.Errorf("budget in use %d > %d", used, budget)
+	}
+	for i, rc := range []*rawClient{a, b} {
+		_, got := rc.restore(fmt.Sprintf("big-%d", i), 0)
+		if !bytes.Equal(got, data[i]) {
+			t.Fatalf("restore %d differs", i)
+		}
+		rc.close()
+	}
+	waitFor(t, "the budget to be given back", func() bool { return quicsrv.BudgetInUse(srv.Srv) == 0 })
+	w.healthy(t)
+}
+
+// TestTransferTimeout: an upload that stops receiving is ended, kept for
+// resume and reported; the session goes on. A data stream that stops in
+// the middle of a chunk ends the connection.
+func TestTransferTimeout(t *testing.T) {
+	const timeout = 300 * time.Millisecond
+	w := newWorld(t, func(s *quicsrv.Server) { s.TransferTimeout = timeout; s.ChunkSize = 1024 })
+	m := w.mallory(t)
+	data := randBytes(10 * 1024)
+	r := m.startUpload("stalled", data)
+	m.sendData(m.chunkFrames(r.Xfer, r.UploadID, data[:4096], 1024)...)
+	start := time.Now()
+	em := m.expectError(r.Req, proto.CodeAborted)
+	if el := time.Since(start); el > 20*timeout {
+		t.Errorf("stall noticed after %v with a %v timeout", el, timeout)
+	}
+	if !strings.Contains(em.Message, "kept") {
+		t.Errorf("error %q does not say the data is kept", em.Message)
+	}
+	// Late chunks of the ended transfer are dropped quietly; the session
+	// goes on, and a new request resumes after the kept bytes.
+	m.sendData(framesAt(m, r.Xfer, r.UploadID, data, 4096, 5120, 1024)...)
+	req := m.uploadReq("stalled", data)
+	m.send(req)
+	ready := expect[*proto.UploadReady](m)
+	if len(ready.Missing) != 1 || ready.Missing[0].Off != 4096 {
+		t.Fatalf("resume asks for %v, want [4096, 10240)", ready.Missing)
+	}
+	m.sendData(framesAt(m, ready.Xfer, ready.UploadID, data, 4096, len(data), 1024)...)
+	if res := m.finishUpload(ready.Xfer, data); res.Status != proto.ResultStored {
+		t.Fatalf("resumed upload: %+v", res)
+	}
+
+	// A chunk header, part of its payload, then nothing.
+	r = m.startUpload("half-chunk", data)
+	f := m.frame(r.Xfer, r.UploadID, 0, data[:1024])
+	s := m.openData()
+	if _, err := s.Write(f[:proto.ChunkHeaderLen+100]); err != nil {
+		t.Fatal(err)
+	}
+	ae := m.expectClosed(proto.CodeAborted)
+	if !strings.Contains(ae.ErrorMessage, "middle of a chunk") {
+		t.Errorf("close reason %q", ae.ErrorMessage)
+	}
+	waitFor(t, "the budget to be given back", func() bool { return quicsrv.BudgetInUse(w.srv.Srv) == 0 })
+	w.healthy(t)
+}
+
+// framesAt seals data[from:to] as chunks of n bytes at their offsets.
+func framesAt(c *rawClient, xfer uint32, id [16]byte, data []byte, from, to, n int) [][]byte {
+	var out [][]byte
+	for off := from; off < to; off += n {
+		out = append(out, c.frame(xfer, id, uint64(off), data[off:min(off+n, to)]))
+	}
+	return out
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), ioTimeout)
+	defer cancel()
+	for !cond() {
+		if ctx.Err() != nil {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}

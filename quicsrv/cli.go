@@ -1,0 +1,195 @@
+package quicsrv
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"text/tabwriter"
+	"time"
+
+	"github.com/alecthomas/kong"
+	"github.com/qbackup/qbackup/store"
+)
+
+// cli is qbackupd's command line: serving is the default command, so
+// "qbackupd --data DIR" serves.
+type cli struct {
+	Serve  serveCmd  `cmd:"" default:"withargs" help:"Serve clients (the default command)."`
+	Invite inviteCmd `cmd:"" help:"Make, list and revoke invites for registration."`
+}
+
+type serveCmd struct {
+	Data            string        `required:"" env:"QBACKUPD_DATA" help:"Data directory: database, stored files, TLS key." placeholder:"DIR"`
+	Listen          string        `default:"0.0.0.0:7443" env:"QBACKUPD_LISTEN" help:"UDP address to listen on." placeholder:"HOST:PORT"`
+	Registration    string        `enum:"open,token,closed" default:"token" env:"QBACKUPD_REGISTRATION" help:"Who may register a new client: open (anyone who reaches the server), token (holders of an invite from 'qbackupd invite'), closed (nobody new). Registered clients are not affected."`
+	ChunkSize       int           `default:"1048576" help:"Largest chunk accepted and sent, in bytes."`
+	Streams         int           `default:"8" help:"Data streams a client may open at once."`
+	Grace           time.Duration `default:"30s" help:"How long a shutdown waits for transfers to finish."`
+	PartialTTL      time.Duration `default:"168h" env:"QBACKUPD_PARTIAL_TTL" help:"Remove unfinished uploads idle for this long (they are kept for resume until then)."`
+	MaxFileSize     int64         `default:"0" env:"QBACKUPD_MAX_FILE_SIZE" help:"Largest file accepted, in bytes (0: no limit but the protocol's 1 PiB)." placeholder:"BYTES"`
+	QuotaBytes      int64         `default:"0" env:"QBACKUPD_QUOTA_BYTES" help:"Bytes one client may store, all versions and unfinished uploads counted (0: unlimited)." placeholder:"BYTES"`
+	QuotaFiles      int           `default:"0" env:"QBACKUPD_QUOTA_FILES" help:"File versions one client may store (0: unlimited)." placeholder:"N"`
+	MaxConns        int           `default:"1024" env:"QBACKUPD_MAX_CONNS" help:"Connections open at once, in total." placeholder:"N"`
+	MaxClientConns  int           `default:"16" env:"QBACKUPD_MAX_CLIENT_CONNS" help:"Connections open at once for one client." placeholder:"N"`
+	Memory          int64         `default:"536870912" env:"QBACKUPD_MEMORY" help:"Bytes all clients together can make the server buffer (receive windows and chunks in flight)." placeholder:"BYTES"`
+	TransferTimeout time.Duration `default:"5m" env:"QBACKUPD_TRANSFER_TIMEOUT" help:"End an upload that receives nothing for this long (it is kept for resume)."`
+	LogJSON         bool          `help:"Log as JSON lines."`
+}
+
+func (c *serveCmd) Run(e *cliEnv) error {
+	if c.MaxFileSize < 0 || c.QuotaBytes < 0 || c.QuotaFiles < 0 {
+		return errors.New("--max-file-size, --quota-bytes and --quota-files must not be negative")
+	}
+	if c.MaxConns <= 0 || c.MaxClientConns <= 0 || c.Memory <= 0 || c.TransferTimeout <= 0 {
+		return errors.New("--max-conns, --max-client-conns, --memory and --transfer-timeout must be positive")
+	}
+	var h slog.Handler = slog.NewTextHandler(e.stderr, nil)
+	if c.LogJSON {
+		h = slog.NewJSONHandler(e.stderr, nil)
+	}
+	return Run(e.ctx, Config{
+		Data:              c.Data,
+		Listen:            c.Listen,
+		Registration:      admission(c.Registration),
+		ChunkSize:         c.ChunkSize,
+		Streams:           c.Streams,
+		ShutdownTimeout:   c.Grace,
+		PartialTTL:        c.PartialTTL,
+		MaxFileSize:       c.MaxFileSize,
+		QuotaBytes:        c.QuotaBytes,
+		QuotaFiles:        c.QuotaFiles,
+		MaxConns:          c.MaxConns,
+		MaxConnsPerClient: c.MaxClientConns,
+		MemoryBudget:      c.Memory,
+		TransferTimeout:   c.TransferTimeout,
+		Logger:            slog.New(h),
+	})
+}
+
+func admission(s string) store.Admission {
+	switch s {
+	case "open":
+		return store.AdmitAll
+	case "token":
+		return store.AdmitInvited
+	}
+	return store.AdmitNone
+}
+
+type inviteCmd struct {
+	New inviteNewCmd `cmd:"" default:"withargs" help:"Make an invite and print its token (the default)."`
+	Ls  inviteLsCmd  `cmd:"" help:"List invites."`
+	Rm  inviteRmCmd  `cmd:"" help:"Revoke an invite."`
+}
+
+type inviteNewCmd struct {
+	Data string        `required:"" env:"QBACKUPD_DATA" help:"Data directory of the server." placeholder:"DIR"`
+	TTL  time.Duration `name:"ttl" default:"168h" help:"How long the invite is valid."`
+	Uses int           `default:"1" help:"How many clients it may register."`
+	Note string        `help:"A note to tell invites apart in 'qbackupd invite ls'."`
+}
+
+func (c *inviteNewCmd) Run(e *cliEnv) error {
+	book, err := store.OpenInvites(e.ctx, c.Data)
+	if err != nil {
+		return err
+	}
+	defer book.Close()
+	token, inv, err := book.Create(e.ctx, c.TTL, c.Uses, c.Note)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(e.stdout, token)
+	fmt.Fprintf(e.stderr, "invite %s: registers %d client(s) until %s; give the token above to the client, who runs\n  QBACKUP_INVITE=TOKEN qbackup register --server HOST:PORT --name NAME\nIt is shown only now; the server keeps only its hash.\n",
+		inv.ID, inv.Uses, inv.Expires.Format(time.DateTime))
+	return nil
+}
+
+type inviteLsCmd struct {
+	Data string `required:"" env:"QBACKUPD_DATA" help:"Data directory of the server." placeholder:"DIR"`
+}
+
+func (c *inviteLsCmd) Run(e *cliEnv) error {
+	book, err := store.OpenInvites(e.ctx, c.Data)
+	if err != nil {
+		return err
+	}
+	defer book.Close()
+	list, err := book.List(e.ctx)
+	if err != nil {
+		return err
+	}
+	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tUSES LEFT\tEXPIRES\tSTATE\tNOTE")
+	now := time.Now()
+	for _, inv := range list {
+		state := "valid"
+		switch {
+		case inv.Uses == 0:
+			state = "used up"
+		case !inv.Expires.After(now):
+			state = "expired"
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\n", inv.ID, inv.Uses, inv.Expires.Format(time.DateTime), state, inv.Note)
+	}
+	return tw.Flush()
+}
+
+type inviteRmCmd struct {
+	Data string `required:"" env:"QBACKUPD_DATA" help:"Data directory of the server." placeholder:"DIR"`
+	ID   string `arg:"" help:"ID of the invite, as 'qbackupd invite ls' shows it."`
+}
+
+func (c *inviteRmCmd) Run(e *cliEnv) error {
+	book, err := store.OpenInvites(e.ctx, c.Data)
+	if err != nil {
+		return err
+	}
+	defer book.Close()
+	if err := book.Revoke(e.ctx, c.ID); err != nil {
+		if errors.Is(err, store.ErrNotFound) {
+			return fmt.Errorf("no invite %q: 'qbackupd invite ls' lists them", c.ID)
+		}
+		return err
+	}
+	fmt.Fprintf(e.stderr, "invite %s revoked; clients it registered stay registered\n", c.ID)
+	return nil
+}
+
+type cliEnv struct {
+	ctx            context.Context
+	stdout, stderr io.Writer
+}
+
+// Main runs qbackupd with the command-line arguments args (without the
+// program name) until ctx ends, and returns the exit code.
+func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	var c cli
+	exit := -1
+	parser, err := kong.New(&c,
+		kong.Name("qbackupd"),
+		kong.Description("The qbackup server: encrypted backup over QUIC."),
+		kong.Writers(stdout, stderr),
+		kong.Exit(func(code int) { exit = code }),
+		kong.UsageOnError(),
+	)
+	if err != nil {
+		fmt.Fprintf(stderr, "qbackupd: %v\n", err)
+		return 2
+	}
+	kctx, err := parser.Parse(args)
+	if exit >= 0 {
+		return exit
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "qbackupd: %v\n", err)
+		return 2
+	}
+	if err := kctx.Run(&cliEnv{ctx: ctx, stdout: stdout, stderr: stderr}); err != nil {
+		fmt.Fprintf(stderr, "qbackupd: %v\n", err)
+		return 1
+	}
+	return 0
+}
