@@ -38,3 +38,25 @@ func ActiveUploads(s *Server) int {
 
 // BudgetInUse reports the bytes taken from the server's memory budget.
 func BudgetInUse(s *Server) int64 { return s.budget().inUse() }
+
+// WrittenBytes reports how many bytes the uploads sessions are receiving
+// have written so far, all together.
+func WrittenBytes(s *Server) uint64 {
+	s.activeMu.Lock()
+	owners := make(map[*session]bool)
+	for _, a := range s.active {
+		owners[a.ss] = true
+	}
+	s.activeMu.Unlock()
+	var n uint64
+	for ss := range owners {
+		ss.mu.Lock()
+		for _, u := range ss.uploads {
+			u.mu.Lock()
+			n += u.written
+			u.mu.Unlock()
+		}
+		ss.mu.Unlock()
+	}
+	return n
+}

@@ -26,6 +26,7 @@ func TestUploadLimits(t *testing.T) {
 		configure func(*quicsrv.Server)
 		stored    []file // stored first, all accepted
 		inFlight  []file // then started but not finished
+		parked    []file // then half sent on a connection that is closed
 		req       file   // then requested
 		wantCode  proto.ErrorCode
 		wantMsg   string // in the Error's message
@@ -65,6 +66,31 @@ func TestUploadLimits(t *testing.T) {
 			req:       f("c", 3, 501),
 			wantCode:  proto.CodeLimit,
 			wantMsg:   "storage quota exceeded",
+		},
+		{
+			name:      "uploads kept for resume count",
+			configure: func(s *quicsrv.Server) { s.QuotaBytes = 3000 },
+			stored:    []file{f("a", 1, 1000)},
+			parked:    []file{f("b", 2, 1500)},
+			req:       f("c", 3, 501),
+			wantCode:  proto.CodeLimit,
+			wantMsg:   "storage quota exceeded: 1000 B stored + 1.5 KiB in unfinished uploads + 501 B > 2.9 KiB",
+		},
+		{
+			name:      "resuming a kept upload is not counted twice",
+			configure: func(s *quicsrv.Server) { s.QuotaBytes = 3000; s.QuotaFiles = 2 },
+			stored:    []file{f("a", 1, 1000)},
+			parked:    []file{f("b", 2, 2000)},
+			req:       f("b", 2, 2000),
+		},
+		{
+			name:      "uploads kept for resume count as files",
+			configure: func(s *quicsrv.Server) { s.QuotaFiles = 2 },
+			stored:    []file{f("a", 1, 10)},
+			parked:    []file{f("b", 2, 5000)},
+			req:       f("c", 3, 10),
+			wantCode:  proto.CodeLimit,
+			wantMsg:   "file quota exceeded: 1 file versions stored and 1 unfinished uploads, the limit is 2",
 		},
 		{
 			name:      "file quota reached",
@@ -108,6 +134,15 @@ func TestUploadLimits(t *testing.T) {
 			for _, sf := range tt.inFlight {
 				c.startUpload(sf.name, sf.data)
 			}
+			for _, sf := range tt.parked {
+				p := registered(t, srv, "limited", key)
+				r := p.startUpload(sf.name, sf.data)
+				half := sf.data[:len(sf.data)/2]
+				p.sendData(p.chunkFrames(r.Xfer, r.UploadID, half, len(half))...)
+				waitFor(t, "the half to be written", func() bool { return quicsrv.WrittenBytes(srv.Srv) == uint64(len(half)) })
+				p.close()
+				waitFor(t, "the upload to be parked", func() bool { return quicsrv.ActiveUploads(srv.Srv) == len(tt.inFlight) })
+			}
 			before := snapshotDir(t, srv.Dir)
 			m := c.uploadReq(tt.req.name, tt.req.data)
 			c.send(m)
@@ -130,7 +165,10 @@ func TestUploadLimits(t *testing.T) {
 				if r.Req != m.Req || r.Status != proto.ReadySend {
 					t.Fatalf("UploadReady %+v, want ReadySend for req %d", r, m.Req)
 				}
-				c.sendData(c.chunkFrames(r.Xfer, r.UploadID, tt.req.data, int(c.welcome.ChunkSize))...)
+				for _, mr := range r.Missing {
+					part := tt.req.data[mr.Off : mr.Off+mr.Len]
+					c.sendData(framesAt(c, r.Xfer, r.UploadID, tt.req.data, int(mr.Off), int(mr.Off)+len(part), int(c.welcome.ChunkSize))...)
+				}
 				if res := c.finishUpload(r.Xfer, tt.req.data); res.Status != proto.ResultStored {
 					t.Fatalf("upload result %+v, want stored", res)
 				}

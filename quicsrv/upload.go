@@ -243,16 +243,20 @@ func (ss *session) checkLimits(m *proto.UploadRequest) error {
 	if err != nil {
 		return err
 	}
-	if srv.QuotaFiles > 0 && files+1 > srv.QuotaFiles {
-		return proto.Errorf(proto.CodeLimit, "file quota exceeded: %d file versions stored, the limit is %d", files, srv.QuotaFiles)
+	// Unfinished uploads, running or kept for resume, count at their full
+	// size and as a file each: they will take that when they finish.
+	pending, pendingN, err := srv.Store.Pending(ss.ctx, ss.client.ID, m.Name)
+	if err != nil {
+		return err
+	}
+	if srv.QuotaFiles > 0 && files+pendingN+1 > srv.QuotaFiles {
+		msg := fmt.Sprintf("file quota exceeded: %d file versions stored", files)
+		if pendingN > 0 {
+			msg += fmt.Sprintf(" and %d unfinished uploads", pendingN)
+		}
+		return proto.Errorf(proto.CodeLimit, "%s, the limit is %d", msg, srv.QuotaFiles)
 	}
 	if srv.QuotaBytes > 0 {
-		// Unfinished uploads, running or kept for resume, count at their
-		// full size: they will take that much disk when they finish.
-		pending, err := srv.Store.Pending(ss.ctx, ss.client.ID, m.Name)
-		if err != nil {
-			return err
-		}
 		used := uint64(bytes) + uint64(pending)
 		if quota := uint64(srv.QuotaBytes); used > quota || m.Size > quota-used {
 			msg := fmt.Sprintf("storage quota exceeded: %s stored", formatBytes(uint64(bytes)))

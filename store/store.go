@@ -970,18 +970,18 @@ func (s *Store) Usage(ctx context.Context, id ClientID) (bytes int64, files int,
 	return bytes, files, nil
 }
 
-// Pending sums the declared sizes of the client's uploads in progress or
-// kept for resume, except those of the file except (which a new request
-// for it replaces or resumes). A quota counts them: they hold, or will
-// hold, that much disk until they are committed or purged.
-func (s *Store) Pending(ctx context.Context, id ClientID, except string) (int64, error) {
-	var n int64
-	err := s.db.QueryRowContext(ctx,
-		"SELECT coalesce(sum(size), 0) FROM uploads WHERE client_id = ? AND name != ?", id[:], except).Scan(&n)
+// Pending reports the client's uploads in progress or kept for resume,
+// except those of the file except (which a new request for it replaces or
+// resumes): how many, and the sum of their declared sizes. Quotas count
+// them: they hold, or will hold, that much disk until they are committed
+// or purged.
+func (s *Store) Pending(ctx context.Context, id ClientID, except string) (bytes int64, n int, err error) {
+	err = s.db.QueryRowContext(ctx,
+		"SELECT coalesce(sum(size), 0), count(*) FROM uploads WHERE client_id = ? AND name != ?", id[:], except).Scan(&bytes, &n)
 	if err != nil {
-		return 0, wrapDB("sum upload sizes", err)
+		return 0, 0, wrapDB("sum upload sizes", err)
 	}
-	return n, nil
+	return bytes, n, nil
 }
 
 // PartialUploads reports the uploads in progress or kept for resume (every

@@ -66,18 +66,19 @@ func TestPending(t *testing.T) {
 		id     ClientID
 		except string
 		want   int64
+		wantN  int
 	}{
-		{"open and parked uploads", a.ID, "", 1020},
-		{"a request for x replaces its own upload", a.ID, "x", 20},
-		{"committed files are not pending", a.ID, "y", 1000},
-		{"other client", b.ID, "", 5},
-		{"unknown client", ClientID{9}, "", 0},
+		{"open and parked uploads", a.ID, "", 1020, 2},
+		{"a request for x replaces its own upload", a.ID, "x", 20, 1},
+		{"committed files are not pending", a.ID, "y", 1000, 1},
+		{"other client", b.ID, "", 5, 1},
+		{"unknown client", ClientID{9}, "", 0, 0},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := s.Pending(ctx, tt.id, tt.except)
-			if err != nil || got != tt.want {
-				t.Errorf("Pending = %d, %v; want %d", got, err, tt.want)
+			got, n, err := s.Pending(ctx, tt.id, tt.except)
+			if err != nil || got != tt.want || n != tt.wantN {
+				t.Errorf("Pending = %d bytes, %d uploads, %v; want %d, %d", got, n, err, tt.want, tt.wantN)
 			}
 		})
 	}
