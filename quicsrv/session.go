@@ -433,7 +433,7 @@ func storeErr(err error) error {
 	case errors.Is(err, store.ErrNotFound):
 		return proto.Errorf(proto.CodeNotFound, "no such file or version")
 	case errors.Is(err, store.ErrNoSpace):
-		return proto.Errorf(proto.CodeNoSpace, "the server's disk is full")
+		return proto.Errorf(proto.CodeNoSpace, "its operator must free space before this can be stored; what is stored is safe")
 	case errors.Is(err, syscall.EFBIG):
 		return proto.Errorf(proto.CodeTooLarge, "the file is larger than the server's file system allows")
 	}

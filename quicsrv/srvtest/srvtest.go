@@ -35,7 +35,15 @@ type Server struct {
 // end of the test.
 func Start(t testing.TB, configure func(*quicsrv.Server)) *Server {
 	t.Helper()
-	s := &Server{t: t, Dir: t.TempDir(), configure: configure}
+	return StartIn(t, t.TempDir(), configure)
+}
+
+// StartIn is Start with the data in dir, which the store creates if it is
+// missing: for tests that need the data on a particular file system, or
+// created by the server itself.
+func StartIn(t testing.TB, dir string, configure func(*quicsrv.Server)) *Server {
+	t.Helper()
+	s := &Server{t: t, Dir: dir, configure: configure}
 	s.start("127.0.0.1:0")
 	t.Cleanup(s.Close)
 	return s
