@@ -689,3 +689,41 @@ func TestThousandsOfStreams(t *testing.T) {
 	w.healthy(t)
 	w.restoreAll(t)
 }
+
+// TestReservedDeviceNames: names that are devices on Windows, or special
+// to some tool, are ordinary names on the server's file system; each is
+// stored as a regular file in the client's directory and restored as sent.
+func TestReservedDeviceNames(t *testing.T) {
+	w := newWorld(t, smallChunks)
+	m := w.mallory(t)
+	names := []string{"CON", "con.txt", "NUL", "aux", "COM1", "LPT9.log", "PRN", "dev/null", "a/CON/b", "-rf", "~", ".git/config", "$HOME", "*", "a:b", "trailing. ", " lead"}
+	data := map[string][]byte{}
+	for i, n := range names {
+		data[n] = randBytes(100 + i)
+		m.upload(n, data[n])
+	}
+	for _, n := range names {
+		if _, got := m.restore(n, 0); !bytes.Equal(got, data[n]) {
+			t.Errorf("restore of %q differs", n)
+		}
+	}
+	m.close()
+	files := 0
+	filepath.WalkDir(filepath.Join(w.srv.Dir, "clients"), func(p string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if !d.IsDir() {
+			files++
+			if !d.Type().IsRegular() {
+				t.Errorf("%s is a %v, not a regular file", p, d.Type())
+			}
+		}
+		return nil
+	})
+	if files < len(names) {
+		t.Errorf("%d files under clients/, want at least %d", files, len(names))
+	}
+	checkContained(t, w.srv.Dir)
+	w.restoreAll(t)
+}
