@@ -66,6 +66,9 @@ func CksumBytes(p []byte) uint32 { return CksumFinish(CRCUpdate(0, p), uint64(le
 // value. Registers of separately processed pieces can be joined with
 // CRCCombine. CRCUpdate is safe for concurrent use.
 func CRCUpdate(crc uint32, p []byte) uint32 {
+	if cksumUseFold && len(p) >= cksumFoldMin {
+		return cksumUpdateFold(crc, p)
+	}
 	if cksumUseRev && len(p) >= cksumRevMin {
 		return cksumUpdateRev(crc, p)
 	}
@@ -179,6 +182,8 @@ func cksumUpdateTable(crc uint32, p []byte) uint32 {
 // to slicing-by-8 and the byte reversal would only add cost. On amd64 crc32
 // needs PCLMULQDQ and SSE4.1, present on every x86-64 CPU since ~2010; on
 // older ones the result is still correct, only slower than the tables.
+// CRCUpdate prefers the folding code of cksum_amd64.s where it can run, so
+// on amd64 this path serves only purego builds and CPUs without PCLMULQDQ.
 const cksumUseRev = runtime.GOARCH == "amd64" || runtime.GOARCH == "arm64" ||
 	runtime.GOARCH == "ppc64le" || runtime.GOARCH == "s390x" || runtime.GOARCH == "loong64"
 

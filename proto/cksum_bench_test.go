@@ -7,25 +7,28 @@ import (
 
 var cksumBenchSink uint32
 
-// BenchmarkCksum measures each CRC path over 64 B, 4 KiB and 1 MiB:
-// "auto" is CRCUpdate (the path used by Cksum and CksumBytes), "table" the
-// slicing-by-16 tables and "rev" hash/crc32's hardware IEEE code on
-// bit-reversed bytes.
+// BenchmarkCksum measures each CRC path over 64 B to 1 MiB: "auto" is
+// CRCUpdate (the path used by Cksum and CksumBytes), "table" the
+// slicing-by-16 tables, "rev" hash/crc32's hardware IEEE code on
+// bit-reversed bytes, and "sse" and "avx2", where the CPU has them, the
+// amd64 folding assembly (PCLMULQDQ on XMM, VPCLMULQDQ on YMM) in one call,
+// for sizes it takes. 32 KiB is what io.Copy hands Cksum.Write.
 func BenchmarkCksum(b *testing.B) {
-	paths := []struct {
-		name string
-		f    func(uint32, []byte) uint32
-	}{
-		{"auto", CRCUpdate},
-		{"table", cksumUpdateTable},
-		{"rev", cksumUpdateRev},
+	paths := []cksumImpl{
+		{"auto", CRCUpdate, 0},
+		{"table", cksumUpdateTable, 0},
+		{"rev", cksumUpdateRev, 0},
 	}
-	for _, size := range []int{64, 4 << 10, 1 << 20} {
+	paths = append(paths, cksumArchImpls()...)
+	for _, size := range []int{64, 256, 4 << 10, 32 << 10, 1 << 20} {
 		data := make([]byte, size)
 		for i := range data {
 			data[i] = byte(i*131 + i>>8)
 		}
 		for _, p := range paths {
+			if size < p.minLen {
+				continue
+			}
 			b.Run(p.name+"/"+cksumBenchSize(size), func(b *testing.B) {
 				b.SetBytes(int64(size))
 				b.ReportAllocs()

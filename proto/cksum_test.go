@@ -46,6 +46,25 @@ func cksumRandBytes(r *rand.Rand, n int) []byte {
 	return p[:n:n]
 }
 
+// cksumImpl is one way of advancing the raw register. f takes any input,
+// but below minLen bytes it only hands it to the tables.
+type cksumImpl struct {
+	name   string
+	f      func(crc uint32, p []byte) uint32
+	minLen int
+}
+
+// cksumImpls returns every path this build can take besides the tables,
+// which the tests treat as the reference: CRCUpdate, the bit-reversal
+// path, the folding dispatcher and each assembly variant the CPU runs.
+func cksumImpls() []cksumImpl {
+	impls := []cksumImpl{{"CRCUpdate", CRCUpdate, 0}, {"rev", cksumUpdateRev, 0}}
+	if cksumUseFold {
+		impls = append(impls, cksumImpl{"fold", cksumUpdateFold, 16})
+	}
+	return append(impls, cksumArchImpls()...)
+}
+
 func TestCksumKnownVectors(t *testing.T) {
 	// Expected values were produced with the coreutils 9.1 binary, e.g.
 	// `printf '123456789' | /usr/bin/cksum` and
@@ -73,8 +92,10 @@ func TestCksumKnownVectors(t *testing.T) {
 			if got := CksumFinish(cksumUpdateTable(0, tc.in), uint64(len(tc.in))); got != tc.want {
 				t.Errorf("table path = %d, want %d", got, tc.want)
 			}
-			if got := CksumFinish(cksumUpdateRev(0, tc.in), uint64(len(tc.in))); got != tc.want {
-				t.Errorf("bit-reversal path = %d, want %d", got, tc.want)
+			for _, impl := range cksumImpls() {
+				if got := CksumFinish(impl.f(0, tc.in), uint64(len(tc.in))); got != tc.want {
+					t.Errorf("%s path = %d, want %d", impl.name, got, tc.want)
+				}
 			}
 			if len(tc.in) <= 4096 {
 				if got := cksumRefBitwise(tc.in); got != tc.want {
@@ -124,6 +145,11 @@ func TestCksumCoreutils(t *testing.T) {
 			if n <= 1<<16 { // larger inputs go through both paths in TestCksumPathsAgree
 				if got := CksumFinish(cksumUpdateTable(0, data), uint64(n)); got != uint32(want) {
 					t.Errorf("table path = %d, want %d (coreutils)", got, want)
+				}
+			}
+			for _, impl := range cksumImpls() {
+				if got := CksumFinish(impl.f(0, data), uint64(n)); got != uint32(want) {
+					t.Errorf("%s path = %d, want %d (coreutils)", impl.name, got, want)
 				}
 			}
 		})
@@ -345,6 +371,80 @@ func TestCksumPathsAgree(t *testing.T) {
 		all[i] = byte(i)
 	}
 	check(all, 0)
+}
+
+// TestCksumImplsAgree checks every path against the tables over the lengths,
+// alignments and registers where the folding code changes course: below and
+// above its 64-byte threshold, each tail length after the 128-byte main loop,
+// each start address modulo a cache line, and the 256 KiB pieces
+// cksumUpdateFold hands the assembly.
+func TestCksumImplsAgree(t *testing.T) {
+	r := rand.New(rand.NewPCG(11, 12))
+	buf := cksumRandBytes(r, 4<<20+64)
+	type input struct {
+		off, n int
+		init   uint32
+	}
+	var inputs []input
+	for n := 0; n <= 600; n++ {
+		inputs = append(inputs, input{r.IntN(64), n, 0}, input{r.IntN(64), n, r.Uint32()})
+	}
+	for off := range 64 {
+		for _, n := range []int{16, 63, 64, 127, 128, 129, 255, 256, 1000, 4096 + 15} {
+			inputs = append(inputs, input{off, n, r.Uint32()})
+		}
+	}
+	for _, n := range []int{1<<18 - 1, 1 << 18, 1<<18 + 1, 1<<18 + 16, 1<<18 + 127, 1<<18 + 128, 1<<19 + 15} {
+		inputs = append(inputs, input{r.IntN(64), n, r.Uint32()})
+	}
+	for range 10 {
+		inputs = append(inputs, input{r.IntN(64), r.IntN(4 << 20), r.Uint32()})
+	}
+	for _, init := range []uint32{1, 0x80000000, 0xffffffff} {
+		inputs = append(inputs, input{0, 16, init}, input{1, 128, init}, input{2, 4096, init})
+	}
+	impls := cksumImpls()
+	for _, in := range inputs {
+		p := buf[in.off : in.off+in.n]
+		want := cksumUpdateTable(in.init, p)
+		for _, impl := range impls {
+			if got := impl.f(in.init, p); got != want {
+				t.Errorf("%s: off=%d len=%d init=%#x: register = %#x, table = %#x",
+					impl.name, in.off, in.n, in.init, got, want)
+			}
+		}
+	}
+	// Constant inputs: all zeros and all ones, from a zero register, must
+	// not be special to any path.
+	for _, fill := range []byte{0x00, 0xff} {
+		p := bytes.Repeat([]byte{fill}, 70_000)
+		want := cksumUpdateTable(0, p)
+		for _, impl := range impls {
+			if got := impl.f(0, p); got != want {
+				t.Errorf("%s: %d bytes of %#x: register = %#x, table = %#x", impl.name, len(p), fill, got, want)
+			}
+		}
+	}
+}
+
+// FuzzCRCUpdate compares every path with the tables on data starting off
+// bytes into the input, from register init.
+func FuzzCRCUpdate(f *testing.F) {
+	r := rand.New(rand.NewPCG(13, 14))
+	for _, n := range []int{0, 15, 16, 17, 63, 64, 127, 128, 129, 300, 600, 1000} {
+		f.Add(cksumRandBytes(r, n), uint32(0), uint8(0))
+		f.Add(cksumRandBytes(r, n+5), r.Uint32(), uint8(n%64))
+	}
+	f.Add(bytes.Repeat([]byte{0xff}, 512), uint32(0xffffffff), uint8(3))
+	f.Fuzz(func(t *testing.T, data []byte, init uint32, off uint8) {
+		p := data[min(int(off%64), len(data)):]
+		want := cksumUpdateTable(init, p)
+		for _, impl := range cksumImpls() {
+			if got := impl.f(init, p); got != want {
+				t.Errorf("%s: len=%d init=%#x: register = %#x, table = %#x", impl.name, len(p), init, got, want)
+			}
+		}
+	})
 }
 
 func TestCksumRevBits(t *testing.T) {
