@@ -56,6 +56,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -269,6 +270,16 @@ type Store struct {
 	mu      sync.Mutex
 	closed  bool
 	uploads map[[16]byte]*Upload // open uploads
+
+	// Group commit (batch.go): ops queue on ops for the batcher
+	// goroutine; opsWG counts the ops queued or running.
+	ops          chan *batchOp
+	opsWG        sync.WaitGroup
+	batcherDone  chan struct{}
+	batchConn    *sql.Conn    // the batcher's own connection
+	batchDurable bool         // batchConn's synchronous is FULL; only the batcher uses it
+	batches      atomic.Int64 // transactions the batcher ran, for tests
+	queued       atomic.Int64 // ops queued or running, for tests
 }
 
 // Open opens the store in dir, creating the directory and database if
@@ -342,6 +353,13 @@ func Open(ctx context.Context, dir string) (_ *Store, err error) {
 	if err := s.recover(ctx); err != nil {
 		return nil, err
 	}
+	if s.batchConn, err = s.db.Conn(ctx); err != nil {
+		return nil, wrapDB("open the batch connection", err)
+	}
+	s.batchDurable = true // the DSN's synchronous=FULL
+	s.ops = make(chan *batchOp, maxBatch)
+	s.batcherDone = make(chan struct{})
+	go s.batcher()
 	return s, nil
 }
 
@@ -516,6 +534,13 @@ func (s *Store) Close() error {
 		return errors.New("store: already closed")
 	}
 	s.closed = true
+	s.mu.Unlock()
+	// Ops already queued finish (a Commit holding its upload waits for
+	// its batch), then the batcher stops.
+	s.opsWG.Wait()
+	close(s.ops)
+	<-s.batcherDone
+	s.mu.Lock()
 	ups := make([]*Upload, 0, len(s.uploads))
 	for _, u := range s.uploads {
 		ups = append(ups, u)
@@ -533,6 +558,9 @@ func (s *Store) Close() error {
 
 func (s *Store) closeResources() error {
 	var errs []error
+	if s.batchConn != nil {
+		s.batchConn.Close()
+	}
 	if s.db != nil {
 		if err := s.db.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("store: close database: %w", err))

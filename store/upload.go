@@ -67,10 +67,9 @@ func (s *Store) NewUpload(ctx context.Context, id ClientID, name string, size in
 	rand.Read(u.id[:])
 	u.temp = tempPath(u.id)
 
-	if err := s.lockWrite(ctx); err != nil {
-		return nil, err
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("store: %w", err)
 	}
-	defer s.unlockWrite()
 	s.mu.Lock()
 	closed := s.closed
 	s.mu.Unlock()
@@ -93,17 +92,26 @@ func (s *Store) NewUpload(ctx context.Context, id ClientID, name string, size in
 		return fail(wrapIO("size temp file", err))
 	}
 	now := time.Now().UnixNano()
-	res, err := s.db.ExecContext(ctx, `
-		INSERT INTO uploads (id, client_id, name, size, mtime_ns, mode, temp_path, created, updated)
-		SELECT ?, ?, ?, ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM clients WHERE id = ?)`,
-		u.id[:], id[:], name, size, mtimeNS, int64(mode), u.temp, now, now, id[:])
+	// Lazy: the row matters only for resume, and a checkpoint or a commit
+	// makes it durable (a crash that forgets it leaves a temp file without
+	// a row, which Open removes).
+	err = s.apply(&batchOp{lazy: true, run: func(ctx context.Context, tx *sql.Tx, _ *batch) error {
+		res, err := tx.ExecContext(ctx, `
+			INSERT INTO uploads (id, client_id, name, size, mtime_ns, mode, temp_path, created, updated)
+			SELECT ?, ?, ?, ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM clients WHERE id = ?)`,
+			u.id[:], id[:], name, size, mtimeNS, int64(mode), u.temp, now, now, id[:])
+		if err != nil {
+			return wrapDB("insert upload", err)
+		}
+		if n, err := res.RowsAffected(); err != nil {
+			return wrapDB("insert upload", err)
+		} else if n == 0 {
+			return fmt.Errorf("%w: %s", ErrUnknownClient, id)
+		}
+		return nil
+	}})
 	if err != nil {
-		return fail(wrapDB("insert upload", err))
-	}
-	if n, err := res.RowsAffected(); err != nil {
-		return fail(wrapDB("insert upload", err))
-	} else if n == 0 {
-		return fail(fmt.Errorf("%w: %s", ErrUnknownClient, id))
+		return fail(err)
 	}
 	u.f = f
 
@@ -446,20 +454,46 @@ func (u *Upload) Commit(ctx context.Context, crc uint32, sha [32]byte) (fv FileV
 	if u.f == nil {
 		return FileVersion{}, false, errUploadLost
 	}
-	if err := u.f.Sync(); err != nil {
-		return FileVersion{}, false, wrapIO("sync upload", err)
+	if err := ctx.Err(); err != nil {
+		return FileVersion{}, false, fmt.Errorf("store: %w", err)
+	}
+	// A small file's data is made durable by its batch's syncfs; a large
+	// one is synced here, outside the batch, so that concurrent commits
+	// sync in parallel.
+	small := haveSyncFS && u.size <= syncFSMax
+	if !small {
+		if err := u.f.Sync(); err != nil {
+			return FileVersion{}, false, wrapIO("sync upload", err)
+		}
 	}
 	s := u.s
-	if err := s.lockWrite(ctx); err != nil {
+	op := &batchOp{}
+	op.run = func(ctx context.Context, tx *sql.Tx, b *batch) error {
+		var err error
+		fv, created, err = u.commitIn(ctx, tx, b, op, crc, sha)
+		if err == nil && created && small {
+			b.syncFS = true
+		}
+		return err
+	}
+	if err := s.apply(op); err != nil {
+		if errors.Is(err, errCommitUnknown) {
+			u.closeFile()
+		}
 		return FileVersion{}, false, err
 	}
-	defer s.unlockWrite()
-	tx, err := s.db.BeginTx(ctx, nil)
-	if err != nil {
-		return FileVersion{}, false, wrapDB("begin", err)
-	}
-	defer tx.Rollback() // no-op after Commit
+	u.finish()
+	return fv, created, nil
+}
 
+// errCommitUnknown marks a commit whose COMMIT failed in a way that leaves
+// its outcome unknown.
+var errCommitUnknown = errors.New("store: commit outcome unknown")
+
+// commitIn does Commit's work within a batch's transaction, and sets op's
+// hooks for what happens after.
+func (u *Upload) commitIn(ctx context.Context, tx *sql.Tx, b *batch, op *batchOp, crc uint32, sha [32]byte) (FileVersion, bool, error) {
+	s := u.s
 	var one int
 	if err := tx.QueryRowContext(ctx, "SELECT 1 FROM uploads WHERE id = ?", u.id[:]).Scan(&one); err != nil {
 		if errors.Is(err, sql.ErrNoRows) {
@@ -475,7 +509,7 @@ func (u *Upload) Commit(ctx context.Context, crc uint32, sha [32]byte) (fv FileV
 		lsha       []byte
 		haveLatest = true
 	)
-	err = tx.QueryRowContext(ctx,
+	err := tx.QueryRowContext(ctx,
 		"SELECT version, size, crc, sha256 FROM files WHERE client_id = ? AND name = ? ORDER BY version DESC LIMIT 1",
 		u.client[:], u.name).Scan(&latest, &lsize, &lcrc, &lsha)
 	if errors.Is(err, sql.ErrNoRows) {
@@ -485,7 +519,7 @@ func (u *Upload) Commit(ctx context.Context, crc uint32, sha [32]byte) (fv FileV
 	}
 
 	if haveLatest && lsize == u.size && uint32(lcrc) == crc && bytes.Equal(lsha, sha[:]) {
-		return u.commitSame(ctx, tx, latest)
+		return u.commitSame(ctx, tx, op, latest)
 	}
 
 	next := latest + 1
@@ -508,7 +542,8 @@ func (u *Upload) Commit(ctx context.Context, crc uint32, sha [32]byte) (fv FileV
 
 	// The file goes to its final place before the row is inserted: a
 	// crash after the rename leaves an unreferenced file, which Open
-	// removes; a version row never points at a missing file.
+	// removes; a version row never points at a missing file. The batch
+	// syncs both directories before it commits.
 	if err := s.root.Rename(filepath.FromSlash(u.temp), osRel); err != nil {
 		return FileVersion{}, false, wrapIO("move upload into place", err)
 	}
@@ -518,17 +553,22 @@ func (u *Upload) Commit(ctx context.Context, crc uint32, sha [32]byte) (fv FileV
 			u.closeFile()
 		}
 	}
-	if err := syncDir(s.root, path.Dir(rel)); err != nil {
-		undo()
-		return FileVersion{}, false, err
+	op.undo = undo
+	op.committed = func(ctx context.Context, db *sql.DB) (bool, error) {
+		err := db.QueryRowContext(ctx, "SELECT 1 FROM files WHERE path = ?", rel).Scan(new(int))
+		if errors.Is(err, sql.ErrNoRows) {
+			return false, nil
+		}
+		if err != nil {
+			return false, fmt.Errorf("%w: %w", errCommitUnknown, err)
+		}
+		return true, nil
 	}
-	if err := syncDir(s.root, tmpDir); err != nil {
-		undo()
-		return FileVersion{}, false, err
-	}
+	b.dirs[path.Dir(rel)] = true
+	b.dirs[tmpDir] = true
 
 	now := time.Now().UnixNano()
-	fv = FileVersion{
+	fv := FileVersion{
 		Name:     u.name,
 		Version:  next,
 		Size:     u.size,
@@ -550,30 +590,11 @@ func (u *Upload) Commit(ctx context.Context, crc uint32, sha [32]byte) (fv FileV
 		undo()
 		return FileVersion{}, false, wrapDB("delete upload", err)
 	}
-	if err := tx.Commit(); err != nil {
-		// A failed COMMIT leaves the transaction rolled back, but check
-		// before moving the file back: a version row must never point at
-		// a missing file.
-		qerr := s.db.QueryRowContext(context.WithoutCancel(ctx), "SELECT 1 FROM files WHERE path = ?", rel).Scan(&one)
-		switch {
-		case qerr == nil:
-			// Committed after all.
-		case errors.Is(qerr, sql.ErrNoRows):
-			undo()
-			return FileVersion{}, false, wrapDB("commit", err)
-		default:
-			// Unknown outcome. The file stays: if the row exists it is
-			// needed, and if not, Open removes it as an orphan.
-			u.closeFile()
-			return FileVersion{}, false, fmt.Errorf("store: commit outcome unknown: %w (checking: %w)", wrapDB("commit", err), qerr)
-		}
-	}
-	u.finish()
 	return fv, true, nil
 }
 
-// commitSame finishes Commit when the upload equals the latest version.
-func (u *Upload) commitSame(ctx context.Context, tx *sql.Tx, version int) (FileVersion, bool, error) {
+// commitSame finishes commitIn when the upload equals the latest version.
+func (u *Upload) commitSame(ctx context.Context, tx *sql.Tx, op *batchOp, version int) (FileVersion, bool, error) {
 	s := u.s
 	if _, err := tx.ExecContext(ctx,
 		"UPDATE files SET mtime_ns = ?, mode = ? WHERE client_id = ? AND name = ? AND version = ?",
@@ -589,13 +610,19 @@ func (u *Upload) commitSame(ctx context.Context, tx *sql.Tx, version int) (FileV
 	if err != nil {
 		return FileVersion{}, false, wrapDB("read version", err)
 	}
-	if err := tx.Commit(); err != nil {
-		return FileVersion{}, false, wrapDB("commit", err)
+	// The row is gone once the batch commits, so a failure to remove the
+	// temp file leaves a stray one, which Open removes.
+	op.after = func() { s.root.Remove(filepath.FromSlash(u.temp)) }
+	op.committed = func(ctx context.Context, db *sql.DB) (bool, error) {
+		err := db.QueryRowContext(ctx, "SELECT 1 FROM uploads WHERE id = ?", u.id[:]).Scan(new(int))
+		if errors.Is(err, sql.ErrNoRows) {
+			return true, nil
+		}
+		if err != nil {
+			return false, fmt.Errorf("%w: %w", errCommitUnknown, err)
+		}
+		return false, nil
 	}
-	u.finish()
-	// The row is gone, so a failure here leaves a stray temp file, which
-	// Open removes.
-	s.root.Remove(filepath.FromSlash(u.temp))
 	return fv, false, nil
 }
 
