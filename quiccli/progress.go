@@ -85,7 +85,8 @@ func (f *lineFile) Done(result string, err error) {
 	fmt.Fprintf(f.r.out, "%-10s %s (%s%s)\n", result, f.name, formatBytes(f.size), extra)
 }
 
-// barReporter draws a bar per file in flight and one for the total.
+// barReporter draws a bar per file in flight larger than noBarMax, and
+// one for the total.
 type barReporter struct {
 	p      *mpb.Progress
 	total  *mpb.Bar
@@ -125,7 +126,15 @@ func (r *barReporter) Start(files int, bytes int64) {
 	r.total.SetTotal(bytes, false)
 }
 
+// noBarMax is the largest file that gets no bar of its own: small files
+// come and go too fast to read one, and go many at once; the total bar
+// counts them.
+const noBarMax = 1 << 20
+
 func (r *barReporter) File(name string, size int64) FileProgress {
+	if size <= noBarMax {
+		return &barFile{r: r, name: name, size: size, last: time.Now()}
+	}
 	b := r.p.AddBar(0,
 		mpb.BarRemoveOnComplete(),
 		mpb.PrependDecorators(
@@ -166,7 +175,9 @@ func (f *barFile) Add(n int64) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	now := time.Now()
-	f.bar.EwmaIncrInt64(n, now.Sub(f.last))
+	if f.bar != nil {
+		f.bar.EwmaIncrInt64(n, now.Sub(f.last))
+	}
 	f.last = now
 	f.countLocked(n)
 }
@@ -188,7 +199,9 @@ func (f *barFile) Retry() {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.retries++
-	f.bar.SetCurrent(0)
+	if f.bar != nil {
+		f.bar.SetCurrent(0)
+	}
 }
 
 func (f *barFile) Done(result string, err error) {
@@ -206,7 +219,9 @@ func (f *barFile) Done(result string, err error) {
 		}
 		fmt.Fprintf(f.r.p, "%-10s %s (%s%s)\n", result, f.name, formatBytes(f.size), extra)
 	}
-	f.bar.SetTotal(-1, true)
+	if f.bar != nil {
+		f.bar.SetTotal(-1, true)
+	}
 }
 
 func shorten(s string, n int) string {

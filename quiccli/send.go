@@ -27,7 +27,7 @@ const maxResends = 3
 type SendOptions struct {
 	Paths    []string // files and directories, recursively
 	Checksum bool     // hash files first and compare content, not size and mtime
-	Files    int      // files in flight at once (0: 8)
+	Files    int      // files larger than a chunk in flight at once (0: 8); smaller ones go 16 times as many
 
 	// testHookChunkRead, if set, runs after each chunk is read from the
 	// file being sent (tests change the file there).
@@ -201,41 +201,65 @@ func (s *Session) sendItems(ctx context.Context, items []sendItem, opts SendOpti
 	if workers <= 0 {
 		workers = 8
 	}
+	// Files of at most one chunk go through a pool of their own, many
+	// more at once: each is a few round trips and a share of the server's
+	// group commit, so only many in flight keep the link and the server's
+	// disk busy. Larger files share the link and read from disk in
+	// parallel, so a few at a time is best.
+	smallWorkers := min(smallPerLarge*workers, maxSmallWorkers)
+	chunk := int64(s.chunkSize)
+	var nSmall, nLarge int
+	for _, it := range items {
+		if it.size <= chunk {
+			nSmall++
+		} else {
+			nLarge++
+		}
+	}
 	var mu sync.Mutex
-	next := make(chan sendItem)
+	large, small := make(chan sendItem), make(chan sendItem)
 	var wg sync.WaitGroup
 	var bytes atomic.Int64
-	for range min(workers, max(1, len(items))) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for it := range next {
-				fp := rep.File(it.name, it.size)
-				st, err := s.sendFile(ctx, it, opts, fp, &bytes)
-				mu.Lock()
-				switch {
-				case err != nil && keepLost && s.Err() != nil && ctx.Err() == nil:
-					lost = append(lost, it)
-					fp.Done("interrupted", nil)
-				case err != nil:
-					res.fail(fmt.Errorf("%s: %w", it.name, err))
-					fp.Done("", err)
-				case st.Unchanged:
-					res.Unchanged++
-					fp.Done(describe(st), nil)
-				default:
-					res.Sent++
-					fp.Done(describe(st), nil)
-				}
-				mu.Unlock()
+	work := func(next chan sendItem) {
+		defer wg.Done()
+		for it := range next {
+			fp := rep.File(it.name, it.size)
+			st, err := s.sendFile(ctx, it, opts, fp, &bytes)
+			mu.Lock()
+			switch {
+			case err != nil && keepLost && s.Err() != nil && ctx.Err() == nil:
+				lost = append(lost, it)
+				fp.Done("interrupted", nil)
+			case err != nil:
+				res.fail(fmt.Errorf("%s: %w", it.name, err))
+				fp.Done("", err)
+			case st.Unchanged:
+				res.Unchanged++
+				fp.Done(describe(st), nil)
+			default:
+				res.Sent++
+				fp.Done(describe(st), nil)
 			}
-		}()
+			mu.Unlock()
+		}
+	}
+	for range min(workers, nLarge) {
+		wg.Add(1)
+		go work(large)
+	}
+	for range min(smallWorkers, nSmall) {
+		wg.Add(1)
+		go work(small)
 	}
 	handed := 0
 feed:
 	for _, it := range items {
 		if keepLost && s.Err() != nil {
 			break // the session is gone: the rest goes to the next one
+		}
+		next := large
+		if it.size <= chunk {
+			next = small
 		}
 		select {
 		case next <- it:
@@ -244,7 +268,8 @@ feed:
 			break feed
 		}
 	}
-	close(next)
+	close(large)
+	close(small)
 	wg.Wait()
 	if rest := items[handed:]; len(rest) > 0 {
 		if keepLost && s.Err() != nil && ctx.Err() == nil {
@@ -259,6 +284,13 @@ feed:
 	res.Bytes += bytes.Load()
 	return lost
 }
+
+// How many small files (at most one chunk) are in flight for each large
+// one allowed, and at most: the server allows 256 transfers per session.
+const (
+	smallPerLarge   = 16
+	maxSmallWorkers = 192
+)
 
 // ReconnectOptions bound how a send carries on after its connection is
 // lost: it reconnects with exponential backoff and resumes.
