@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"sync"
 	"sync/atomic"
 )
 
@@ -95,7 +96,8 @@ type ChunkReader struct {
 	maxLen uint32
 	hdr    [ChunkHeaderLen]byte
 	buf    []byte
-	lent   []byte // from Buffers, until the next frame
+	lent   []byte      // from Buffers, until the next frame
+	header ChunkHeader // the header ReadChunkFrames hands to its handle
 }
 
 // A BufferSource lends buffers for chunk payloads. A server uses one to
@@ -169,9 +171,13 @@ func NewSessionKey() (SessionKey, error) {
 
 const aadLabel = "qbackup/1 chunk"
 
+// aadLen is the length of a chunk's additional data: label, direction,
+// transfer ID, offset and length.
+const aadLen = len(aadLabel) + 1 + 16 + 8 + 4
+
 // chunkAAD builds the additional data: label, direction, transfer ID,
 // offset and length.
-func chunkAAD(dst *[len(aadLabel) + 1 + 16 + 8 + 4]byte, dir Direction, id *[16]byte, off uint64, n uint32) []byte {
+func chunkAAD(dst *[aadLen]byte, dir Direction, id *[16]byte, off uint64, n uint32) []byte {
 	b := dst[:0]
 	b = append(b, aadLabel...)
 	b = append(b, byte(dir))
@@ -179,6 +185,16 @@ func chunkAAD(dst *[len(aadLabel) + 1 + 16 + 8 + 4]byte, dir Direction, id *[16]
 	b = binary.BigEndian.AppendUint64(b, off)
 	return binary.BigEndian.AppendUint32(b, n)
 }
+
+// aeadArgs holds the nonce and additional data of one Seal or Open call.
+// Slices passed through the cipher.AEAD interface escape, so arrays on the
+// stack would move to the heap on every chunk; these come from a pool.
+type aeadArgs struct {
+	nonce [NonceSize]byte
+	aad   [aadLen]byte
+}
+
+var aeadArgsPool = sync.Pool{New: func() any { return new(aeadArgs) }}
 
 // ErrNonceExhausted is returned by Sealer.Seal after 2^64-1 chunks.
 var ErrNonceExhausted = errors.New("proto: nonce counter exhausted")
@@ -231,8 +247,10 @@ func (s *Sealer) AppendFrame(dst []byte, xfer uint32, id *[16]byte, off uint64, 
 	h.Nonce[0] = byte(s.dir)
 	binary.BigEndian.PutUint64(h.Nonce[4:], ctr)
 	dst = AppendChunkHeader(dst, &h)
-	var aad [len(aadLabel) + 1 + 16 + 8 + 4]byte
-	return s.aead.Seal(dst, h.Nonce[:], plaintext, chunkAAD(&aad, s.dir, id, off, h.Length)), nil
+	args := aeadArgsPool.Get().(*aeadArgs)
+	defer aeadArgsPool.Put(args)
+	args.nonce = h.Nonce
+	return s.aead.Seal(dst, args.nonce[:], plaintext, chunkAAD(&args.aad, s.dir, id, off, h.Length)), nil
 }
 
 // Opener decrypts the chunks one end receives in a session. It is safe for
@@ -265,8 +283,10 @@ func (o *Opener) Open(dst []byte, h *ChunkHeader, id *[16]byte, ciphertext []byt
 	if len(ciphertext) != int(h.Length)+TagSize {
 		return nil, ErrChunkAuth
 	}
-	var aad [len(aadLabel) + 1 + 16 + 8 + 4]byte
-	p, err := o.aead.Open(dst, h.Nonce[:], ciphertext, chunkAAD(&aad, o.dir, id, h.Offset, h.Length))
+	args := aeadArgsPool.Get().(*aeadArgs)
+	defer aeadArgsPool.Put(args)
+	args.nonce = h.Nonce
+	p, err := o.aead.Open(dst, args.nonce[:], ciphertext, chunkAAD(&args.aad, o.dir, id, h.Offset, h.Length))
 	if err != nil {
 		return nil, ErrChunkAuth
 	}

@@ -84,9 +84,9 @@ func (d *decoder) fixed(dst []byte, field string) {
 	}
 }
 
-// bytes16 reads a uint16-length-prefixed field of at most max bytes and
-// returns a copy, so the message does not pin the frame buffer.
-func (d *decoder) bytes16(max int, field string) []byte {
+// field16 reads a uint16-length-prefixed field of at most max bytes. The
+// result is part of the frame buffer.
+func (d *decoder) field16(max int, field string) []byte {
 	n := int(d.u16(field))
 	if d.err != nil {
 		return nil
@@ -95,7 +95,13 @@ func (d *decoder) bytes16(max int, field string) []byte {
 		d.fail(errTooLong, field)
 		return nil
 	}
-	v := d.take(n, field)
+	return d.take(n, field)
+}
+
+// bytes16 reads a uint16-length-prefixed field of at most max bytes and
+// returns a copy, so the message does not pin the frame buffer.
+func (d *decoder) bytes16(max int, field string) []byte {
+	v := d.field16(max, field)
 	if v == nil {
 		return nil
 	}
@@ -104,7 +110,7 @@ func (d *decoder) bytes16(max int, field string) []byte {
 
 // string16 reads a uint16-length-prefixed UTF-8 string of at most max bytes.
 func (d *decoder) string16(max int, field string) string {
-	v := d.bytes16(max, field)
+	v := d.field16(max, field)
 	if d.err != nil {
 		return ""
 	}

@@ -21,6 +21,7 @@ const (
 	TypeUploadRequest  MsgType = 0x10
 	TypeUploadCommit   MsgType = 0x11
 	TypeUploadAbort    MsgType = 0x12
+	TypeUploadJoin     MsgType = 0x13
 	TypeListRequest    MsgType = 0x20
 	TypeRestoreRequest MsgType = 0x30
 	TypeRestoreDone    MsgType = 0x31
@@ -47,6 +48,8 @@ func (t MsgType) String() string {
 		return "UploadCommit"
 	case TypeUploadAbort:
 		return "UploadAbort"
+	case TypeUploadJoin:
+		return "UploadJoin"
 	case TypeListRequest:
 		return "ListRequest"
 	case TypeRestoreRequest:
@@ -106,6 +109,8 @@ func newMessage(t MsgType) Message {
 		return &UploadCommit{}
 	case TypeUploadAbort:
 		return &UploadAbort{}
+	case TypeUploadJoin:
+		return &UploadJoin{}
 	case TypeListRequest:
 		return &ListRequest{}
 	case TypeRestoreRequest:
@@ -139,15 +144,21 @@ func ParseMessage(t MsgType, payload []byte) (Message, error) {
 	if m == nil {
 		return nil, &ParseError{What: "frame", Err: fmt.Errorf("unknown message type %#x", uint8(t))}
 	}
-	if len(payload) > MaxControlFrame {
-		return nil, &ParseError{What: t.String(), Err: errTooLong}
-	}
-	d := &decoder{b: payload, what: t.String()}
-	m.decode(d)
-	if err := d.finish(); err != nil {
+	if err := decodeMessage(m, payload, new(decoder)); err != nil {
 		return nil, err
 	}
 	return m, nil
+}
+
+// decodeMessage decodes payload into m, an empty message, using d.
+func decodeMessage(m Message, payload []byte, d *decoder) error {
+	t := m.Type()
+	if len(payload) > MaxControlFrame {
+		return &ParseError{What: t.String(), Err: errTooLong}
+	}
+	*d = decoder{b: payload, what: t.String()}
+	m.decode(d)
+	return d.finish()
 }
 
 // MessageReader reads control frames from a stream, reusing one buffer.
@@ -155,6 +166,9 @@ type MessageReader struct {
 	r   io.Reader
 	hdr [frameHeaderLen]byte
 	buf []byte
+	// dec is the decoder Read uses. Passed to a message's decode method, a
+	// decoder of its own would move to the heap on every message.
+	dec decoder
 }
 
 // NewMessageReader returns a reader of control frames from r.
@@ -164,11 +178,14 @@ func NewMessageReader(r io.Reader) *MessageReader { return &MessageReader{r: r} 
 // the stream ended cleanly between frames. A frame longer than
 // MaxControlFrame is rejected before its payload is read.
 func (mr *MessageReader) Read() (Message, error) {
-	t, p, err := mr.ReadRaw()
+	m, p, err := mr.readFrame()
 	if err != nil {
 		return nil, err
 	}
-	return ParseMessage(t, p)
+	if err := decodeMessage(m, p, &mr.dec); err != nil {
+		return nil, err
+	}
+	return m, nil
 }
 
 // ReadRaw reads one control frame of a known type without decoding its
@@ -176,19 +193,30 @@ func (mr *MessageReader) Read() (Message, error) {
 // the version of a Register or Reconnect before parsing the rest, whose
 // layout a later version may change.
 func (mr *MessageReader) ReadRaw() (MsgType, []byte, error) {
+	m, p, err := mr.readFrame()
+	if err != nil {
+		return 0, nil, err
+	}
+	return m.Type(), p, nil
+}
+
+// readFrame reads one control frame and returns its payload, valid until
+// the next read, and an empty message of its type to decode it into.
+func (mr *MessageReader) readFrame() (Message, []byte, error) {
 	if _, err := io.ReadFull(mr.r, mr.hdr[:]); err != nil {
 		if errors.Is(err, io.ErrUnexpectedEOF) {
-			return 0, nil, &ParseError{What: "frame header", Err: errShort}
+			return nil, nil, &ParseError{What: "frame header", Err: errShort}
 		}
-		return 0, nil, err
+		return nil, nil, err
 	}
 	t := MsgType(mr.hdr[0])
 	n := binary.BigEndian.Uint32(mr.hdr[1:])
 	if n > MaxControlFrame {
-		return 0, nil, &ParseError{What: t.String(), Err: fmt.Errorf("%d-byte payload over the %d-byte limit", n, MaxControlFrame)}
+		return nil, nil, &ParseError{What: t.String(), Err: fmt.Errorf("%d-byte payload over the %d-byte limit", n, MaxControlFrame)}
 	}
-	if newMessage(t) == nil {
-		return 0, nil, &ParseError{What: "frame", Err: fmt.Errorf("unknown message type %#x", uint8(t))}
+	m := newMessage(t)
+	if m == nil {
+		return nil, nil, &ParseError{What: "frame", Err: fmt.Errorf("unknown message type %#x", uint8(t))}
 	}
 	if cap(mr.buf) < int(n) {
 		mr.buf = make([]byte, n)
@@ -196,11 +224,11 @@ func (mr *MessageReader) ReadRaw() (MsgType, []byte, error) {
 	p := mr.buf[:n]
 	if _, err := io.ReadFull(mr.r, p); err != nil {
 		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-			return 0, nil, &ParseError{What: t.String(), Err: errShort}
+			return nil, nil, &ParseError{What: t.String(), Err: errShort}
 		}
-		return 0, nil, err
+		return nil, nil, err
 	}
-	return t, p, nil
+	return m, p, nil
 }
 
 // HelloVersion returns the protocol version a Register or Reconnect
@@ -392,6 +420,7 @@ type Range struct{ Off, Len uint64 }
 const (
 	ReadySend      uint8 = 0 // send the Missing ranges
 	ReadyUnchanged uint8 = 1 // the server holds this content already; send nothing
+	ReadyJoined    uint8 = 2 // answer to UploadJoin: chunks of the upload may go on xfer too
 )
 
 // UploadReady accepts an UploadRequest.
@@ -399,7 +428,7 @@ const (
 //	req      uint32
 //	xfer     uint32: session-local transfer number used by chunk frames
 //	uploadID [16]byte: the upload's durable ID, bound into every chunk
-//	status   uint8: ReadySend or ReadyUnchanged
+//	status   uint8: ReadySend, ReadyUnchanged or ReadyJoined
 //	version  uint32: with ReadyUnchanged, the version that holds the content
 //	count    uint16: number of missing ranges, ..MaxRanges
 //	ranges   count × (offset uint64, length uint64), ascending, disjoint
@@ -431,7 +460,7 @@ func (m *UploadReady) decode(d *decoder) {
 	m.Xfer = d.u32("xfer")
 	d.fixed(m.UploadID[:], "uploadID")
 	m.Status = d.u8("status")
-	if d.err == nil && m.Status > ReadyUnchanged {
+	if d.err == nil && m.Status > ReadyJoined {
 		d.fail(fmt.Errorf("unknown status %d", m.Status), "status")
 	}
 	m.Version = d.u32("version")
@@ -503,6 +532,29 @@ type UploadAbort struct{ Xfer uint32 }
 func (*UploadAbort) Type() MsgType                   { return TypeUploadAbort }
 func (m *UploadAbort) appendPayload(b []byte) []byte { return appendU32(b, m.Xfer) }
 func (m *UploadAbort) decode(d *decoder)             { m.Xfer = d.u32("xfer") }
+
+// UploadJoin asks to carry chunks of an upload that another session of
+// the same client opened, so one file's chunks can travel over several
+// connections (qbackup send --connections). The server answers with an
+// UploadReady (ReadyJoined) giving a transfer number of this session for
+// the upload and the ranges still missing; checksum, commit and abort
+// stay with the session that opened it.
+//
+//	req      uint32
+//	uploadID [16]byte: from the UploadReady of the opening session
+type UploadJoin struct {
+	Req      uint32
+	UploadID [16]byte
+}
+
+func (*UploadJoin) Type() MsgType { return TypeUploadJoin }
+func (m *UploadJoin) appendPayload(b []byte) []byte {
+	return append(appendU32(b, m.Req), m.UploadID[:]...)
+}
+func (m *UploadJoin) decode(d *decoder) {
+	m.Req = d.u32("req")
+	d.fixed(m.UploadID[:], "uploadID")
+}
 
 // UploadResult status values.
 const (

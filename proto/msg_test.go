@@ -26,6 +26,7 @@ var allTypes = []proto.MsgType{
 	proto.TypeUploadRequest,
 	proto.TypeUploadCommit,
 	proto.TypeUploadAbort,
+	proto.TypeUploadJoin,
 	proto.TypeListRequest,
 	proto.TypeRestoreRequest,
 	proto.TypeRestoreDone,
@@ -137,6 +138,9 @@ func messageCases() []msgCase {
 		{"UploadCommit/max", &proto.UploadCommit{Xfer: math.MaxUint32}},
 		{"UploadAbort/zero", &proto.UploadAbort{}},
 		{"UploadAbort/max", &proto.UploadAbort{Xfer: math.MaxUint32}},
+		{"UploadJoin/zero", &proto.UploadJoin{}},
+		{"UploadJoin/typical", &proto.UploadJoin{Req: 7, UploadID: [16]byte{1, 2, 3, 15: 0xff}}},
+		{"UploadReady/joined", &proto.UploadReady{Req: 8, Xfer: 9, UploadID: [16]byte{1}, Status: proto.ReadyJoined, Missing: []proto.Range{{Off: 0, Len: 10}}}},
 
 		{"ListRequest/all", &proto.ListRequest{}},
 		{"ListRequest/typical", &proto.ListRequest{Req: 3, Prefix: "home/", Flags: proto.ListAllVersions}},
@@ -412,7 +416,8 @@ func badPayloads() []badPayload {
 		{"ListEntry/nameUTF8", proto.TypeListEntry, enc(&proto.ListEntry{Name: bad}), "ListEntry.name"},
 		{"ListEntry/verified2", proto.TypeListEntry, listEntry(2), "ListEntry.verified"},
 		{"ListEntry/verified0xff", proto.TypeListEntry, listEntry(0xff), "ListEntry.verified"},
-		{"UploadReady/status", proto.TypeUploadReady, new(wire).u32(1).u32(2).raw(make([]byte, 16)).u8(2).u32(0).u16(0).b, "UploadReady.status"},
+		{"UploadReady/status", proto.TypeUploadReady, new(wire).u32(1).u32(2).raw(make([]byte, 16)).u8(3).u32(0).u16(0).b, "UploadReady.status"},
+		{"UploadJoin/short", proto.TypeUploadJoin, new(wire).u32(1).raw(make([]byte, 15)).b, "UploadJoin.uploadID"},
 		{"UploadResult/status", proto.TypeUploadResult, new(wire).u32(1).u8(3).u32(0).u64(0).b, "UploadResult.status"},
 		{"RestoreDone/status", proto.TypeRestoreDone, new(wire).u32(1).u8(2).b, "RestoreDone.status"},
 		{"RestoreReady/name", proto.TypeRestoreReady, enc(&proto.RestoreReady{Name: over(proto.MaxNameLen)}), "RestoreReady.name"},
@@ -820,6 +825,7 @@ func TestMsgTypeString(t *testing.T) {
 		proto.TypeUploadRequest:  "UploadRequest",
 		proto.TypeUploadCommit:   "UploadCommit",
 		proto.TypeUploadAbort:    "UploadAbort",
+		proto.TypeUploadJoin:     "UploadJoin",
 		proto.TypeListRequest:    "ListRequest",
 		proto.TypeRestoreRequest: "RestoreRequest",
 		proto.TypeRestoreDone:    "RestoreDone",
@@ -848,7 +854,7 @@ func TestMsgTypeString(t *testing.T) {
 		toServer := false
 		switch m.(type) {
 		case *proto.Register, *proto.Reconnect, *proto.UploadRequest, *proto.UploadCommit,
-			*proto.UploadAbort, *proto.ListRequest, *proto.RestoreRequest, *proto.RestoreDone:
+			*proto.UploadAbort, *proto.UploadJoin, *proto.ListRequest, *proto.RestoreRequest, *proto.RestoreDone:
 			toServer = true
 		}
 		if got := m.Type() < 0x80; got != toServer {

@@ -217,8 +217,8 @@ func (s *ChunkSender) run() {
 // been read, until the stream ends. For each frame it asks resolve for the
 // transfer's durable ID (resolve returns an error for an unknown or closed
 // transfer, which ends the stream unless it is ErrSkipChunk), authenticates
-// and decrypts the chunk in place and passes the plaintext to handle, which
-// must not keep it. A clean end of stream returns nil.
+// and decrypts the chunk in place and passes its header and plaintext to
+// handle, which must keep neither. A clean end of stream returns nil.
 func ReadChunkStream(r io.Reader, maxLen uint32, opener *Opener, resolve func(xfer uint32) (*[16]byte, error), handle func(h *ChunkHeader, plaintext []byte) error) error {
 	return ReadChunkFrames(NewChunkReader(r, maxLen), opener, resolve, handle)
 }
@@ -226,8 +226,13 @@ func ReadChunkStream(r io.Reader, maxLen uint32, opener *Opener, resolve func(xf
 // ReadChunkFrames is ReadChunkStream reading from cr, which it closes.
 func ReadChunkFrames(cr *ChunkReader, opener *Opener, resolve func(xfer uint32) (*[16]byte, error), handle func(h *ChunkHeader, plaintext []byte) error) error {
 	defer cr.Close()
+	// handle gets a pointer to the reader's copy of the header: a header
+	// declared here would move to the heap.
+	h := &cr.header
 	for {
-		h, ct, err := cr.Next()
+		var ct []byte
+		var err error
+		*h, ct, err = cr.Next()
 		if err == io.EOF {
 			return nil
 		}
@@ -241,11 +246,11 @@ func ReadChunkFrames(cr *ChunkReader, opener *Opener, resolve func(xfer uint32) 
 		if err != nil {
 			return err
 		}
-		p, err := opener.Open(ct[:0], &h, id, ct)
+		p, err := opener.Open(ct[:0], h, id, ct)
 		if err != nil {
 			return err
 		}
-		if err := handle(&h, p); err != nil {
+		if err := handle(h, p); err != nil {
 			return err
 		}
 	}
