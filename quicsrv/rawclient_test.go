@@ -669,7 +669,7 @@ func randBytes(n int) []byte {
 
 // healthy checks that a fresh well-behaved client can still register,
 // upload, list and restore, and records the file it stored.
-func (w *world) healthy(t *testing.T) {
+func (w *world) healthy(t testing.TB) {
 	t.Helper()
 	c := registered(t, w.srv, goodName, w.key)
 	if w.id == ([16]byte{}) {
@@ -704,7 +704,7 @@ func (w *world) healthy(t *testing.T) {
 
 // restoreAll restores every file stored through healthy and compares it,
 // then checks that nothing was written outside the data directory.
-func (w *world) restoreAll(t *testing.T) {
+func (w *world) restoreAll(t testing.TB) {
 	t.Helper()
 	c := dialRaw(t, w.srv)
 	c.reconnect(w.id, w.key)

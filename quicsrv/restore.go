@@ -28,7 +28,7 @@ func (r *restore) close() {
 
 func (ss *session) restoreRequest(m *proto.RestoreRequest) {
 	if err := ss.startRestore(m); err != nil {
-		ss.sendError(m.Req, storeErr(err))
+		ss.requestFailed(m.Req, err)
 	}
 }
 
@@ -72,7 +72,7 @@ func (ss *session) startRestore(m *proto.RestoreRequest) error {
 		r.close()
 		return err
 	}
-	err = ss.send(&proto.RestoreReady{
+	err = ss.answer(&proto.RestoreReady{
 		Req:        m.Req,
 		Xfer:       r.xfer,
 		TransferID: r.id,

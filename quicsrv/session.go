@@ -45,6 +45,7 @@ type session struct {
 	// Uploads get odd transfer numbers and restores even ones, so the
 	// kind of a number is known after the transfer has ended.
 	nextUpload, nextRestore uint32
+	opening                 int // upload requests being handled (startRequest)
 	sender                  *proto.ChunkSender
 	draining                bool
 	ctrlDone                bool        // the control stream's send side is closed
@@ -155,7 +156,9 @@ func (ss *session) cleanup() {
 	sender := ss.sender
 	ss.mu.Unlock()
 	for _, u := range ups {
-		ss.park(u)
+		if u.owner == ss {
+			ss.park(u)
+		}
 	}
 	for _, r := range rests {
 		r.close()
@@ -191,7 +194,7 @@ func (ss *session) drain() {
 // last transfer ended.
 func (ss *session) transferEnded() {
 	ss.mu.Lock()
-	idle := ss.draining && len(ss.uploads) == 0 && len(ss.restores) == 0
+	idle := ss.draining && ss.opening == 0 && len(ss.uploads) == 0 && len(ss.restores) == 0
 	ss.mu.Unlock()
 	if !idle {
 		return
@@ -392,7 +395,9 @@ func (ss *session) controlLoop() error {
 		}
 		switch m := m.(type) {
 		case *proto.UploadRequest:
-			ss.uploadRequest(m)
+			ss.startRequest(func() { ss.uploadRequest(m) })
+		case *proto.UploadJoin:
+			ss.startRequest(func() { ss.uploadJoin(m) })
 		case *proto.UploadCommit:
 			err = ss.uploadCommit(m.Xfer)
 		case *proto.UploadAbort:
@@ -412,10 +417,45 @@ func (ss *session) controlLoop() error {
 	}
 }
 
+// startRequest runs an upload request in a goroutine of its own: opening
+// an upload waits for the store (a group commit under way), and a client
+// sending a tree of small files has many requests in flight, so handling
+// them one at a time in the control loop would serialise those waits.
+// Requests being opened count as transfers, toward MaxTransfers (checked
+// in its usual place, after the name and the quick check) and for drain.
+// With MaxTransfers requests already being opened, the next runs in the
+// control loop, which bounds the goroutines a client can start and slows
+// it down rather than refusing it early.
+func (ss *session) startRequest(run func()) {
+	ss.mu.Lock()
+	inline := ss.opening >= ss.srv.maxTransfers()
+	ss.opening++
+	ss.mu.Unlock()
+	done := func() {
+		ss.mu.Lock()
+		ss.opening--
+		ss.mu.Unlock()
+		ss.transferEnded()
+	}
+	if inline {
+		run()
+		done()
+		return
+	}
+	ss.wg.Add(1)
+	go func() {
+		defer ss.wg.Done()
+		run()
+		done()
+	}()
+}
+
 // requestNumber returns the request number of a client request.
 func requestNumber(m proto.Message) (uint32, bool) {
 	switch m := m.(type) {
 	case *proto.UploadRequest:
+		return m.Req, true
+	case *proto.UploadJoin:
 		return m.Req, true
 	case *proto.ListRequest:
 		return m.Req, true
@@ -446,7 +486,11 @@ func (ss *session) newXferLocked(isRestore bool) (uint32, error) {
 	if ss.draining {
 		return 0, proto.Errorf(proto.CodeShutdown, "the server is shutting down")
 	}
-	if len(ss.uploads)+len(ss.restores) >= ss.srv.maxTransfers() {
+	open := len(ss.uploads) + len(ss.restores) + ss.opening
+	if !isRestore {
+		open-- // the upload request asking is among those opening
+	}
+	if open >= ss.srv.maxTransfers() {
 		return 0, proto.Errorf(proto.CodeLimit, "more than %d transfers open in one session", ss.srv.maxTransfers())
 	}
 	next := &ss.nextUpload

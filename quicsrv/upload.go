@@ -44,6 +44,11 @@ type upload struct {
 	lastSync time.Time // last checkpoint
 	lastData time.Time // last chunk received, or the start
 	syncing  bool      // a checkpoint is running
+	// owner is the session that opened the upload: its checksum, commit,
+	// abort and errors go there, under req and xfer. joined are other
+	// sessions of the client carrying its chunks (UploadJoin).
+	owner  *session
+	joined []joinRef
 }
 
 // checkpointEvery is how often an upload's received ranges are made
@@ -86,6 +91,7 @@ func (ss *session) park(u *upload) {
 	if wasFinished {
 		return
 	}
+	u.detachJoined()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if !keep {
@@ -105,7 +111,7 @@ func (ss *session) park(u *upload) {
 // resume: it is kept as a partial upload, and this session's client is
 // told the transfer was aborted.
 func (ss *session) surrender(id [16]byte) {
-	ss.giveUp(func(u *upload) bool { return u.id == id }, func(u *upload) error {
+	ss.giveUp(func(u *upload) bool { return u.id == id && u.owner == ss }, func(u *upload) error {
 		ss.log.Info("upload taken over by a newer session of the client", "name", u.name)
 		return proto.Errorf(proto.CodeAborted, "another session of this client took over the upload of %q", u.name)
 	})
@@ -146,7 +152,7 @@ func (ss *session) stalled(now time.Time) {
 	ss.giveUp(func(u *upload) bool {
 		u.mu.Lock()
 		defer u.mu.Unlock()
-		return u.state == receiving && now.Sub(u.lastData) >= timeout
+		return u.owner == ss && u.state == receiving && now.Sub(u.lastData) >= timeout
 	}, func(u *upload) error {
 		ss.log.Info("upload stalled; kept for resume", "name", u.name, "timeout", timeout.String())
 		return proto.Errorf(proto.CodeAborted, "no data for %q in %v; what arrived is kept, send again to resume", u.name, timeout)
@@ -169,8 +175,33 @@ func (ss *session) watch() {
 
 func (ss *session) uploadRequest(m *proto.UploadRequest) {
 	if err := ss.startUpload(m); err != nil {
-		ss.sendError(m.Req, storeErr(err))
+		ss.requestFailed(m.Req, err)
 	}
+}
+
+// errAnswerLost is why a request failed when its answer could not be
+// written: the control stream or the connection is gone. The session's
+// context may not show it yet (quic-go fails stream writes before it ends
+// the connection's context), but there is no one left to tell, and nothing
+// went wrong on the server.
+var errAnswerLost = errors.New("quicsrv: the answer could not be written")
+
+// answer writes the answer to a request; a failure is errAnswerLost.
+func (ss *session) answer(m proto.Message) error {
+	if err := ss.send(m); err != nil {
+		return fmt.Errorf("%w: %w", errAnswerLost, err)
+	}
+	return nil
+}
+
+// requestFailed tells the client that request req failed, unless it failed
+// because the client can no longer be told.
+func (ss *session) requestFailed(req uint32, err error) {
+	if errors.Is(err, errAnswerLost) {
+		ss.log.Debug("request ended with the session", "req", req, "err", err)
+		return
+	}
+	ss.sendError(req, storeErr(err))
 }
 
 func (ss *session) startUpload(m *proto.UploadRequest) error {
@@ -181,7 +212,7 @@ func (ss *session) startUpload(m *proto.UploadRequest) error {
 	switch {
 	case err == nil:
 		if unchanged(latest, m) {
-			return ss.send(&proto.UploadReady{Req: m.Req, Status: proto.ReadyUnchanged, Version: uint32(latest.Version)})
+			return ss.answer(&proto.UploadReady{Req: m.Req, Status: proto.ReadyUnchanged, Version: uint32(latest.Version)})
 		}
 	case !errors.Is(err, store.ErrNotFound):
 		return err
@@ -220,7 +251,7 @@ func (ss *session) startUpload(m *proto.UploadRequest) error {
 	ss.mu.Unlock()
 
 	ready := &proto.UploadReady{Req: m.Req, Xfer: xfer, UploadID: u.id, Status: proto.ReadySend, Missing: missing}
-	if err := ss.send(ready); err != nil {
+	if err := ss.answer(ready); err != nil {
 		return err
 	}
 	if len(missing) == 0 {
@@ -306,7 +337,7 @@ func (ss *session) openUpload(m *proto.UploadRequest) (*upload, error) {
 			up.Release() // another session took it meanwhile
 		} else {
 			now := time.Now()
-			u := &upload{id: up.ID(), name: m.Name, size: m.Size, up: up, got: *done, done: *done, written: done.Total(), lastSync: now, lastData: now}
+			u := &upload{id: up.ID(), name: m.Name, size: m.Size, up: up, got: *done, done: *done, written: done.Total(), lastSync: now, lastData: now, owner: ss}
 			ss.log.Info("resuming upload", "name", m.Name, "have", u.written, "size", m.Size)
 			return u, nil
 		}
@@ -319,7 +350,7 @@ func (ss *session) openUpload(m *proto.UploadRequest) (*upload, error) {
 	}
 	ss.srv.claim(up.ID(), ss, m.Name, m.Size)
 	now := time.Now()
-	return &upload{id: up.ID(), name: m.Name, size: m.Size, up: up, lastSync: now, lastData: now}, nil
+	return &upload{id: up.ID(), name: m.Name, size: m.Size, up: up, lastSync: now, lastData: now, owner: ss}, nil
 }
 
 // unchanged reports whether the stored version already holds what the
@@ -398,8 +429,9 @@ var chunkPool sync.Pool
 // memory budget, and bounds how long a chunk may take to arrive once its
 // header has.
 type chunkBuffers struct {
-	ss *session
-	rs *quic.ReceiveStream
+	ss   *session
+	rs   *quic.ReceiveStream
+	held *[]byte // the pool's box for the buffer lent, so Put allocates none
 }
 
 func (b *chunkBuffers) Get(n int) ([]byte, error) {
@@ -407,18 +439,26 @@ func (b *chunkBuffers) Get(n int) ([]byte, error) {
 		return nil, err
 	}
 	b.rs.SetReadDeadline(time.Now().Add(b.ss.srv.transferTimeout()))
-	size := b.ss.srv.chunkSize() + proto.TagSize
-	if p, ok := chunkPool.Get().(*[]byte); ok && cap(*p) >= n {
-		return (*p)[:n], nil
+	if p, ok := chunkPool.Get().(*[]byte); ok {
+		if cap(*p) >= n {
+			b.held = p
+			return (*p)[:n], nil
+		}
 	}
+	size := b.ss.srv.chunkSize() + proto.TagSize
 	return make([]byte, n, max(n, size)), nil
 }
 
 func (b *chunkBuffers) Put(p []byte) {
 	b.rs.SetReadDeadline(time.Time{})
 	b.ss.srv.budget().release(int64(len(p)))
-	p = p[:cap(p)]
-	chunkPool.Put(&p)
+	box := b.held
+	b.held = nil
+	if box == nil {
+		box = new([]byte)
+	}
+	*box = p[:cap(p)]
+	chunkPool.Put(box)
 }
 
 // receive writes one decrypted chunk into its upload.
@@ -475,6 +515,10 @@ func (ss *session) receive(u *upload, off uint64, p []byte) error {
 
 // failUpload ends an upload the server cannot complete and tells the client.
 func (ss *session) failUpload(u *upload, err error) {
+	if u.owner != ss {
+		u.owner.failUpload(u, err) // a joined session's write failed
+		return
+	}
 	u.mu.Lock()
 	if u.state == finished {
 		u.mu.Unlock()
@@ -495,18 +539,21 @@ func (ss *session) removeUpload(u *upload) {
 	}
 	ss.mu.Unlock()
 	ss.srv.unclaim(u.id)
+	u.detachJoined()
 	ss.transferEnded()
 }
 
 // startChecksum computes the checksums of a reassembled upload, whose
-// state the caller set to checking, in the background and sends them.
+// state the caller set to checking, in the background and sends them to
+// the upload's owner. ss is the session that received the last chunk: the
+// goroutine is its, so that it never outlives the session that started it.
 func (ss *session) startChecksum(u *upload) {
 	ss.wg.Add(1)
 	go func() {
 		defer ss.wg.Done()
 		crc, sha, err := proto.FileChecksums(u.up, int64(u.size))
 		if err != nil {
-			ss.failUpload(u, fmt.Errorf("reading back %q: %w", u.name, err))
+			u.owner.failUpload(u, fmt.Errorf("reading back %q: %w", u.name, err))
 			return
 		}
 		u.mu.Lock()
@@ -517,7 +564,7 @@ func (ss *session) startChecksum(u *upload) {
 		u.state = checked
 		u.crc, u.sha = crc, sha
 		u.mu.Unlock()
-		ss.send(&proto.UploadChecksum{Xfer: u.xfer, CRC: crc, SHA256: sha})
+		u.owner.send(&proto.UploadChecksum{Xfer: u.xfer, CRC: crc, SHA256: sha})
 	}()
 }
 
@@ -535,6 +582,9 @@ func (ss *session) takeUpload(xfer uint32, want uploadState) (*upload, error) {
 	}
 	if u == nil {
 		return nil, proto.Errorf(proto.CodeProtocol, "transfer %d is not an upload of this session", xfer)
+	}
+	if u.owner != ss {
+		return nil, proto.Errorf(proto.CodeProtocol, "transfer %d joins an upload of another session; commit or abort it there", xfer)
 	}
 	u.mu.Lock()
 	defer u.mu.Unlock()
