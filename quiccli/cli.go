@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -54,20 +55,29 @@ func (c *registerCmd) Run(e *env) error {
 }
 
 type sendCmd struct {
-	Server   string        `help:"Server address (needed only before the first registration)." placeholder:"HOST:PORT"`
-	Name     string        `help:"Client name (needed only before the first registration)."`
-	Checksum bool          `short:"c" help:"Hash every file and compare content, rather than trusting size and modification time."`
-	Files    int           `default:"8" help:"Files larger than a chunk in flight at once; smaller files go 16 times as many at once (at most 192)."`
-	Progress string        `enum:"auto,bars,lines" default:"auto" help:"Progress display: auto (bars on a terminal), bars, lines."`
-	Retries  int           `default:"10" help:"Reconnections after a lost connection, each resuming where the last stopped (0: give up at once)."`
-	RetryMax time.Duration `default:"30s" help:"Longest wait between reconnections (waits double from 1s)."`
-	Paths    []string      `arg:"" type:"path" help:"Files and directories to back up."`
+	Server      string        `help:"Server address (needed only before the first registration)." placeholder:"HOST:PORT"`
+	Name        string        `help:"Client name (needed only before the first registration)."`
+	Checksum    bool          `short:"c" help:"Hash every file and compare content, rather than trusting size and modification time."`
+	Files       int           `default:"8" help:"Files larger than a chunk in flight at once; smaller files go 16 times as many at once (at most 192)."`
+	Progress    string        `enum:"auto,bars,lines" default:"auto" help:"Progress display: auto (bars on a terminal), bars, lines."`
+	Connections string        `default:"1" help:"Connections to spread each file's chunks over, each with its own key and congestion window: more help on a lossy link that one connection cannot fill. 'auto' adds them while the goodput still rises (at most 16)." placeholder:"N|auto"`
+	Retries     int           `default:"10" help:"Reconnections after a lost connection, each resuming where the last stopped (0: give up at once)."`
+	RetryMax    time.Duration `default:"30s" help:"Longest wait between reconnections (waits double from 1s)."`
+	Paths       []string      `arg:"" type:"path" help:"Files and directories to back up."`
 }
 
 func (c *sendCmd) Run(e *env) error {
+	conns, auto := 0, c.Connections == "auto"
+	if !auto {
+		n, err := strconv.Atoi(c.Connections)
+		if err != nil || n < 1 || n > MaxConnections {
+			return fmt.Errorf("--connections %q: give a number from 1 to %d, or auto", c.Connections, MaxConnections)
+		}
+		conns = n
+	}
 	rep := NewReporter(e.out, e.errOut, c.Progress == "bars" || (c.Progress == "auto" && e.terminal), "sending")
 	res, err := e.client.SendResilient(e.ctx, c.Server, c.Name,
-		SendOptions{Paths: c.Paths, Checksum: c.Checksum, Files: c.Files},
+		SendOptions{Paths: c.Paths, Checksum: c.Checksum, Files: c.Files, Connections: conns, AutoConnections: auto},
 		ReconnectOptions{Attempts: c.Retries, MaxWait: c.RetryMax}, rep)
 	rep.Close()
 	if err != nil {

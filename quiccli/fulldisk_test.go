@@ -315,11 +315,24 @@ func fullDiskChild(t *testing.T, mnt string) {
 		if i%2 == 1 {
 			size = 100 + i
 		}
-		name := fmt.Sprintf("small/%03d", i)
+		dir := "small-data"
+		if size == 0 {
+			dir = "small-empty"
+		}
+		name := fmt.Sprintf("%s/%03d", dir, i)
 		small[name] = writeRandom(t, filepath.Join(src, filepath.FromSlash(name)), size, uint64(1000+i))
 	}
+	// The files with data first, then the empty ones, which need room in
+	// SQLite only: by then the disk is full, whatever order the many
+	// small files in flight happened to take.
 	rec := &doneRecorder{}
-	res := s.Send(ctx, SendOptions{Paths: []string{filepath.Join(src, "small")}}, rec)
+	res := s.Send(ctx, SendOptions{Paths: []string{filepath.Join(src, "small-data")}}, rec)
+	res2 := s.Send(ctx, SendOptions{Paths: []string{filepath.Join(src, "small-empty")}}, rec)
+	res.Sent += res2.Sent
+	res.Failed += res2.Failed
+	if res.FirstErr == nil {
+		res.FirstErr = res2.FirstErr
+	}
 	var stored, failed, storedEmpty, failedEmpty int
 	var other []string
 	for name, data := range small {
@@ -387,7 +400,7 @@ func fullDiskChild(t *testing.T, mnt string) {
 	s.Close()
 	restart("restart after freeing space", store.Recovery{UploadRows: stale})
 	s = connect(t, ctx, c)
-	res = sendPaths(t, ctx, s, SendOptions{Paths: []string{filepath.Join(src, "small")}})
+	res = sendPaths(t, ctx, s, SendOptions{Paths: []string{filepath.Join(src, "small-data"), filepath.Join(src, "small-empty")}})
 	if res.Sent != failed+len(other) || res.Unchanged != stored || res.Failed != 0 {
 		t.Errorf("small files again after freeing space: %d sent, %d unchanged, %d failed; want %d, %d, 0", res.Sent, res.Unchanged, res.Failed, failed+len(other), stored)
 	}
@@ -395,7 +408,7 @@ func fullDiskChild(t *testing.T, mnt string) {
 	for name, data := range small {
 		want[name] = data
 	}
-	if rows := checkStored("after sending the small files again", s, want, "small"); rows != 0 {
+	if rows := checkStored("after sending the small files again", s, want, "small-data", "small-empty"); rows != 0 {
 		t.Errorf("after sending the small files again: %d upload rows left, want none", rows)
 	}
 }

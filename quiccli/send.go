@@ -28,10 +28,20 @@ type SendOptions struct {
 	Paths    []string // files and directories, recursively
 	Checksum bool     // hash files first and compare content, not size and mtime
 	Files    int      // files larger than a chunk in flight at once (0: 8); smaller ones go 16 times as many
+	// Connections spreads the chunks of each file of two chunks or more
+	// over this many connections, each with its own session key and
+	// congestion window (SendResilient only; 0 or 1: one). With
+	// AutoConnections, connections are added while the goodput still
+	// rises, up to Connections (0: MaxConnections).
+	Connections     int
+	AutoConnections bool
+	meter           *atomic.Int64 // bytes sent, for auto
 
 	// testHookChunkRead, if set, runs after each chunk is read from the
 	// file being sent (tests change the file there).
 	testHookChunkRead func(name string, attempt int, off int64)
+	// testHookRoutes, if set, sees the routes of each file's chunks.
+	testHookRoutes func(name string, rs []*route)
 }
 
 // SendResult counts what a send did.
@@ -310,6 +320,32 @@ func (c *Client) SendResilient(ctx context.Context, server, name string, opts Se
 	if err != nil {
 		return nil, err
 	}
+	conns := opts.Connections
+	var autoDone chan int
+	var autoStop chan struct{}
+	startAuto := func(s *Session) {
+		limit := opts.Connections
+		if limit <= 0 || limit > MaxConnections {
+			limit = MaxConnections
+		}
+		opts.meter = new(atomic.Int64)
+		autoDone, autoStop = make(chan int, 1), make(chan struct{})
+		go func() { autoDone <- c.autoConnections(ctx, s, opts.meter, limit, autoStop) }()
+	}
+	stopAuto := func() {
+		if autoDone != nil {
+			close(autoStop)
+			conns = <-autoDone
+			autoDone = nil
+			c.notice("auto: sent over %s", plural(conns, "connection"))
+		}
+	}
+	switch {
+	case opts.AutoConnections:
+		startAuto(s)
+	case conns > 1:
+		c.connectPeers(ctx, s, conns)
+	}
 	items := collectReported(opts.Paths, rep, res)
 	maxWait := ro.MaxWait
 	if maxWait <= 0 {
@@ -323,7 +359,10 @@ func (c *Client) SendResilient(ctx context.Context, server, name string, opts Se
 			// Interrupted: end at once rather than drain queued chunks over
 			// a slow link; the server keeps what arrived for resume.
 			s.conn.CloseWithError(quic.ApplicationErrorCode(proto.CodeNoError), "interrupted")
+			s.abortPeers()
 		}
+		stopAuto() // before the peers close: it may be adding one
+		s.closePeers()
 		s.Close()
 		if len(lost) == 0 {
 			break
@@ -350,6 +389,8 @@ func (c *Client) SendResilient(ctx context.Context, server, name string, opts Se
 			}
 			if s, _, err = c.Connect(ctx, "", ""); err != nil {
 				lastErr = err
+			} else if conns > 1 {
+				c.connectPeers(ctx, s, conns) // as many as auto had found
 			}
 		}
 	}
@@ -497,12 +538,18 @@ func (s *Session) sendAttempt(ctx context.Context, it sendItem, opts SendOptions
 	}
 	ck := proto.NewCksum()
 	h := sha256.New()
-	sender := s.chunkSender()
+	routes := s.routes(ctx, xfer, ready.UploadID, missing)
+	if opts.testHookRoutes != nil {
+		opts.testHookRoutes(it.name, routes.list)
+	}
 	changed := false
 	progress := func(n int, err error) {
 		if err == nil {
 			fp.Add(int64(n))
 			bytes.Add(int64(n))
+			if opts.meter != nil {
+				opts.meter.Add(int64(n))
+			}
 		}
 	}
 	for _, r := range ready.Missing {
@@ -510,14 +557,15 @@ func (s *Session) sendAttempt(ctx context.Context, it sendItem, opts SendOptions
 			return FileStatus{}, proto.Errorf(proto.CodeProtocol, "server asked for bytes beyond the end of the file")
 		}
 		for off, end := r.Off, r.Off+r.Len; off < end; {
-			buf, err := sender.Buffer(ctx)
+			rt := routes.pick(ctx)
+			buf, err := rt.sender.Buffer(ctx)
 			if err != nil {
-				return FileStatus{}, s.orSessionErr(err)
+				return FileStatus{}, s.routeErr(rt, err)
 			}
 			n := min(uint64(len(buf)), end-off)
 			rn, err := f.ReadAt(buf[:n], int64(off))
 			if err != nil && !(errors.Is(err, io.EOF) && uint64(rn) == n) {
-				sender.Release(buf)
+				rt.sender.Release(buf)
 				if errors.Is(err, io.EOF) {
 					changed = true // the file shrank under us
 					break
@@ -526,8 +574,16 @@ func (s *Session) sendAttempt(ctx context.Context, it sendItem, opts SendOptions
 			}
 			ck.Write(buf[:n])
 			h.Write(buf[:n])
-			if err := sender.Send(ctx, xfer, &ready.UploadID, off, buf[:n], progress); err != nil {
-				return FileStatus{}, s.orSessionErr(err)
+			rt.inflight.Add(int64(n))
+			sent := func(k int, err error) {
+				rt.inflight.Add(-int64(n))
+				if err != nil && rt.s != s {
+					s.peerFailed(err)
+				}
+				progress(k, err)
+			}
+			if err := rt.sender.Send(ctx, rt.xfer, &ready.UploadID, off, buf[:n], sent); err != nil {
+				return FileStatus{}, s.routeErr(rt, err)
 			}
 			off += n
 			if opts.testHookChunkRead != nil {
@@ -601,6 +657,18 @@ func (s *Session) abort(ctx context.Context, c *call, xfer uint32) error {
 		}
 		// An UploadChecksum that crossed our abort: ignore it.
 	}
+}
+
+// routeErr is orSessionErr for a chunk that failed on route rt: a peer's
+// failure ends s too (see peerFailed).
+func (s *Session) routeErr(rt *route, err error) error {
+	if rt.s != s && s.Err() == nil {
+		if perr := rt.s.Err(); perr != nil {
+			err = perr
+		}
+		s.peerFailed(err)
+	}
+	return s.orSessionErr(err)
 }
 
 // orSessionErr prefers the session's own error (the server closed the

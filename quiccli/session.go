@@ -46,6 +46,8 @@ type Session struct {
 	pending map[uint32]*restoreSink // restores awaiting RestoreReady, by req
 	bound   chan struct{}           // closed and replaced whenever a sink is bound
 	sender  *proto.ChunkSender
+
+	peers peerGroup // more connections carrying chunks of uploads opened here (parallel.go)
 }
 
 // call is one request in flight: the messages for it arrive on ch.

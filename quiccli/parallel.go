@@ -1,0 +1,268 @@
+package quiccli
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/qbackup/qbackup/proto"
+	"github.com/quic-go/quic-go"
+)
+
+// Parallel connections (send --connections N|auto). One QUIC connection's
+// congestion window is shared by all its streams, so on a lossy link one
+// connection's rate is capped by how NewReno answers random loss, however
+// fast the link. With N connections, each with its own session key and
+// window, the chunks of a file are spread over all of them: the session
+// that opens an upload (the primary) asks the others, its peers, to join
+// it (UploadJoin), and each chunk goes to the route with the least data
+// queued. Checksum and commit stay with the primary. A peer that fails
+// takes the primary down with it, so the usual reconnect-and-resume path
+// starts the whole group again, sending only what the server lacks.
+
+// MaxConnections bounds --connections, and what auto adds up to.
+const MaxConnections = 16
+
+// peerGroup is a primary session's peers. Auto adds to it while a send
+// runs, so it has its own lock.
+type peerGroup struct {
+	mu    sync.Mutex
+	list  []*Session
+	done  chan struct{} // closed when the peers are closed on purpose
+	added chan struct{} // closed and replaced when a peer is added
+}
+
+// peerList returns the current peers and a channel closed when one is
+// added.
+func (s *Session) peerList() ([]*Session, <-chan struct{}) {
+	g := &s.peers
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.added == nil {
+		g.added = make(chan struct{})
+	}
+	return g.list, g.added
+}
+
+// route is one way to send chunks of an upload: a session and the
+// transfer number the upload has there.
+type route struct {
+	s        *Session
+	sender   *proto.ChunkSender
+	xfer     uint32
+	inflight atomic.Int64 // bytes queued on sender and not yet written
+}
+
+// routeSet is the routes of one upload, growing when peers are added.
+type routeSet struct {
+	s       *Session
+	id      [16]byte
+	list    []*route
+	joined  map[*Session]bool
+	changed <-chan struct{} // a peer was added since the last look
+}
+
+// routes returns the ways to send the chunks of the upload id, opened as
+// xfer on s: s itself, and every peer that joined it. Files of fewer than
+// two chunks to send stay on s.
+func (s *Session) routes(ctx context.Context, xfer uint32, id [16]byte, missing uint64) *routeSet {
+	rs := &routeSet{s: s, id: id, list: []*route{{s: s, sender: s.chunkSender(), xfer: xfer}}, joined: map[*Session]bool{s: true}}
+	if missing < 2*uint64(s.chunkSize) {
+		return rs
+	}
+	rs.refresh(ctx)
+	return rs
+}
+
+// refresh joins the upload from peers added since the last look.
+func (rs *routeSet) refresh(ctx context.Context) {
+	peers, changed := rs.s.peerList()
+	rs.changed = changed
+	for _, p := range peers {
+		if rs.joined[p] || p.Err() != nil {
+			continue
+		}
+		rs.joined[p] = true
+		x, err := p.join(ctx, rs.id)
+		if err != nil {
+			continue // the file goes over the others
+		}
+		rs.list = append(rs.list, &route{s: p, sender: p.chunkSender(), xfer: x})
+	}
+}
+
+// pick returns the route with the least data queued, after joining the
+// upload from any peer added meanwhile.
+func (rs *routeSet) pick(ctx context.Context) *route {
+	if rs.changed != nil {
+		select {
+		case <-rs.changed:
+			rs.refresh(ctx)
+		default:
+		}
+	}
+	best := rs.list[0]
+	for _, r := range rs.list[1:] {
+		if r.inflight.Load() < best.inflight.Load() {
+			best = r
+		}
+	}
+	return best
+}
+
+// join joins the upload id from this session and returns its transfer
+// number here.
+func (s *Session) join(ctx context.Context, id [16]byte) (uint32, error) {
+	c := s.newCall()
+	defer s.endCall(c)
+	if err := s.send(&proto.UploadJoin{Req: c.req, UploadID: id}); err != nil {
+		return 0, err
+	}
+	m, err := s.wait(ctx, c)
+	if err != nil {
+		return 0, err
+	}
+	r, ok := m.(*proto.UploadReady)
+	if !ok || r.Status != proto.ReadyJoined || r.UploadID != id {
+		return 0, proto.Errorf(proto.CodeProtocol, "server answered UploadJoin with %v", m.Type())
+	}
+	return r.Xfer, nil
+}
+
+// peerFailed ends s because one of its peers failed: the chunks queued
+// there may never arrive, so the upload cannot finish on s alone.
+func (s *Session) peerFailed(err error) {
+	if s.ctx.Err() != nil {
+		return
+	}
+	s.cancel(fmt.Errorf("a parallel connection was lost: %w", err))
+	s.conn.CloseWithError(quic.ApplicationErrorCode(proto.CodeNoError), "a parallel connection was lost")
+}
+
+// addPeer opens one more session as s's peer. A peer whose connection
+// ends while s lives ends s (peerFailed).
+func (c *Client) addPeer(ctx context.Context, s *Session) error {
+	p, _, err := c.Connect(ctx, "", "")
+	if err != nil {
+		return err
+	}
+	g := &s.peers
+	g.mu.Lock()
+	if g.done == nil {
+		g.done = make(chan struct{})
+	}
+	done := g.done
+	g.list = append(g.list, p)
+	if g.added != nil {
+		close(g.added)
+	}
+	g.added = make(chan struct{})
+	g.mu.Unlock()
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		select {
+		case <-p.ctx.Done():
+			s.peerFailed(context.Cause(p.ctx))
+		case <-done:
+		case <-s.ctx.Done():
+		}
+	}()
+	return nil
+}
+
+// connectPeers opens n-1 peers for s.
+func (c *Client) connectPeers(ctx context.Context, s *Session, n int) {
+	for i := 1; i < min(n, MaxConnections); i++ {
+		if err := c.addPeer(ctx, s); err != nil {
+			c.notice("could not open a parallel connection (%v); going on with %d", err, i)
+			return
+		}
+	}
+}
+
+// peerCount reports the connections s sends over: itself and its peers.
+func (s *Session) peerCount() int {
+	peers, _ := s.peerList()
+	return 1 + len(peers)
+}
+
+// abortPeers closes the peers' connections at once, dropping what they
+// still had queued (an interrupted send must not drain it over a slow
+// link first).
+func (s *Session) abortPeers() {
+	peers, _ := s.peerList()
+	for _, p := range peers {
+		p.conn.CloseWithError(quic.ApplicationErrorCode(proto.CodeNoError), "interrupted")
+	}
+}
+
+// closePeers closes s's peers, before s itself.
+func (s *Session) closePeers() {
+	g := &s.peers
+	g.mu.Lock()
+	if g.done != nil {
+		close(g.done)
+		g.done = nil
+	}
+	list := g.list
+	g.list = nil
+	g.mu.Unlock()
+	for _, p := range list {
+		p.Close()
+	}
+}
+
+// autoStep is the least time auto measures goodput over; on a long link
+// it is 10 round trips, so a new connection's window can open first.
+var autoStep = 1500 * time.Millisecond
+
+// autoConnections adds peers to s while the goodput (bytes counted by
+// sent) still rises: like slow start, it doubles the connections, lets the
+// new ones warm up for a step, measures the next step, and stops at the
+// first doubling that gained less than a tenth, or at limit connections.
+// It returns the number it settled on, when it stops or stop is closed.
+func (c *Client) autoConnections(ctx context.Context, s *Session, sent *atomic.Int64, limit int, stop <-chan struct{}) int {
+	step := max(autoStep, 10*s.conn.ConnectionStats().SmoothedRTT)
+	t := time.NewTicker(step)
+	defer t.Stop()
+	tick := func() bool {
+		select {
+		case <-ctx.Done():
+		case <-s.ctx.Done():
+		case <-stop:
+		case <-t.C:
+			return true
+		}
+		return false
+	}
+	best := 0.0
+	for {
+		if !tick() { // warm-up: the connections just opened
+			return s.peerCount()
+		}
+		before := sent.Load()
+		if !tick() {
+			return s.peerCount()
+		}
+		rate := float64(sent.Load() - before)
+		if rate <= 0 {
+			continue // nothing to send at the moment: no evidence either way
+		}
+		if best > 0 && rate < 1.1*best {
+			return s.peerCount()
+		}
+		best = rate
+		n := s.peerCount()
+		for range min(n, limit-n) {
+			if err := c.addPeer(ctx, s); err != nil {
+				return s.peerCount()
+			}
+		}
+		if s.peerCount() >= limit {
+			return s.peerCount()
+		}
+	}
+}
