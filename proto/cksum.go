@@ -319,17 +319,62 @@ func cksumMatVec(m *cksumMat, v uint32) uint32 {
 // FileChecksums reads size bytes of r from the start, once, and returns
 // their cksum value and SHA-256: what both ends compare for a file.
 func FileChecksums(r io.ReaderAt, size int64) (uint32, [32]byte, error) {
-	ck := NewCksum()
-	h := sha256.New()
+	var fh FileHasher
+	if err := fh.HashTo(r, size); err != nil {
+		return 0, [32]byte{}, err
+	}
+	crc, sum := fh.Sum()
+	return crc, sum, nil
+}
+
+// FileHasher computes FileChecksums of a file front to back, in as many
+// steps as the caller likes: a server hashes the prefix of an upload that
+// has arrived while the rest is still arriving. The zero value is ready.
+type FileHasher struct {
+	ck  Cksum
+	sha hash.Hash
+	n   int64
+	buf []byte
+}
+
+// Len is how many bytes, from the start, have been hashed.
+func (fh *FileHasher) Len() int64 { return fh.n }
+
+// HashTo reads and hashes the bytes of r from Len() up to end. A file that
+// ends before end is an error.
+func (fh *FileHasher) HashTo(r io.ReaderAt, end int64) error {
+	if fh.sha == nil {
+		fh.sha = sha256.New()
+	}
+	if end <= fh.n {
+		return nil
+	}
+	if fh.buf == nil {
+		fh.buf = make([]byte, 1<<20) // large reads: this pass covers whole files
+	}
+	for fh.n < end {
+		p := fh.buf[:min(int64(len(fh.buf)), end-fh.n)]
+		k, err := r.ReadAt(p, fh.n)
+		fh.ck.Write(p[:k])
+		fh.sha.Write(p[:k])
+		fh.n += int64(k)
+		if k == len(p) {
+			continue
+		}
+		if err == nil || err == io.EOF {
+			return fmt.Errorf("proto: file ends after %d of %d bytes", fh.n, end)
+		}
+		return err
+	}
+	return nil
+}
+
+// Sum returns the cksum and SHA-256 of the bytes hashed so far.
+func (fh *FileHasher) Sum() (uint32, [32]byte) {
+	if fh.sha == nil {
+		fh.sha = sha256.New()
+	}
 	var sum [32]byte
-	buf := make([]byte, 1<<20) // large reads: this pass covers whole files
-	n, err := io.CopyBuffer(io.MultiWriter(ck, h), io.NewSectionReader(r, 0, size), buf)
-	if err != nil {
-		return 0, sum, err
-	}
-	if n != size {
-		return 0, sum, fmt.Errorf("proto: file ends after %d of %d bytes", n, size)
-	}
-	h.Sum(sum[:0])
-	return ck.Sum32(), sum, nil
+	fh.sha.Sum(sum[:0])
+	return fh.ck.Sum32(), sum
 }

@@ -586,3 +586,40 @@ func TestFileChecksums(t *testing.T) {
 		t.Errorf("FileChecksums past the end: nil error, want one")
 	}
 }
+
+// TestFileHasherSteps: hashing a file in steps of any size gives what one
+// pass gives, and a file shorter than asked is an error.
+func TestFileHasherSteps(t *testing.T) {
+	data := make([]byte, 3<<20+12345)
+	for i := range data {
+		data[i] = byte(i*7 + i>>11)
+	}
+	wantCRC, wantSHA, err := FileChecksums(bytes.NewReader(data), int64(len(data)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, step := range []int64{1, 4095, 1 << 20, 1<<20 + 1, 5 << 20} {
+		var fh FileHasher
+		for end := int64(0); end < int64(len(data)); {
+			end = min(end+step, int64(len(data)))
+			if err := fh.HashTo(bytes.NewReader(data), end); err != nil {
+				t.Fatal(err)
+			}
+			if step == 1 && end > 10000 { // bytes one at a time: enough
+				if err := fh.HashTo(bytes.NewReader(data), int64(len(data))); err != nil {
+					t.Fatal(err)
+				}
+				break
+			}
+		}
+		fh.HashTo(bytes.NewReader(data), 100) // behind: nothing to do
+		crc, sha := fh.Sum()
+		if crc != wantCRC || sha != wantSHA || fh.Len() != int64(len(data)) {
+			t.Errorf("step %d: sums differ from one pass", step)
+		}
+	}
+	var fh FileHasher
+	if err := fh.HashTo(bytes.NewReader(data[:100]), 200); err == nil {
+		t.Error("hashing past the end of the file succeeded")
+	}
+}

@@ -56,6 +56,14 @@ func (s *RangeSet) Covers(size uint64) bool {
 	return size == 0 || (len(s.r) > 0 && s.r[0].Off == 0 && s.r[0].Len >= size)
 }
 
+// Prefix is the length of the run of bytes in the set that starts at 0.
+func (s *RangeSet) Prefix() uint64 {
+	if len(s.r) == 0 || s.r[0].Off != 0 {
+		return 0
+	}
+	return s.r[0].Len
+}
+
 // Missing returns the ranges of [0, size) not in the set, ascending.
 func (s *RangeSet) Missing(size uint64) []Range {
 	var out []Range

@@ -285,3 +285,30 @@ func FuzzParseRangeSet(f *testing.F) {
 		}
 	})
 }
+
+func TestRangeSetPrefix(t *testing.T) {
+	tests := []struct {
+		name string
+		add  []proto.Range
+		want uint64
+	}{
+		{"empty", nil, 0},
+		{"not from zero", []proto.Range{{10, 5}}, 0},
+		{"from zero", []proto.Range{{0, 5}}, 5},
+		{"merged", []proto.Range{{5, 5}, {0, 5}, {20, 1}}, 10},
+		{"gap", []proto.Range{{0, 5}, {6, 5}}, 5},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var s proto.RangeSet
+			for _, r := range tt.add {
+				if err := s.Add(r.Off, r.Len); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if got := s.Prefix(); got != tt.want {
+				t.Errorf("Prefix = %d, want %d", got, tt.want)
+			}
+		})
+	}
+}

@@ -49,6 +49,49 @@ type upload struct {
 	// sessions of the client carrying its chunks (UploadJoin).
 	owner  *session
 	joined []joinRef
+
+	// The checksums are computed as the upload arrives: a hasher reads
+	// back the run of written bytes from the start as it grows (from the
+	// page cache, in the background), so that once the last chunk is
+	// written little is left to hash. hashMu is held by whoever hashes;
+	// hashing, under mu, says a background hasher runs.
+	hashMu  sync.Mutex
+	hasher  proto.FileHasher
+	hashing bool  // guarded by mu
+	hashed  int64 // hasher.Len(), guarded by mu
+}
+
+// hashStep is how far the written prefix must run ahead of the hashed one
+// before a background hasher starts: large reads, few goroutines.
+const hashStep = 8 << 20
+
+// hashAhead hashes the written prefix of u until it catches up.
+func (ss *session) hashAhead(u *upload) {
+	u.hashMu.Lock()
+	defer u.hashMu.Unlock()
+	for {
+		u.mu.Lock()
+		end := int64(u.done.Prefix())
+		if u.state != receiving || end <= u.hashed {
+			u.hashing = false
+			u.mu.Unlock()
+			return
+		}
+		u.mu.Unlock()
+		err := u.hasher.HashTo(u.up, end)
+		u.mu.Lock()
+		if err != nil {
+			// The upload ended under us (its file closed), or the read
+			// failed: the final checksum starts over and reports it.
+			u.hasher = proto.FileHasher{}
+			u.hashing = false
+		}
+		u.hashed = u.hasher.Len()
+		u.mu.Unlock()
+		if err != nil {
+			return
+		}
+	}
 }
 
 // checkpointEvery is how often an upload's received ranges are made
@@ -500,7 +543,18 @@ func (ss *session) receive(u *upload, off uint64, p []byte) error {
 		u.state = checking
 	}
 	sync := !done && !u.syncing && time.Since(u.lastSync) >= checkpointEvery
+	hash := !done && !u.hashing && int64(u.done.Prefix())-u.hashed >= hashStep
+	if hash {
+		u.hashing = true
+	}
 	u.mu.Unlock()
+	if hash {
+		ss.wg.Add(1)
+		go func() {
+			defer ss.wg.Done()
+			ss.hashAhead(u)
+		}()
+	}
 	if done {
 		ss.startChecksum(u)
 	} else if sync {
@@ -551,7 +605,12 @@ func (ss *session) startChecksum(u *upload) {
 	ss.wg.Add(1)
 	go func() {
 		defer ss.wg.Done()
-		crc, sha, err := proto.FileChecksums(u.up, int64(u.size))
+		// What the hasher has not reached yet: usually the last few
+		// chunks.
+		u.hashMu.Lock()
+		err := u.hasher.HashTo(u.up, int64(u.size))
+		crc, sha := u.hasher.Sum()
+		u.hashMu.Unlock()
 		if err != nil {
 			u.owner.failUpload(u, fmt.Errorf("reading back %q: %w", u.name, err))
 			return
