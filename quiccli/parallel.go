@@ -216,16 +216,31 @@ func (s *Session) closePeers() {
 }
 
 // autoStep is the least time auto measures goodput over; on a long link
-// it is 10 round trips, so a new connection's window can open first.
-var autoStep = 1500 * time.Millisecond
+// it is 8 round trips, so a new connection's window can open first.
+var autoStep = time.Second
 
-// autoConnections adds peers to s while the goodput (bytes counted by
-// sent) still rises: like slow start, it doubles the connections, lets the
-// new ones warm up for a step, measures the next step, and stops at the
-// first doubling that gained less than a tenth, or at limit connections.
-// It returns the number it settled on, when it stops or stop is closed.
-func (c *Client) autoConnections(ctx context.Context, s *Session, sent *atomic.Int64, limit int, stop <-chan struct{}) int {
-	step := max(autoStep, 10*s.conn.ConnectionStats().SmoothedRTT)
+// groupBytes is what s and its peers have delivered so far, by QUIC's
+// count: bytes sent less bytes lost. Unlike finished chunks, it moves
+// smoothly even on a slow link.
+func (s *Session) groupBytes() int64 {
+	peers, _ := s.peerList()
+	var n int64
+	for _, x := range append([]*Session{s}, peers...) {
+		st := x.conn.ConnectionStats()
+		n += int64(st.BytesSent) - int64(st.BytesLost)
+	}
+	return n
+}
+
+// autoConnections adds peers to s while the goodput (groupBytes) still
+// rises: like slow start, it doubles the connections, lets the
+// new ones warm up for a step, and measures the next. One doubling that
+// gains less than a tenth may be noise (random loss makes a connection's
+// rate jumpy); after two in a row it stops, as it does at limit
+// connections. It returns the number it settled on, when it stops or stop
+// is closed.
+func (c *Client) autoConnections(ctx context.Context, s *Session, limit int, stop <-chan struct{}) int {
+	step := max(autoStep, 8*s.conn.ConnectionStats().SmoothedRTT)
 	t := time.NewTicker(step)
 	defer t.Stop()
 	tick := func() bool {
@@ -238,23 +253,27 @@ func (c *Client) autoConnections(ctx context.Context, s *Session, sent *atomic.I
 		}
 		return false
 	}
-	best := 0.0
+	best, misses := 0.0, 0
 	for {
 		if !tick() { // warm-up: the connections just opened
 			return s.peerCount()
 		}
-		before := sent.Load()
+		before := s.groupBytes()
 		if !tick() {
 			return s.peerCount()
 		}
-		rate := float64(sent.Load() - before)
+		rate := float64(s.groupBytes() - before)
 		if rate <= 0 {
 			continue // nothing to send at the moment: no evidence either way
 		}
-		if best > 0 && rate < 1.1*best {
-			return s.peerCount()
+		if rate < 1.1*best {
+			if misses++; misses == 2 {
+				return s.peerCount()
+			}
+		} else {
+			misses = 0
 		}
-		best = rate
+		best = max(best, rate)
 		n := s.peerCount()
 		for range min(n, limit-n) {
 			if err := c.addPeer(ctx, s); err != nil {

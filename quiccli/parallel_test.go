@@ -112,6 +112,8 @@ func TestParallelPeerLost(t *testing.T) {
 // TestParallelAuto: auto adds connections while the goodput rises, never
 // beyond its limit, joins them to the file already under way, and says
 // what it settled on.
+var autoLimit = 3
+
 func TestParallelAuto(t *testing.T) {
 	defer func(d time.Duration) { autoStep = d }(autoStep)
 	autoStep = 250 * time.Millisecond
@@ -131,7 +133,7 @@ func TestParallelAuto(t *testing.T) {
 		maxRoutes = max(maxRoutes, len(rs))
 		mu.Unlock()
 	}
-	res, err := c.SendResilient(ctx, "", "", SendOptions{Paths: []string{path}, Connections: 3, AutoConnections: true, testHookRoutes: hook},
+	res, err := c.SendResilient(ctx, "", "", SendOptions{Paths: []string{path}, Connections: autoLimit, AutoConnections: true, testHookRoutes: hook},
 		ReconnectOptions{Attempts: 2, MaxWait: time.Second}, nopReporter{})
 	if err != nil {
 		t.Fatal(err)

@@ -35,7 +35,6 @@ type SendOptions struct {
 	// rises, up to Connections (0: MaxConnections).
 	Connections     int
 	AutoConnections bool
-	meter           *atomic.Int64 // bytes sent, for auto
 
 	// testHookChunkRead, if set, runs after each chunk is read from the
 	// file being sent (tests change the file there).
@@ -328,9 +327,8 @@ func (c *Client) SendResilient(ctx context.Context, server, name string, opts Se
 		if limit <= 0 || limit > MaxConnections {
 			limit = MaxConnections
 		}
-		opts.meter = new(atomic.Int64)
 		autoDone, autoStop = make(chan int, 1), make(chan struct{})
-		go func() { autoDone <- c.autoConnections(ctx, s, opts.meter, limit, autoStop) }()
+		go func() { autoDone <- c.autoConnections(ctx, s, limit, autoStop) }()
 	}
 	stopAuto := func() {
 		if autoDone != nil {
@@ -547,9 +545,6 @@ func (s *Session) sendAttempt(ctx context.Context, it sendItem, opts SendOptions
 		if err == nil {
 			fp.Add(int64(n))
 			bytes.Add(int64(n))
-			if opts.meter != nil {
-				opts.meter.Add(int64(n))
-			}
 		}
 	}
 	for _, r := range ready.Missing {
