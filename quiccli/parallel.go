@@ -216,8 +216,8 @@ func (s *Session) closePeers() {
 }
 
 // autoStep is the least time auto measures goodput over; on a long link
-// it is 8 round trips, so a new connection's window can open first.
-var autoStep = time.Second
+// it is 16 round trips, so a new connection's window can open first.
+var autoStep = 2 * time.Second
 
 // groupBytes is what s and its peers have delivered so far, by QUIC's
 // count: bytes sent less bytes lost. Unlike finished chunks, it moves
@@ -235,12 +235,12 @@ func (s *Session) groupBytes() int64 {
 // autoConnections adds peers to s while the goodput (groupBytes) still
 // rises: like slow start, it doubles the connections, lets the
 // new ones warm up for a step, and measures the next. One doubling that
-// gains less than a tenth may be noise (random loss makes a connection's
+// gains less than a tenth over the step before may be noise (random loss makes a connection's
 // rate jumpy); after two in a row it stops, as it does at limit
 // connections. It returns the number it settled on, when it stops or stop
 // is closed.
 func (c *Client) autoConnections(ctx context.Context, s *Session, limit int, stop <-chan struct{}) int {
-	step := max(autoStep, 8*s.conn.ConnectionStats().SmoothedRTT)
+	step := max(autoStep, 16*s.conn.ConnectionStats().SmoothedRTT)
 	t := time.NewTicker(step)
 	defer t.Stop()
 	tick := func() bool {
@@ -253,7 +253,7 @@ func (c *Client) autoConnections(ctx context.Context, s *Session, limit int, sto
 		}
 		return false
 	}
-	best, misses := 0.0, 0
+	prev, misses := 0.0, 0
 	for {
 		if !tick() { // warm-up: the connections just opened
 			return s.peerCount()
@@ -266,14 +266,16 @@ func (c *Client) autoConnections(ctx context.Context, s *Session, limit int, sto
 		if rate <= 0 {
 			continue // nothing to send at the moment: no evidence either way
 		}
-		if rate < 1.1*best {
+		// Against the last step, not the best: a fresh connection's slow
+		// start can overshoot what it keeps up later.
+		if rate < 1.1*prev {
 			if misses++; misses == 2 {
 				return s.peerCount()
 			}
 		} else {
 			misses = 0
 		}
-		best = max(best, rate)
+		prev = rate
 		n := s.peerCount()
 		for range min(n, limit-n) {
 			if err := c.addPeer(ctx, s); err != nil {
