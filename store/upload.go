@@ -171,6 +171,17 @@ func (s *Store) ResumeUpload(ctx context.Context, id ClientID, name string, size
 		// No upload can have this time: NewUpload refuses it.
 		return nil, nil, fmt.Errorf("%w: no upload of %q to resume", ErrNotFound, name)
 	}
+	// Usually there is none: say so without the write lock, which a group
+	// commit holds while it waits for the disk. (An upload of the name
+	// created meanwhile could not have been resumed anyway.)
+	var any int
+	err := s.db.QueryRowContext(ctx, "SELECT count(*) FROM uploads WHERE client_id = ? AND name = ?", id[:], name).Scan(&any)
+	if err != nil {
+		return nil, nil, wrapDB("look up uploads", err)
+	}
+	if any == 0 {
+		return nil, nil, fmt.Errorf("%w: no upload of %q to resume", ErrNotFound, name)
+	}
 	if err := s.lockWrite(ctx); err != nil {
 		return nil, nil, err
 	}
