@@ -80,7 +80,7 @@ func OpenInvites(ctx context.Context, dir string) (*InviteBook, error) {
 	}
 	u := url.URL{Path: filepath.ToSlash(path)}
 	dsn := "file:" + u.EscapedPath() +
-		"?_journal_mode=WAL&_synchronous=FULL&_foreign_keys=on&_busy_timeout=5000&_txlock=immediate"
+		"?_journal_mode=WAL&_synchronous=FULL&_foreign_keys=on&_busy_timeout=5000&_txlock=immediate&_stmt_cache_size=32"
 	db, err := sql.Open("sqlite3", dsn)
 	if err != nil {
 		return nil, fmt.Errorf("store: open database: %w", err)

@@ -330,7 +330,7 @@ func Open(ctx context.Context, dir string) (_ *Store, err error) {
 
 	u := url.URL{Path: filepath.ToSlash(filepath.Join(abs, dbName))}
 	dsn := "file:" + u.EscapedPath() +
-		"?_journal_mode=WAL&_synchronous=FULL&_foreign_keys=on&_busy_timeout=5000&_txlock=immediate"
+		"?_journal_mode=WAL&_synchronous=FULL&_foreign_keys=on&_busy_timeout=5000&_txlock=immediate&_stmt_cache_size=32"
 	if s.db, err = sql.Open("sqlite3", dsn); err != nil {
 		return nil, fmt.Errorf("store: open database: %w", err)
 	}
