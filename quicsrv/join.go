@@ -31,8 +31,11 @@ func (ss *session) joinUpload(m *proto.UploadJoin) error {
 	}
 	ss.mu.Lock()
 	xfer, err := ss.newXferLocked(false)
-	if err == nil && ss.uploads == nil {
-		err = errAnswerLost // the session ended meanwhile
+	if err == nil {
+		ss.unreserveLocked() // in ss.uploads at once, or not at all
+		if ss.uploads == nil {
+			err = errAnswerLost // the session ended meanwhile
+		}
 	}
 	if err != nil {
 		ss.mu.Unlock()

@@ -46,6 +46,7 @@ type session struct {
 	// kind of a number is known after the transfer has ended.
 	nextUpload, nextRestore uint32
 	opening                 int // upload requests being handled (startRequest)
+	reserved                int // upload numbers issued, not yet in uploads (newXferLocked)
 	sender                  *proto.ChunkSender
 	draining                bool
 	ctrlDone                bool        // the control stream's send side is closed
@@ -421,8 +422,9 @@ func (ss *session) controlLoop() error {
 // an upload waits for the store (a group commit under way), and a client
 // sending a tree of small files has many requests in flight, so handling
 // them one at a time in the control loop would serialise those waits.
-// Requests being opened count as transfers, toward MaxTransfers (checked
-// in its usual place, after the name and the quick check) and for drain.
+// Requests being opened count as transfers for drain; toward MaxTransfers
+// once they hold a transfer number (checked in its usual place, after the
+// name and the quick check).
 // With MaxTransfers requests already being opened, the next runs in the
 // control loop, which bounds the goroutines a client can start and slows
 // it down rather than refusing it early.
@@ -486,11 +488,7 @@ func (ss *session) newXferLocked(isRestore bool) (uint32, error) {
 	if ss.draining {
 		return 0, proto.Errorf(proto.CodeShutdown, "the server is shutting down")
 	}
-	open := len(ss.uploads) + len(ss.restores) + ss.opening
-	if !isRestore {
-		open-- // the upload request asking is among those opening
-	}
-	if open >= ss.srv.maxTransfers() {
+	if len(ss.uploads)+len(ss.restores)+ss.reserved >= ss.srv.maxTransfers() {
 		return 0, proto.Errorf(proto.CodeLimit, "more than %d transfers open in one session", ss.srv.maxTransfers())
 	}
 	next := &ss.nextUpload
@@ -502,8 +500,17 @@ func (ss *session) newXferLocked(isRestore bool) (uint32, error) {
 	}
 	x := *next
 	*next += 2
+	if !isRestore {
+		ss.reserved++ // until the upload is in ss.uploads (or given up): see unreserveLocked
+	}
 	return x, nil
 }
+
+// unreserveLocked ends the reservation newXferLocked made for an upload
+// number, once the upload is in ss.uploads or will not be; the caller
+// holds ss.mu. Upload requests run concurrently, so between the two an
+// upload counts here toward MaxTransfers.
+func (ss *session) unreserveLocked() { ss.reserved-- }
 
 // issuedUploadLocked reports whether x was issued to an upload that has
 // ended since; the caller holds ss.mu.

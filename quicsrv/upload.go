@@ -272,6 +272,9 @@ func (ss *session) startUpload(m *proto.UploadRequest) error {
 	}
 	u, err := ss.openUpload(m)
 	if err != nil {
+		ss.mu.Lock()
+		ss.unreserveLocked()
+		ss.mu.Unlock()
 		return err
 	}
 	u.req, u.xfer = m.Req, xfer
@@ -285,6 +288,7 @@ func (ss *session) startUpload(m *proto.UploadRequest) error {
 		u.state = checking // nothing to wait for: empty, or every byte already here
 	}
 	ss.mu.Lock()
+	ss.unreserveLocked()
 	if ss.uploads == nil { // the session ended meanwhile
 		ss.mu.Unlock()
 		ss.park(u)
