@@ -334,8 +334,12 @@ type FileHasher struct {
 	ck  Cksum
 	sha hash.Hash
 	n   int64
-	buf []byte
 }
+
+// hashBufs lends FileHasher its read buffers for the length of one HashTo:
+// a server may be hashing hundreds of small uploads at once, and a buffer
+// kept per upload would cost a MiB each.
+var hashBufs = sync.Pool{New: func() any { b := make([]byte, 1<<20); return &b }}
 
 // Len is how many bytes, from the start, have been hashed.
 func (fh *FileHasher) Len() int64 { return fh.n }
@@ -349,11 +353,11 @@ func (fh *FileHasher) HashTo(r io.ReaderAt, end int64) error {
 	if end <= fh.n {
 		return nil
 	}
-	if fh.buf == nil {
-		fh.buf = make([]byte, 1<<20) // large reads: this pass covers whole files
-	}
+	bp := hashBufs.Get().(*[]byte)
+	defer hashBufs.Put(bp)
+	buf := *bp // large reads: this pass covers whole files
 	for fh.n < end {
-		p := fh.buf[:min(int64(len(fh.buf)), end-fh.n)]
+		p := buf[:min(int64(len(buf)), end-fh.n)]
 		k, err := r.ReadAt(p, fh.n)
 		fh.ck.Write(p[:k])
 		fh.sha.Write(p[:k])
