@@ -304,16 +304,19 @@ func fullDiskChild(t *testing.T, mnt string) {
 	s = connect(t, ctx, c)
 	filler = filepath.Join(mnt, "filler2")
 	const (
-		nSmall    = 80
+		nSmall    = 240
 		smallRoom = 512 << 10
 	)
 	fill(filler, smallRoom)
 	report("filler written: %d KiB free", free()>>10)
 	small := map[string][]byte{}
 	for i := range nSmall {
+		// 40 files of 16 KiB, more than the room left, so the disk is
+		// full before the 200 empty files, whose rows outgrow what the
+		// database and its log already hold.
 		size := 0
-		if i%2 == 1 {
-			size = 100 + i
+		if i%6 == 1 {
+			size = 16<<10 + i
 		}
 		dir := "small-data"
 		if size == 0 {
