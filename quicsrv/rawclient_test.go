@@ -817,6 +817,18 @@ func (w *world) unchanged(t *testing.T, before map[string]string) {
 	}
 }
 
+// kept checks that every file of the snapshot before is still there,
+// unchanged (files added since are the test's own business).
+func (w *world) kept(t *testing.T, before map[string]string) {
+	t.Helper()
+	after := w.snapshot(t)
+	for p, h := range before {
+		if after[p] != h {
+			t.Errorf("%s changed", p)
+		}
+	}
+}
+
 // checkContained checks that the server wrote nothing outside its data
 // directory, and only the expected entries inside it.
 func checkContained(t testing.TB, dir string) {

@@ -479,12 +479,7 @@ func TestUploadAbort(t *testing.T) {
 	}
 	c.close()
 	tmpEmpty(t, w.srv)
-	after := w.snapshot(t)
-	for p, h := range before {
-		if after[p] != h {
-			t.Errorf("%s changed", p)
-		}
-	}
+	w.kept(t, before)
 	w.healthy(t)
 	w.restoreAll(t)
 }
@@ -526,12 +521,7 @@ func TestTooManyTransfers(t *testing.T) {
 	}
 	c.close()
 	tmpEmpty(t, w.srv)
-	after := w.snapshot(t)
-	for p, h := range before {
-		if after[p] != h {
-			t.Errorf("%s changed", p)
-		}
-	}
+	w.kept(t, before)
 	w.restoreAll(t)
 }
 
@@ -591,12 +581,7 @@ func TestStreamLimits(t *testing.T) {
 	}
 	c.close()
 	tmpEmpty(t, w.srv)
-	after := w.snapshot(t)
-	for p, h := range before {
-		if after[p] != h {
-			t.Errorf("%s changed", p)
-		}
-	}
+	w.kept(t, before)
 	w.restoreAll(t)
 }
 
@@ -680,12 +665,7 @@ func TestThousandsOfStreams(t *testing.T) {
 	// quic-go and the test keep a few goroutines of their own; a leak of
 	// one per stream would be thousands.
 	waitFor(t, "the stream goroutines to end", func() bool { return runtime.NumGoroutine() < baseline+20 })
-	after := w.snapshot(t)
-	for p, h := range before {
-		if after[p] != h {
-			t.Errorf("%s changed", p)
-		}
-	}
+	w.kept(t, before)
 	w.healthy(t)
 	w.restoreAll(t)
 }
