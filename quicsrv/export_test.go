@@ -43,20 +43,12 @@ func BudgetInUse(s *Server) int64 { return s.budget().inUse() }
 // have written so far, all together.
 func WrittenBytes(s *Server) uint64 {
 	s.activeMu.Lock()
-	owners := make(map[*session]bool)
-	for _, a := range s.active {
-		owners[a.ss] = true
-	}
-	s.activeMu.Unlock()
+	defer s.activeMu.Unlock()
 	var n uint64
-	for ss := range owners {
-		ss.mu.Lock()
-		for _, u := range ss.uploads {
-			u.mu.Lock()
-			n += u.written
-			u.mu.Unlock()
-		}
-		ss.mu.Unlock()
+	for _, u := range s.active {
+		u.mu.Lock()
+		n += u.written
+		u.mu.Unlock()
 	}
 	return n
 }

@@ -66,19 +66,8 @@ func (ss *session) joinUpload(m *proto.UploadJoin) error {
 // receiving, or nil.
 func (s *Server) activeUpload(id [16]byte) *upload {
 	s.activeMu.Lock()
-	a, ok := s.active[id]
-	s.activeMu.Unlock()
-	if !ok {
-		return nil
-	}
-	a.ss.mu.Lock()
-	defer a.ss.mu.Unlock()
-	for _, u := range a.ss.uploads {
-		if u.id == id && u.owner == a.ss {
-			return u
-		}
-	}
-	return nil
+	defer s.activeMu.Unlock()
+	return s.active[id]
 }
 
 // detachJoined removes an upload that ended from the sessions that joined

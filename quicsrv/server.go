@@ -117,7 +117,7 @@ type Server struct {
 	// active maps the uploads sessions are receiving to those sessions,
 	// so no two sessions write one upload.
 	activeMu sync.Mutex
-	active   map[[16]byte]activeUpload
+	active   map[[16]byte]*upload
 
 	budgetOnce sync.Once
 	mem        *budget
@@ -228,24 +228,18 @@ func (s *Server) logger() *slog.Logger {
 	return slog.New(slog.NewTextHandler(io.Discard, nil))
 }
 
-type activeUpload struct {
-	ss   *session
-	name string
-	size uint64
-}
-
-// claim marks an upload of a file of size bytes as being received by ss;
-// false if a session has it.
-func (s *Server) claim(id [16]byte, ss *session, name string, size uint64) bool {
+// claim marks u as being received by its owner; false if a session has
+// an upload with its ID.
+func (s *Server) claim(u *upload) bool {
 	s.activeMu.Lock()
 	defer s.activeMu.Unlock()
-	if _, ok := s.active[id]; ok {
+	if _, ok := s.active[u.id]; ok {
 		return false
 	}
 	if s.active == nil {
-		s.active = make(map[[16]byte]activeUpload)
+		s.active = make(map[[16]byte]*upload)
 	}
-	s.active[id] = activeUpload{ss: ss, name: name, size: size}
+	s.active[u.id] = u
 	return true
 }
 
@@ -274,9 +268,9 @@ func (s *Server) takeOver(ss *session, name string) {
 	}
 	var victims []victim
 	s.activeMu.Lock()
-	for id, a := range s.active {
-		if a.name == name && a.ss != ss && a.ss.client.ID == ss.client.ID {
-			victims = append(victims, victim{a.ss, id})
+	for id, u := range s.active {
+		if u.name == name && u.owner != ss && u.owner.client.ID == ss.client.ID {
+			victims = append(victims, victim{u.owner, id})
 		}
 	}
 	s.activeMu.Unlock()

@@ -380,13 +380,14 @@ func (ss *session) openUpload(m *proto.UploadRequest) (*upload, error) {
 		if perr != nil {
 			ss.log.Warn("partial upload has unreadable ranges; starting afresh", "name", m.Name, "err", perr)
 			up.Discard(ss.ctx)
-		} else if !ss.srv.claim(up.ID(), ss, m.Name, m.Size) {
-			up.Release() // another session took it meanwhile
 		} else {
 			now := time.Now()
 			u := &upload{id: up.ID(), name: m.Name, size: m.Size, up: up, got: *done, done: *done, written: done.Total(), lastSync: now, lastData: now, owner: ss}
-			ss.log.Info("resuming upload", "name", m.Name, "have", u.written, "size", m.Size)
-			return u, nil
+			if ss.srv.claim(u) {
+				ss.log.Info("resuming upload", "name", m.Name, "have", u.written, "size", m.Size)
+				return u, nil
+			}
+			up.Release() // another session took it meanwhile
 		}
 	} else if !errors.Is(err, store.ErrNotFound) {
 		return nil, err
@@ -395,9 +396,10 @@ func (ss *session) openUpload(m *proto.UploadRequest) (*upload, error) {
 	if err != nil {
 		return nil, err
 	}
-	ss.srv.claim(up.ID(), ss, m.Name, m.Size)
 	now := time.Now()
-	return &upload{id: up.ID(), name: m.Name, size: m.Size, up: up, lastSync: now, lastData: now, owner: ss}, nil
+	u := &upload{id: up.ID(), name: m.Name, size: m.Size, up: up, lastSync: now, lastData: now, owner: ss}
+	ss.srv.claim(u) // a new random ID: nobody has it
+	return u, nil
 }
 
 // unchanged reports whether the stored version already holds what the
