@@ -9,7 +9,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -78,12 +77,9 @@ func OpenInvites(ctx context.Context, dir string) (*InviteBook, error) {
 	if _, err := os.Stat(path); err != nil {
 		return nil, fmt.Errorf("store: no qbackup database in %s (start qbackupd with --data %s once first): %w", abs, dir, err)
 	}
-	u := url.URL{Path: filepath.ToSlash(path)}
-	dsn := "file:" + u.EscapedPath() +
-		"?_journal_mode=WAL&_synchronous=FULL&_foreign_keys=on&_busy_timeout=5000&_txlock=immediate&_stmt_cache_size=32"
-	db, err := sql.Open("sqlite3", dsn)
+	db, err := openDB(path)
 	if err != nil {
-		return nil, fmt.Errorf("store: open database: %w", err)
+		return nil, err
 	}
 	var v int
 	if err := db.QueryRowContext(ctx, "PRAGMA user_version").Scan(&v); err != nil {

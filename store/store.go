@@ -328,11 +328,8 @@ func Open(ctx context.Context, dir string) (_ *Store, err error) {
 		return nil, err
 	}
 
-	u := url.URL{Path: filepath.ToSlash(filepath.Join(abs, dbName))}
-	dsn := "file:" + u.EscapedPath() +
-		"?_journal_mode=WAL&_synchronous=FULL&_foreign_keys=on&_busy_timeout=5000&_txlock=immediate&_stmt_cache_size=32"
-	if s.db, err = sql.Open("sqlite3", dsn); err != nil {
-		return nil, fmt.Errorf("store: open database: %w", err)
+	if s.db, err = openDB(filepath.Join(abs, dbName)); err != nil {
+		return nil, err
 	}
 	s.db.SetMaxOpenConns(32)
 	s.db.SetMaxIdleConns(32)
@@ -361,6 +358,21 @@ func Open(ctx context.Context, dir string) (_ *Store, err error) {
 	s.batcherDone = make(chan struct{})
 	go s.batcher()
 	return s, nil
+}
+
+// openDB opens the database file at path with the settings every user of
+// it needs: WAL, synchronous=FULL (the batcher lowers it for lazy
+// batches on its own connection), foreign keys, a busy timeout,
+// BEGIN IMMEDIATE, and cached prepared statements.
+func openDB(path string) (*sql.DB, error) {
+	u := url.URL{Path: filepath.ToSlash(path)}
+	dsn := "file:" + u.EscapedPath() +
+		"?_journal_mode=WAL&_synchronous=FULL&_foreign_keys=on&_busy_timeout=5000&_txlock=immediate&_stmt_cache_size=32"
+	db, err := sql.Open("sqlite3", dsn)
+	if err != nil {
+		return nil, fmt.Errorf("store: open database: %w", err)
+	}
+	return db, nil
 }
 
 // migrate creates the schema in a new database and brings an older one up
