@@ -19,8 +19,9 @@ import (
 
 // cli is the command line. Flags fill it; commands run with a *Client.
 type cli struct {
-	Home    string `help:"Directory of this client's identity and key." env:"QBACKUP_HOME" placeholder:"DIR"`
-	KeyBits int    `help:"RSA key size for a new identity." default:"3072" hidden:""`
+	Home    string        `help:"Directory of this client's identity and key." env:"QBACKUP_HOME" placeholder:"DIR"`
+	KeyBits int           `help:"RSA key size for a new identity." default:"3072" hidden:""`
+	Stall   time.Duration `default:"10s" env:"QBACKUP_STALL" help:"When nothing is heard from the server for this long, move the connection to a new socket, or else reconnect and resume (send); 0: wait for the 60s idle timeout." placeholder:"DURATION"`
 
 	Register registerCmd `cmd:"" help:"Register this client with a server."`
 	Send     sendCmd     `cmd:"" help:"Back up files and directories."`
@@ -225,7 +226,7 @@ func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io
 	}
 	e := &env{
 		ctx:    ctx,
-		client: &Client{Home: home, Out: stdout, Err: stderr, KeyBits: c.KeyBits},
+		client: &Client{Home: home, Out: stdout, Err: stderr, KeyBits: c.KeyBits, Stall: stallOption(c.Stall)},
 		out:    stdout,
 		errOut: stderr,
 		stdin:  stdin,
@@ -243,4 +244,13 @@ func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io
 		return 1
 	}
 	return 0
+}
+
+// stallOption maps --stall to Client.Stall, where 0 means the default and
+// a negative value means never.
+func stallOption(d time.Duration) time.Duration {
+	if d <= 0 {
+		return -1
+	}
+	return d
 }

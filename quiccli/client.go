@@ -5,6 +5,7 @@
 package quiccli
 
 import (
+	"cmp"
 	"context"
 	"crypto/rsa"
 	"errors"
@@ -12,6 +13,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/qbackup/qbackup/certs"
 	"github.com/qbackup/qbackup/proto"
@@ -25,6 +27,11 @@ type Client struct {
 	Err     io.Writer // warnings and notices
 	KeyBits int       // RSA key size for a new identity (0: 3072)
 	Streams int       // data streams per session (0: what the server offers)
+	// Stall is how long a session's network path may stay silent before
+	// the session moves to a new socket or, failing that, ends so that
+	// send reconnects and resumes (0: DefaultStall; negative: never, and
+	// only the 60 s idle timeout ends a dead connection).
+	Stall time.Duration
 
 	dialHook func(*dialOptions) // tests adjust the dial here
 }
@@ -47,7 +54,8 @@ func (c *Client) notice(format string, args ...any) {
 }
 
 func (c *Client) options(server, pin string, onFirstUse func(string) error) dialOptions {
-	o := dialOptions{Server: server, Fingerprint: pin, OnFirstUse: onFirstUse, Streams: c.Streams}
+	o := dialOptions{Server: server, Fingerprint: pin, OnFirstUse: onFirstUse, Streams: c.Streams,
+		Stall: cmp.Or(c.Stall, DefaultStall), Notice: c.notice}
 	if c.dialHook != nil {
 		c.dialHook(&o)
 	}

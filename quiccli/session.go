@@ -64,6 +64,8 @@ type dialOptions struct {
 	Fingerprint string                         // pinned; "" trusts on first use
 	OnFirstUse  func(fp string) error          // records a newly trusted fingerprint
 	Streams     int                            // data streams to use at most (0: what the server says)
+	Stall       time.Duration                  // silence that makes the path suspect (watchPath; <= 0: never)
+	Notice      func(string, ...any)           // what the watchdog does, for the user
 	QUICConfig  func(*quic.Config)             // test hook
 	PacketConn  func() (net.PacketConn, error) // test hook: the sockets to dial and migrate from
 }
@@ -75,13 +77,13 @@ var testHookSessionKey func(*proto.SessionKey)
 // hello builds the first message of a session from the TLS exporter value.
 type hello func(ekm []byte) (proto.Message, error)
 
-func clientQUICConfig() *quic.Config {
+func clientQUICConfig(stall time.Duration) *quic.Config {
 	return &quic.Config{
 		Versions:                       []quic.Version{quic.Version1},
 		HandshakeIdleTimeout:           10 * time.Second,
 		MaxIdleTimeout:                 60 * time.Second,
-		KeepAlivePeriod:                5 * time.Second, // keeps NAT mappings alive
-		MaxIncomingStreams:             -1,              // the server opens no bidirectional streams
+		KeepAlivePeriod:                keepAliveFor(stall), // keeps NAT mappings alive, and the path watchdog informed
+		MaxIncomingStreams:             -1,                  // the server opens no bidirectional streams
 		MaxIncomingUniStreams:          proto.MaxStreams,
 		InitialStreamReceiveWindow:     2 << 20,
 		MaxStreamReceiveWindow:         8 << 20,
@@ -106,7 +108,7 @@ func dial(ctx context.Context, o dialOptions, priv *rsa.PrivateKey, mkHello hell
 		return nil, fmt.Errorf("cannot open a UDP socket: %v", err)
 	}
 	tr := &quic.Transport{Conn: pc}
-	qc := clientQUICConfig()
+	qc := clientQUICConfig(o.Stall)
 	if o.QUICConfig != nil {
 		o.QUICConfig(qc)
 	}
@@ -132,41 +134,52 @@ func dial(ctx context.Context, o dialOptions, priv *rsa.PrivateKey, mkHello hell
 	s.wg.Add(2)
 	go func() { defer s.wg.Done(); s.readLoop() }()
 	go func() { defer s.wg.Done(); s.acceptData() }()
+	if o.Stall > 0 {
+		notice := o.Notice
+		if notice == nil {
+			notice = func(string, ...any) {}
+		}
+		s.wg.Add(1)
+		go func() { defer s.wg.Done(); s.watchPath(o.Stall, notice) }()
+	}
 	return s, nil
 }
 
 // Migrate moves the connection to a new local UDP socket: it probes the
 // path from the new socket and switches to it once the server answers.
-// Transfers under way carry on. It works while the old path still carries
-// the probe's acknowledgements; when the old path is already dead, the
-// probe did not complete in our tests (quic-go v0.65), and send's reconnect and
-// resume take over instead.
+// Transfers under way carry on. quic-go v0.65 sends the probe only while
+// its congestion window has room: always when the old path still works,
+// but not when an upload's bytes are stuck in flight on a dead one (see
+// watchPath, which calls this on its own; send's reconnect and resume take
+// over then).
 func (s *Session) Migrate(ctx context.Context) error {
 	pc, err := s.newSocket()
 	if err != nil {
 		return fmt.Errorf("migrate: new socket: %w", err)
 	}
 	tr := &quic.Transport{Conn: pc}
-	fail := func(err error) error {
-		tr.Close()
+	// Once the connection has used tr, closing tr closes the connection
+	// too: tr stays open, failed or not, as long as the session.
+	s.mu.Lock()
+	if s.ctx.Err() != nil { // closed already: closeTransport would not see tr
+		s.mu.Unlock()
 		pc.Close()
-		return fmt.Errorf("migrate: %w", err)
+		return fmt.Errorf("migrate: %w", context.Cause(s.ctx))
 	}
+	s.extra = append(s.extra, tr)
+	s.mu.Unlock()
 	path, err := s.conn.AddPath(tr)
 	if err != nil {
-		return fail(err)
+		return fmt.Errorf("migrate: %w", err)
 	}
 	if err := path.Probe(ctx); err != nil {
 		path.Close()
-		return fail(err)
+		return fmt.Errorf("migrate: probing the new path: %w", err)
 	}
 	if err := path.Switch(); err != nil {
 		path.Close()
-		return fail(err)
+		return fmt.Errorf("migrate: %w", err)
 	}
-	s.mu.Lock()
-	s.extra = append(s.extra, tr)
-	s.mu.Unlock()
 	return nil
 }
 
