@@ -25,12 +25,34 @@ type restoreSink struct {
 	mu      sync.Mutex
 	id      [16]byte
 	size    uint64
-	got     proto.RangeSet
+	got     proto.RangeSet // ranges claimed by a chunk, written or being written
+	wrote   proto.RangeSet // ranges written
 	written uint64
 	closed  bool
 	done    chan struct{} // closed once every byte is written, or on failure
 	err     error
+
+	// The file is hashed, and flushed to disk, as it arrives: a background
+	// hasher reads back the written prefix as it grows (from the page
+	// cache) and syncs the file about once a second, so that once the last
+	// chunk is written little is left to read, hash or flush. hashMu is
+	// held by whoever hashes; hashing, under mu, says the hasher runs; bg
+	// tracks it, so that the file outlives it.
+	hashMu   sync.Mutex
+	hasher   proto.FileHasher
+	lastSync time.Time // guarded by hashMu
+	hashing  bool
+	hashed   int64 // hasher.Len(), guarded by mu
+	bg       sync.WaitGroup
 }
+
+// Restore's counterparts of the server's hashing while receiving: how far
+// the written prefix runs ahead before the background hasher starts, and
+// how often it flushes what was written.
+const (
+	restoreHashStep = 8 << 20
+	restoreSyncStep = time.Second
+)
 
 func newRestoreSink(f *os.File, progress func(int64)) *restoreSink {
 	return &restoreSink{f: f, progress: progress, done: make(chan struct{})}
@@ -98,14 +120,70 @@ func (k *restoreSink) receive(off uint64, p []byte) error {
 		k.finishLocked(fmt.Errorf("writing %s: %w", k.f.Name(), err))
 		return nil
 	}
+	k.wrote.Add(off, n) // cannot overlap: got claimed the range
 	k.written += n
 	if k.progress != nil {
 		k.progress(int64(n))
 	}
 	if k.written == k.size {
 		k.finishLocked(nil)
+	} else if !k.hashing && !k.closed && int64(k.wrote.Prefix())-k.hashed >= restoreHashStep {
+		k.hashing = true
+		k.bg.Add(1)
+		go k.hashAhead()
 	}
 	return nil
+}
+
+// hashAhead hashes, and now and then syncs, the written prefix until it
+// catches up or the sink closes; checksums does the rest.
+func (k *restoreSink) hashAhead() {
+	defer k.bg.Done()
+	k.hashMu.Lock()
+	defer k.hashMu.Unlock()
+	if k.lastSync.IsZero() {
+		k.lastSync = time.Now()
+	}
+	for {
+		k.mu.Lock()
+		end := int64(k.wrote.Prefix())
+		if k.closed || end <= k.hashed {
+			k.hashing = false
+			k.mu.Unlock()
+			return
+		}
+		k.mu.Unlock()
+		err := k.hasher.HashTo(k.f, end)
+		if err == nil && time.Since(k.lastSync) >= restoreSyncStep {
+			// A failed sync must fail the restore: after it, a later
+			// fsync may report success for pages that were never written.
+			if err = k.f.Sync(); err != nil {
+				err = fmt.Errorf("syncing %s: %w", k.f.Name(), err)
+			}
+			k.lastSync = time.Now()
+		}
+		k.mu.Lock()
+		k.hashed = k.hasher.Len()
+		if err != nil {
+			k.finishLocked(err)
+			k.hashing = false
+			k.mu.Unlock()
+			return
+		}
+		k.mu.Unlock()
+	}
+}
+
+// checksums returns the cksum and SHA-256 of the whole file, once every
+// byte is written: usually only the last steps are left to read.
+func (k *restoreSink) checksums() (uint32, [32]byte, error) {
+	k.hashMu.Lock()
+	defer k.hashMu.Unlock()
+	if err := k.hasher.HashTo(k.f, int64(k.size)); err != nil {
+		return 0, [32]byte{}, err
+	}
+	crc, sha := k.hasher.Sum()
+	return crc, sha, nil
 }
 
 // RestoreOptions says what to restore and where.
@@ -237,6 +315,7 @@ func (s *Session) restoreOnce(ctx context.Context, t restoreTarget, fp FileProgr
 		complete := sink.written == sink.size
 		sink.finishLocked(errSessionClosed)
 		sink.mu.Unlock()
+		sink.bg.Wait() // the hasher reads f, which closes next
 		// endCall also knows a transfer whose RestoreReady we never read.
 		if xfer := s.endCall(c); xfer != 0 {
 			status := uint8(0)
@@ -278,7 +357,7 @@ func (s *Session) restoreOnce(ctx context.Context, t restoreTarget, fp FileProgr
 	if sink.err != nil {
 		return 0, sink.err
 	}
-	crc, sha, err := proto.FileChecksums(f, int64(ready.Size))
+	crc, sha, err := sink.checksums()
 	if err != nil {
 		return 0, err
 	}

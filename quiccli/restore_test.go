@@ -1,0 +1,156 @@
+package quiccli
+
+import (
+	"errors"
+	"io/fs"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/qbackup/qbackup/proto"
+)
+
+// TestRestoreSinkHashesAhead: the sink hashes the written prefix in the
+// background while chunks still arrive (in any order), and the checksums
+// it ends with are those of the whole file.
+func TestRestoreSinkHashesAhead(t *testing.T) {
+	const chunk = 1 << 20
+	for _, tc := range []struct {
+		name string
+		size int
+		// the chunks held back until the rest is written, by index
+		// (none: the last one)
+		last []int
+	}{
+		{"in order", 3*restoreHashStep + 12345, nil},
+		{"shuffled, first chunk last", 3*restoreHashStep + 1, []int{0}},
+		{"smaller than a step", restoreHashStep - 1, nil},
+		{"exactly two steps", 2 * restoreHashStep, []int{5}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			data := make([]byte, tc.size)
+			rand.NewChaCha8([32]byte{byte(tc.size), 7}).Read(data)
+			rng := rand.New(rand.NewPCG(uint64(tc.size), 7))
+			f, err := os.Create(filepath.Join(t.TempDir(), "out"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			var got int64
+			k := newRestoreSink(f, func(n int64) { got += n })
+			if err := k.bind(&proto.RestoreReady{Size: uint64(tc.size)}); err != nil {
+				t.Fatal(err)
+			}
+			n := (tc.size + chunk - 1) / chunk
+			order := rng.Perm(n)
+			if tc.name == "in order" {
+				for i := range order {
+					order[i] = i
+				}
+			}
+			if tc.last == nil {
+				tc.last = []int{n - 1}
+			}
+			held := map[int]bool{}
+			for _, i := range tc.last {
+				held[i] = true
+			}
+			put := func(i int) {
+				off := i * chunk
+				if err := k.receive(uint64(off), data[off:min(off+chunk, tc.size)]); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for _, i := range order {
+				if !held[i] {
+					put(i)
+				}
+			}
+			k.bg.Wait() // let the hasher catch up with what it can see
+			k.mu.Lock()
+			hashed, prefix := k.hashed, int64(k.wrote.Prefix())
+			k.mu.Unlock()
+			wantAhead := tc.size >= restoreHashStep && prefix >= restoreHashStep
+			if wantAhead && hashed < prefix-restoreHashStep {
+				t.Errorf("hashed %d of a %d-byte written prefix in the background", hashed, prefix)
+			}
+			if !wantAhead && hashed != 0 {
+				t.Errorf("hashed %d bytes of a prefix of %d, under one step", hashed, prefix)
+			}
+			for _, i := range tc.last {
+				put(i)
+			}
+			<-k.done
+			if k.err != nil || got != int64(tc.size) {
+				t.Fatalf("sink ended with %v after %d of %d bytes", k.err, got, tc.size)
+			}
+			crc, sha, err := k.checksums()
+			wantCRC, wantSHA, _ := proto.FileChecksums(strings.NewReader(string(data)), int64(tc.size))
+			if err != nil || crc != wantCRC || sha != wantSHA {
+				t.Errorf("checksums %d %x (%v), want %d %x", crc, sha[:4], err, wantCRC, wantSHA[:4])
+			}
+		})
+	}
+}
+
+// TestRestoreDetectsCorruption: a stored file rots on the server's disk
+// (one byte flipped, in the hashed-ahead part or at the very end). The
+// restore fails with a mismatch, puts nothing at the destination and
+// leaves no temporary file behind.
+func TestRestoreDetectsCorruption(t *testing.T) {
+	ctx := testContext(t)
+	srv := startServer(t)
+	c := newClient(t)
+	register(t, ctx, c, srv, "alice")
+	const size = 2*restoreHashStep + 100
+	src := filepath.Join(t.TempDir(), "big.bin")
+	writeRandom(t, src, size, 31)
+	s := connect(t, ctx, c)
+	sendPaths(t, ctx, s, SendOptions{Paths: []string{src}})
+	var stored string
+	filepath.WalkDir(srv.Dir, func(p string, d fs.DirEntry, err error) error {
+		if info, _ := d.Info(); err == nil && d.Type().IsRegular() && info.Size() == size {
+			stored = p
+		}
+		return nil
+	})
+	if stored == "" {
+		t.Fatal("stored file not found on the server")
+	}
+	for _, off := range []int64{restoreHashStep / 2, size - 1} {
+		flip(t, stored, off)
+		dir := t.TempDir()
+		out := filepath.Join(dir, "out")
+		res, err := s.Restore(ctx, RestoreOptions{Name: "big.bin", Output: out}, nopReporter{})
+		if err == nil && (res.Failed == 0 || !errors.Is(res.FirstErr, errRestoreMismatch)) {
+			t.Errorf("byte %d flipped: restore err %v, failed %d (%v); want a mismatch", off, err, res.Failed, res.FirstErr)
+		}
+		if entries, _ := os.ReadDir(dir); len(entries) != 0 {
+			t.Errorf("byte %d flipped: %s holds %v after the failed restore, want nothing", off, dir, entries)
+		}
+		flip(t, stored, off) // back as it was
+	}
+	if err := s.Err(); err != nil {
+		t.Fatalf("session ended: %v", err)
+	}
+}
+
+// flip inverts the byte at off in the file at path.
+func flip(t *testing.T, path string, off int64) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var b [1]byte
+	if _, err := f.ReadAt(b[:], off); err != nil {
+		t.Fatal(err)
+	}
+	b[0] ^= 0xff
+	if _, err := f.WriteAt(b[:], off); err != nil {
+		t.Fatal(err)
+	}
+}
