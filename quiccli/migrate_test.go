@@ -132,24 +132,6 @@ func TestActiveMigration(t *testing.T) {
 	assertRestores(t, ctx, s, "big.bin", data) // over the new path, in the same session
 }
 
-// lockedBuffer collects a client's notices from several goroutines.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
-
 // onlyWatchdog makes the client's sessions notice a silent path after
 // 500 ms, and stretches quic-go's idle timeout out of a test's reach: a
 // dead path is then left to the watchdog alone.
@@ -176,7 +158,7 @@ func TestStalledPathMovesRestore(t *testing.T) {
 
 	socks := &sockets{dieFirstAfter: 2 << 20}
 	onlyWatchdog(c, socks)
-	var notices lockedBuffer
+	var notices syncBuffer
 	c.Err = &notices
 	s := connect(t, ctx, c)
 	assertRestores(t, ctx, s, "big.bin", data)
@@ -217,7 +199,7 @@ func TestStalledPathSend(t *testing.T) {
 			data := writeRandom(t, path, resumeSize, 22)
 			socks := &sockets{dieFirstAfter: resumeSize * 3 / 10, bornDead: tc.bornDead}
 			onlyWatchdog(c, socks)
-			var notices lockedBuffer
+			var notices syncBuffer
 			c.Err = &notices
 			rep := &warnings{}
 			res, err := c.SendResilient(ctx, "", "", SendOptions{Paths: []string{path}},
@@ -250,11 +232,11 @@ func TestStalledPathSend(t *testing.T) {
 // warnings is a Reporter that keeps its warnings.
 type warnings struct {
 	nopReporter
-	lockedBuffer
+	syncBuffer
 }
 
 func (w *warnings) Warn(format string, args ...any) {
-	fmt.Fprintf(&w.lockedBuffer, format+"\n", args...)
+	fmt.Fprintf(&w.syncBuffer, format+"\n", args...)
 }
 
 // TestWatchdogLeavesIdleSessionsAlone: a healthy session with nothing to
@@ -267,7 +249,7 @@ func TestWatchdogLeavesIdleSessionsAlone(t *testing.T) {
 	register(t, ctx, c, srv, "alice")
 	socks := &sockets{}
 	onlyWatchdog(c, socks)
-	var notices lockedBuffer
+	var notices syncBuffer
 	c.Err = &notices
 	s := connect(t, ctx, c)
 	time.Sleep(2 * time.Second) // four stall periods, idle
