@@ -1,11 +1,14 @@
 package proto
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"sync"
+	"sync/atomic"
 )
 
 // This file holds the two halves of a data stream that both ends share:
@@ -18,6 +21,17 @@ import (
 // each opened on first need and fed by its own goroutine. Plaintext
 // buffers come from a fixed pool, so the memory a sender holds is bounded
 // by (streams*2) chunk buffers whatever is being sent.
+//
+// When the streams can be prioritised (quic-go's SetPriority), the sender
+// has the connection send the oldest chunk it holds first, at the whole
+// connection's rate, instead of all of them round robin, packet by
+// packet: on a slow link chunks then arrive, are written and can be
+// checkpointed one every chunk-size of goodput, in order, rather than a
+// round of Streams chunks at once; and a transfer cut off loses at most
+// the chunk under way, not one per stream. (Over 300 ms at 2% loss one
+// connection moves about 0.35 Mbit/s: 8 MiB chunks half-sent round robin
+// took minutes, and were all lost when the link died.) The link is shared
+// either way, so throughput is the same.
 type ChunkSender struct {
 	open      func(ctx context.Context) (io.WriteCloser, error)
 	sealer    *Sealer
@@ -29,9 +43,79 @@ type ChunkSender struct {
 	wg        sync.WaitGroup
 	closeMu   sync.RWMutex // Send holds it shared, Close exclusively
 	closed    bool
+
+	seq     atomic.Uint64 // numbers the chunks in the order Send takes them
+	orderMu sync.Mutex
+	held    []heldChunk // chunks the stream goroutines hold, from taking to written
+}
+
+// Data stream priorities: the stream with the oldest chunk held first,
+// then the others by stream ID (not round robin); both below QUIC's
+// default urgency 3, so that the control stream always goes first.
+const (
+	urgencyOldest = 4
+	urgencyOthers = 5
+)
+
+// prioritizer is a stream whose sending priority can be set: quic-go's
+// SendStream.SetPriority (RFC 9218 urgency, lower first; incremental
+// streams share round robin, the others go one at a time).
+type prioritizer interface {
+	SetPriority(urgency int8, incremental bool)
+}
+
+type heldChunk struct {
+	seq uint64
+	pr  prioritizer
+}
+
+// hold records that the stream pr is about to write chunk seq, and sets
+// its priority: first if no older chunk is held.
+func (s *ChunkSender) hold(seq uint64, pr prioritizer) {
+	if pr == nil {
+		return
+	}
+	s.orderMu.Lock()
+	defer s.orderMu.Unlock()
+	oldest := true
+	for _, h := range s.held {
+		oldest = oldest && h.seq > seq
+	}
+	s.held = append(s.held, heldChunk{seq, pr})
+	if oldest {
+		for _, h := range s.held[:len(s.held)-1] {
+			h.pr.SetPriority(urgencyOthers, false)
+		}
+		pr.SetPriority(urgencyOldest, false)
+	} else {
+		pr.SetPriority(urgencyOthers, false)
+	}
+}
+
+// written forgets chunk seq and, if it was the oldest, moves the stream
+// with the next oldest to the front.
+func (s *ChunkSender) written(seq uint64, pr prioritizer) {
+	if pr == nil {
+		return
+	}
+	s.orderMu.Lock()
+	defer s.orderMu.Unlock()
+	i := slices.IndexFunc(s.held, func(h heldChunk) bool { return h.seq == seq })
+	if i < 0 {
+		return
+	}
+	s.held = slices.Delete(s.held, i, i+1)
+	if len(s.held) == 0 {
+		return
+	}
+	next := slices.MinFunc(s.held, func(a, b heldChunk) int { return cmp.Compare(a.seq, b.seq) })
+	if next.seq > seq {
+		next.pr.SetPriority(urgencyOldest, false)
+	}
 }
 
 type chunkJob struct {
+	seq  uint64
 	xfer uint32
 	id   *[16]byte
 	off  uint64
@@ -97,7 +181,7 @@ func (s *ChunkSender) Send(ctx context.Context, xfer uint32, id *[16]byte, off u
 		return errSenderClosed
 	}
 	select {
-	case s.jobs <- chunkJob{xfer: xfer, id: id, off: off, buf: plaintext, sent: sent}:
+	case s.jobs <- chunkJob{seq: s.seq.Add(1), xfer: xfer, id: id, off: off, buf: plaintext, sent: sent}:
 		return nil
 	case <-ctx.Done():
 		s.Release(plaintext)
@@ -139,6 +223,7 @@ var errSenderClosed = errors.New("proto: chunk sender closed")
 func (s *ChunkSender) run() {
 	defer s.wg.Done()
 	var w io.WriteCloser
+	var pr prioritizer // w, if its priority can be set
 	var frame []byte
 	fail := func(j chunkJob, err error) {
 		s.cancel(err)
@@ -192,7 +277,9 @@ func (s *ChunkSender) run() {
 				continue
 			}
 			w = nw
+			pr, _ = w.(prioritizer)
 		}
+		s.hold(j.seq, pr)
 		var err error
 		frame, err = s.sealer.AppendFrame(frame[:0], j.xfer, j.id, j.off, j.buf)
 		n := len(j.buf)
@@ -200,6 +287,7 @@ func (s *ChunkSender) run() {
 		if err == nil {
 			_, err = w.Write(frame)
 		}
+		s.written(j.seq, pr)
 		if err != nil {
 			s.cancel(err)
 			if j.sent != nil {

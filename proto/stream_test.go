@@ -6,7 +6,9 @@ import (
 	"errors"
 	"io"
 	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/qbackup/qbackup/proto"
 )
@@ -138,5 +140,131 @@ func TestChunkReaderBuffers(t *testing.T) {
 				t.Fatalf("%d buffers not given back", l.out)
 			}
 		})
+	}
+}
+
+// linkStream is a data stream on an emulated link that sends what is
+// written to it the way quic-go schedules non-incremental streams: one
+// whole write at a time, lowest urgency first, then lowest stream ID.
+type linkStream struct {
+	l       *fakeLink
+	idx     int // stream ID order
+	urgency int8
+	inc     bool
+}
+
+func (s *linkStream) SetPriority(urgency int8, incremental bool) {
+	s.l.mu.Lock()
+	defer s.l.mu.Unlock()
+	s.urgency, s.inc = urgency, incremental
+}
+
+func (s *linkStream) Close() error { return nil }
+
+func (s *linkStream) Write(p []byte) (int, error) {
+	if len(p) == 1 { // the stream type byte
+		return 1, nil
+	}
+	h, err := proto.ParseChunkHeader(p[:proto.ChunkHeaderLen], 1<<20)
+	if err != nil {
+		return 0, err
+	}
+	done := make(chan struct{})
+	s.l.mu.Lock()
+	s.l.waiting = append(s.l.waiting, pendingWrite{s, h.Offset, done})
+	s.l.mu.Unlock()
+	<-done
+	return len(p), nil
+}
+
+type pendingWrite struct {
+	s    *linkStream
+	off  uint64
+	done chan struct{}
+}
+
+type fakeLink struct {
+	mu      sync.Mutex
+	waiting []pendingWrite
+	sent    atomic.Int64 // writes the sender has reported done
+}
+
+// sendNext waits until the sender has settled after the writes before
+// (done reported for the first done of them, want writes waiting), then
+// sends the one the scheduler picks and returns its offset and its
+// stream's priority.
+func (l *fakeLink) sendNext(t *testing.T, done int64, want int) (uint64, int8, bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		l.mu.Lock()
+		if len(l.waiting) >= want && l.sent.Load() == done {
+			best := 0
+			for i, w := range l.waiting {
+				b := l.waiting[best]
+				if w.s.urgency < b.s.urgency || w.s.urgency == b.s.urgency && w.s.idx < b.s.idx {
+					best = i
+				}
+			}
+			w := l.waiting[best]
+			l.waiting = append(l.waiting[:best], l.waiting[best+1:]...)
+			urgency, inc := w.s.urgency, w.s.inc
+			l.mu.Unlock()
+			close(w.done)
+			return w.off, urgency, inc
+		}
+		l.mu.Unlock()
+		if time.Now().After(deadline) {
+			t.Fatalf("only %d writes waiting, want %d", len(l.waiting), want)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// TestChunkSenderOldestFirst: on streams whose priority can be set, the
+// chunks leave in the order they were sent, each as a whole, though every
+// stream holds one (round robin, or by stream ID alone, would not), and at
+// an urgency below QUIC's default 3 of the control stream.
+func TestChunkSenderOldestFirst(t *testing.T) {
+	const streams, chunks, size = 4, 24, 1024
+	var key proto.SessionKey
+	sealer, err := proto.NewSealer(&key, proto.ClientToServer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := &fakeLink{}
+	var opened int
+	var omu sync.Mutex
+	open := func(context.Context) (io.WriteCloser, error) {
+		omu.Lock()
+		defer omu.Unlock()
+		opened++
+		return &linkStream{l: l, idx: opened, urgency: 3, inc: true}, nil
+	}
+	ctx := context.Background()
+	s := proto.NewChunkSender(ctx, sealer, streams, size, open)
+	var id [16]byte
+	go func() {
+		for i := range chunks {
+			buf, err := s.Buffer(ctx)
+			if err != nil {
+				return
+			}
+			if s.Send(ctx, 1, &id, uint64(i*size), buf[:size], func(int, error) { l.sent.Add(1) }) != nil {
+				return
+			}
+		}
+	}()
+	for i := range chunks {
+		off, urgency, inc := l.sendNext(t, int64(i), min(streams, chunks-i))
+		if off != uint64(i*size) {
+			t.Fatalf("chunk %d left as the %d-th: want the oldest first", off/size, i)
+		}
+		if urgency <= 3 || inc {
+			t.Fatalf("chunk %d left at urgency %d, incremental %v: want > 3 (after the control stream), not incremental", i, urgency, inc)
+		}
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
 	}
 }

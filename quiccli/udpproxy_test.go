@@ -78,6 +78,11 @@ type proxyDir struct {
 	reorderN    atomic.Int64  // hold back every Nth packet (0: never)
 	reorderHold atomic.Int64  // by this much more, ns
 	seq         atomic.Int64  // packets seen, to pick every Nth
+	cutAfter    atomic.Int64  // > 0: drop everything once bytes has reached it
+	rate        atomic.Int64  // > 0: the link's rate, bytes/s
+
+	rateMu sync.Mutex
+	free   time.Time // when the rate-limited link has sent what it holds
 
 	rngMu sync.Mutex
 	rng   *rand.Rand
@@ -166,6 +171,24 @@ func (p *udpProxy) SetDelay(d proxyDirection, delay time.Duration) {
 func (p *udpProxy) SetReorder(d proxyDirection, n int, hold time.Duration) {
 	p.dirs[d].reorderHold.Store(int64(hold))
 	p.dirs[d].reorderN.Store(int64(n))
+}
+
+// proxyRateQueue is how much a rate-limited direction holds back before it
+// drops what comes (a bottleneck router's buffer, in time).
+const proxyRateQueue = 50 * time.Millisecond
+
+// SetRate limits direction d to bytesPerSec (0: no limit), with a queue
+// of proxyRateQueue before it: the packets wait their turn, and those that
+// find the queue full are dropped, as at a bottleneck link.
+func (p *udpProxy) SetRate(d proxyDirection, bytesPerSec int64) {
+	p.dirs[d].rate.Store(bytesPerSec)
+}
+
+// SetCutAfter makes direction d die once it has carried n bytes (counted
+// as they leave the proxy, so the packets already delayed still go);
+// 0 brings it back.
+func (p *udpProxy) SetCutAfter(d proxyDirection, n int64) {
+	p.dirs[d].cutAfter.Store(n)
 }
 
 // SetLink sets loss, delay and reordering the same both ways.
@@ -349,6 +372,10 @@ func (p *udpProxy) stopped(err error) bool {
 // caller reuses once forward returns.
 func (p *udpProxy) forward(d proxyDirection, s *proxySession, b []byte) {
 	x := p.dirs[d]
+	if cut := x.cutAfter.Load(); cut > 0 && x.bytes.Load() >= cut {
+		x.dropped.Add(1)
+		return
+	}
 	if prob := math.Float64frombits(x.drop.Load()); prob > 0 {
 		x.rngMu.Lock()
 		r := x.rng.Float64()
@@ -364,11 +391,27 @@ func (p *udpProxy) forward(d proxyDirection, s *proxySession, b []byte) {
 		delay += time.Duration(x.reorderHold.Load())
 		x.reordered.Add(1)
 	}
+	now := time.Now()
+	if r := x.rate.Load(); r > 0 {
+		x.rateMu.Lock()
+		start := now
+		if x.free.After(now) {
+			start = x.free
+		}
+		if start.Sub(now) > proxyRateQueue {
+			x.rateMu.Unlock()
+			x.overflow.Add(1)
+			return
+		}
+		x.free = start.Add(time.Duration(int64(len(b)) * int64(time.Second) / r))
+		delay += x.free.Sub(now)
+		x.rateMu.Unlock()
+	}
 	if delay <= 0 {
 		p.send(d, s, b)
 		return
 	}
-	if !x.q.push(time.Now().Add(delay), s, append([]byte(nil), b...)) {
+	if !x.q.push(now.Add(delay), s, append([]byte(nil), b...)) {
 		x.overflow.Add(1)
 	}
 }
