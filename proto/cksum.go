@@ -329,12 +329,18 @@ func FileChecksums(r io.ReaderAt, size int64) (uint32, [32]byte, error) {
 
 // FileHasher computes FileChecksums of a file front to back, in as many
 // steps as the caller likes: a server hashes the prefix of an upload that
-// has arrived while the rest is still arriving. The zero value is ready.
+// has arrived while the rest is still arriving, a client the prefix of a
+// restore. The zero value is ready.
 type FileHasher struct {
 	ck  Cksum
 	sha hash.Hash
 	n   int64
 }
+
+// HashStep is how far the written prefix of a file that is arriving should
+// run ahead of what a FileHasher has hashed before a background hasher
+// starts on it: large reads, few goroutines.
+const HashStep = 8 << 20
 
 // hashBufs lends FileHasher its read buffers for the length of one HashTo:
 // a server may be hashing hundreds of small uploads at once, and a buffer

@@ -21,7 +21,7 @@ import (
 type cli struct {
 	Home    string        `help:"Directory of this client's identity and key." env:"QBACKUP_HOME" placeholder:"DIR"`
 	KeyBits int           `help:"RSA key size for a new identity." default:"3072" hidden:""`
-	Stall   time.Duration `default:"10s" env:"QBACKUP_STALL" help:"When nothing is heard from the server for this long, move the connection to a new socket, or else reconnect and resume (send); 0: wait for the 60s idle timeout." placeholder:"DURATION"`
+	Stall   time.Duration `default:"${stall}" env:"QBACKUP_STALL" help:"When nothing is heard from the server for this long, move the connection to a new socket, or else reconnect and resume (send); 0: wait for the 60s idle timeout." placeholder:"DURATION"`
 
 	Register registerCmd `cmd:"" help:"Register this client with a server."`
 	Send     sendCmd     `cmd:"" help:"Back up files and directories."`
@@ -61,7 +61,7 @@ type sendCmd struct {
 	Checksum    bool          `short:"c" help:"Hash every file and compare content, rather than trusting size and modification time."`
 	Files       int           `default:"8" help:"Files larger than a chunk in flight at once; smaller files go 16 times as many at once (at most 192)."`
 	Progress    string        `enum:"auto,bars,lines" default:"auto" help:"Progress display: auto (bars on a terminal), bars, lines."`
-	Connections string        `default:"1" help:"Connections to spread each file's chunks over, each with its own key and congestion window: more help on a lossy link that one connection cannot fill. 'auto' adds them while the goodput still rises (at most 16)." placeholder:"N|auto"`
+	Connections string        `default:"1" help:"Connections to spread each file's chunks over, each with its own key and congestion window: more help on a lossy link that one connection cannot fill. 'auto' adds them while the goodput still rises (at most ${maxconns})." placeholder:"N|auto"`
 	Retries     int           `default:"10" help:"Reconnections after a lost connection, each resuming where the last stopped (0: give up at once)."`
 	RetryMax    time.Duration `default:"30s" help:"Longest wait between reconnections (waits double from 1s)."`
 	Paths       []string      `arg:"" type:"path" help:"Files and directories to back up."`
@@ -207,6 +207,7 @@ func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io
 		kong.Writers(stdout, stderr),
 		kong.Exit(func(code int) { exit = code }),
 		kong.UsageOnError(),
+		kong.Vars{"stall": DefaultStall.String(), "maxconns": strconv.Itoa(MaxConnections)},
 	)
 	if err != nil {
 		fmt.Fprintf(stderr, "qbackup: %v\n", err)

@@ -46,13 +46,9 @@ type restoreSink struct {
 	bg       sync.WaitGroup
 }
 
-// Restore's counterparts of the server's hashing while receiving: how far
-// the written prefix runs ahead before the background hasher starts, and
-// how often it flushes what was written.
-const (
-	restoreHashStep = 8 << 20
-	restoreSyncStep = time.Second
-)
+// restoreSyncStep is how often the background hasher flushes what was
+// written (it starts once the written prefix is proto.HashStep ahead).
+const restoreSyncStep = time.Second
 
 func newRestoreSink(f *os.File, progress func(int64)) *restoreSink {
 	return &restoreSink{f: f, progress: progress, done: make(chan struct{})}
@@ -127,7 +123,7 @@ func (k *restoreSink) receive(off uint64, p []byte) error {
 	}
 	if k.written == k.size {
 		k.finishLocked(nil)
-	} else if !k.hashing && !k.closed && int64(k.wrote.Prefix())-k.hashed >= restoreHashStep {
+	} else if !k.hashing && !k.closed && int64(k.wrote.Prefix())-k.hashed >= proto.HashStep {
 		k.hashing = true
 		k.bg.Add(1)
 		go k.hashAhead()

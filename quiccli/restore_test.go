@@ -24,10 +24,10 @@ func TestRestoreSinkHashesAhead(t *testing.T) {
 		// (none: the last one)
 		last []int
 	}{
-		{"in order", 3*restoreHashStep + 12345, nil},
-		{"shuffled, first chunk last", 3*restoreHashStep + 1, []int{0}},
-		{"smaller than a step", restoreHashStep - 1, nil},
-		{"exactly two steps", 2 * restoreHashStep, []int{5}},
+		{"in order", 3*proto.HashStep + 12345, nil},
+		{"shuffled, first chunk last", 3*proto.HashStep + 1, []int{0}},
+		{"smaller than a step", proto.HashStep - 1, nil},
+		{"exactly two steps", 2 * proto.HashStep, []int{5}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			data := make([]byte, tc.size)
@@ -72,8 +72,8 @@ func TestRestoreSinkHashesAhead(t *testing.T) {
 			k.mu.Lock()
 			hashed, prefix := k.hashed, int64(k.wrote.Prefix())
 			k.mu.Unlock()
-			wantAhead := tc.size >= restoreHashStep && prefix >= restoreHashStep
-			if wantAhead && hashed < prefix-restoreHashStep {
+			wantAhead := tc.size >= proto.HashStep && prefix >= proto.HashStep
+			if wantAhead && hashed < prefix-proto.HashStep {
 				t.Errorf("hashed %d of a %d-byte written prefix in the background", hashed, prefix)
 			}
 			if !wantAhead && hashed != 0 {
@@ -104,7 +104,7 @@ func TestRestoreDetectsCorruption(t *testing.T) {
 	srv := startServer(t)
 	c := newClient(t)
 	register(t, ctx, c, srv, "alice")
-	const size = 2*restoreHashStep + 100
+	const size = 2*proto.HashStep + 100
 	src := filepath.Join(t.TempDir(), "big.bin")
 	writeRandom(t, src, size, 31)
 	s := connect(t, ctx, c)
@@ -119,7 +119,7 @@ func TestRestoreDetectsCorruption(t *testing.T) {
 	if stored == "" {
 		t.Fatal("stored file not found on the server")
 	}
-	for _, off := range []int64{restoreHashStep / 2, size - 1} {
+	for _, off := range []int64{proto.HashStep / 2, size - 1} {
 		flip(t, stored, off)
 		dir := t.TempDir()
 		out := filepath.Join(dir, "out")

@@ -65,7 +65,7 @@ type dialOptions struct {
 	OnFirstUse  func(fp string) error          // records a newly trusted fingerprint
 	Streams     int                            // data streams to use at most (0: what the server says)
 	Stall       time.Duration                  // silence that makes the path suspect (watchPath; <= 0: never)
-	Notice      func(string, ...any)           // what the watchdog does, for the user
+	Notice      func(string, ...any)           // what the watchdog does, for the user (Client.notice)
 	QUICConfig  func(*quic.Config)             // test hook
 	PacketConn  func() (net.PacketConn, error) // test hook: the sockets to dial and migrate from
 }
@@ -135,12 +135,8 @@ func dial(ctx context.Context, o dialOptions, priv *rsa.PrivateKey, mkHello hell
 	go func() { defer s.wg.Done(); s.readLoop() }()
 	go func() { defer s.wg.Done(); s.acceptData() }()
 	if o.Stall > 0 {
-		notice := o.Notice
-		if notice == nil {
-			notice = func(string, ...any) {}
-		}
 		s.wg.Add(1)
-		go func() { defer s.wg.Done(); s.watchPath(o.Stall, notice) }()
+		go func() { defer s.wg.Done(); s.watchPath(o.Stall, o.Notice) }()
 	}
 	return s, nil
 }

@@ -61,10 +61,6 @@ type upload struct {
 	hashed  int64 // hasher.Len(), guarded by mu
 }
 
-// hashStep is how far the written prefix must run ahead of the hashed one
-// before a background hasher starts: large reads, few goroutines.
-const hashStep = 8 << 20
-
 // hashAhead hashes the written prefix of u until it catches up.
 func (ss *session) hashAhead(u *upload) {
 	u.hashMu.Lock()
@@ -549,7 +545,7 @@ func (ss *session) receive(u *upload, off uint64, p []byte) error {
 		u.state = checking
 	}
 	sync := !done && !u.syncing && time.Since(u.lastSync) >= checkpointEvery
-	hash := !done && !u.hashing && int64(u.done.Prefix())-u.hashed >= hashStep
+	hash := !done && !u.hashing && int64(u.done.Prefix())-u.hashed >= proto.HashStep
 	if hash {
 		u.hashing = true
 	}
