@@ -8,9 +8,8 @@ import (
 	"sort"
 )
 
-// Group commit. Creating an upload and committing one each end in a
-// durable database transaction, and a commit also in directory fsyncs;
-// alone, each costs a few fsyncs, so a tree of small files would spend its
+// Group commit. Committing an upload ends in a durable database
+// transaction and in directory fsyncs; alone, each costs a few fsyncs, so a tree of small files would spend its
 // time waiting for the disk one file at a time. Instead they queue for one
 // goroutine, which runs everything queued in one transaction (each in a
 // savepoint of its own, so one failing does not fail the others), syncs
@@ -37,10 +36,6 @@ type batchOp struct {
 	committed func(ctx context.Context, db *sql.DB) (bool, error)
 	// after runs once the batch committed. May be nil.
 	after func()
-	// lazy marks an op that need not be durable when apply returns (a
-	// later durable transaction, or a crash that forgets it, is fine): a
-	// batch of lazy ops only commits, without waiting for the disk.
-	lazy bool
 
 	err  error
 	done chan struct{}
@@ -113,24 +108,6 @@ func (s *Store) runBatch(ops []*batchOp) {
 	}
 	s.writeSem <- struct{}{}
 	defer s.unlockWrite()
-	durable := false
-	for _, op := range ops {
-		durable = durable || !op.lazy
-	}
-	if durable != s.batchDurable {
-		// In WAL mode, FULL syncs the log at every commit and NORMAL only
-		// at checkpoints; a FULL commit makes earlier NORMAL ones durable
-		// too, since they precede it in the same log.
-		mode := "NORMAL"
-		if durable {
-			mode = "FULL"
-		}
-		if _, err := s.batchConn.ExecContext(ctx, "PRAGMA synchronous = "+mode); err != nil {
-			failAll(wrapDB("set synchronous", err))
-			return
-		}
-		s.batchDurable = durable
-	}
 	tx, err := s.batchConn.BeginTx(ctx, nil)
 	if err != nil {
 		failAll(wrapDB("begin", err))

@@ -43,6 +43,9 @@ func TestGroupCommit(t *testing.T) {
 	}
 	// One whose row is gone: its commit must fail without failing others.
 	doomed := ups[7]
+	if err := doomed.Checkpoint(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := s.db.ExecContext(ctx, "DELETE FROM uploads WHERE id = ?", doomed.id[:]); err != nil {
 		t.Fatal(err)
 	}

@@ -31,6 +31,25 @@ func newUpload(t *testing.T, s *Store, id ClientID, name string, size int64, mti
 	return u
 }
 
+// checkpoint checkpoints u with blob or fails the test. A new upload gets
+// its row at its first checkpoint.
+func checkpoint(t *testing.T, u *Upload, blob []byte) {
+	t.Helper()
+	if err := u.Checkpoint(t.Context(), blob); err != nil {
+		t.Fatalf("Checkpoint: %v", err)
+	}
+}
+
+// park keeps u for resume, as the server does with an interrupted upload:
+// a checkpoint, then Release.
+func park(t *testing.T, u *Upload) {
+	t.Helper()
+	checkpoint(t, u, nil)
+	if err := u.Release(); err != nil {
+		t.Fatalf("Release: %v", err)
+	}
+}
+
 // write writes p at off or fails the test.
 func write(t *testing.T, u *Upload, p []byte, off int64) {
 	t.Helper()
@@ -156,7 +175,6 @@ func TestResumeReleased(t *testing.T) {
 		blob       []byte
 		want       []byte
 	}{
-		{"never checkpointed", false, nil, nil},
 		{"nil blob", true, nil, []byte{}},
 		{"small blob", true, []byte{1, 2, 3}, []byte{1, 2, 3}},
 		{"largest blob", true, big, big},
@@ -190,6 +208,20 @@ func TestResumeReleased(t *testing.T) {
 			}
 		})
 	}
+	// Never checkpointed: no row, and nothing known to be on disk, so
+	// Release leaves nothing to resume.
+	u := newUpload(t, s, c.ID, "never checkpointed", 10, resumeMtime)
+	write(t, u, []byte("0123456789"), 0)
+	if err := u.Release(); err != nil {
+		t.Fatalf("Release: %v", err)
+	}
+	if row, file := uploadState(t, s, u.ID()); row || file {
+		t.Errorf("released upload never checkpointed: row %v, temp file %v; want neither", row, file)
+	}
+	if _, _, err := s.ResumeUpload(ctx, c.ID, "never checkpointed", 10, resumeMtime, nil); !errors.Is(err, ErrNotFound) {
+		t.Errorf("ResumeUpload of an upload never checkpointed: error = %v, want ErrNotFound", err)
+	}
+	checkTempEmpty(t, s)
 }
 
 func TestCheckpointTooLarge(t *testing.T) {
@@ -239,7 +271,7 @@ func TestResumeStale(t *testing.T) {
 				newUpload(t, s, c.ID, "g", 10, resumeMtime),
 			}
 			for _, b := range bystanders {
-				b.Release()
+				park(t, b)
 			}
 
 			_, _, err := s.ResumeUpload(ctx, c.ID, "f", tt.size, tt.mtime, nil)
@@ -286,6 +318,7 @@ func TestResumeInUse(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			u := newUpload(t, s, c.ID, "f", 10, resumeMtime)
+			checkpoint(t, u, nil) // an upload under way long enough to have a row
 			if tt.release {
 				u.Release()
 			}
@@ -347,10 +380,10 @@ func TestResumeDamaged(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			older := newUpload(t, s, c.ID, "f", 10, resumeMtime)
-			older.Release()
+			park(t, older)
 			time.Sleep(time.Millisecond) // distinct updated times
 			u := newUpload(t, s, c.ID, "f", 10, resumeMtime)
-			u.Release()
+			park(t, u)
 			if err := tt.damage(filepath.Join(s.Dir(), filepath.FromSlash(tempPath(u.ID())))); err != nil {
 				t.Fatal(err)
 			}
@@ -382,7 +415,9 @@ func TestResumeMostRecent(t *testing.T) {
 	c := register(t, s, "laptop")
 	var ups []*Upload
 	for range 3 {
-		ups = append(ups, newUpload(t, s, c.ID, "f", 10, resumeMtime))
+		u := newUpload(t, s, c.ID, "f", 10, resumeMtime)
+		checkpoint(t, u, nil)
+		ups = append(ups, u)
 		time.Sleep(time.Millisecond)
 	}
 	if err := ups[1].Checkpoint(ctx, []byte("middle")); err != nil {
@@ -450,9 +485,7 @@ func TestUploadReleased(t *testing.T) {
 
 	released := newUpload(t, s, c.ID, "released", 2, resumeMtime)
 	write(t, released, []byte("xy"), 0)
-	if err := released.Release(); err != nil {
-		t.Fatalf("Release: %v", err)
-	}
+	park(t, released)
 	if row, file := uploadState(t, s, released.ID()); !row || !file {
 		t.Errorf("after Release: row %v, temp file %v; want both kept", row, file)
 	}
@@ -529,6 +562,9 @@ func TestPurgeUploadsByUpdated(t *testing.T) {
 	idle := newUpload(t, s, c.ID, "idle", 10, resumeMtime)
 	busy := newUpload(t, s, c.ID, "busy", 10, resumeMtime)
 	resumed := newUpload(t, s, c.ID, "resumed", 10, resumeMtime)
+	for _, u := range []*Upload{idle, busy, resumed} {
+		checkpoint(t, u, nil)
+	}
 	longAgo := time.Now().Add(-48 * time.Hour).UnixNano()
 	if _, err := s.db.Exec("UPDATE uploads SET created = ?, updated = ?", longAgo, longAgo); err != nil {
 		t.Fatal(err)
@@ -577,7 +613,7 @@ func TestPartialUploads(t *testing.T) {
 	for i, size := range sizes {
 		u := newUpload(t, s, c.ID, fmt.Sprint("f", i), size, resumeMtime)
 		if i%2 == 0 {
-			u.Release() // released and open uploads both count
+			park(t, u) // parked and open uploads both count, open ones from the first byte
 		}
 		total += size
 		n, got, err := s.PartialUploads(ctx)

@@ -273,13 +273,12 @@ type Store struct {
 
 	// Group commit (batch.go): ops queue on ops for the batcher
 	// goroutine; opsWG counts the ops queued or running.
-	ops          chan *batchOp
-	opsWG        sync.WaitGroup
-	batcherDone  chan struct{}
-	batchConn    *sql.Conn    // the batcher's own connection
-	batchDurable bool         // batchConn's synchronous is FULL; only the batcher uses it
-	batches      atomic.Int64 // transactions the batcher ran, for tests
-	queued       atomic.Int64 // ops queued or running, for tests
+	ops         chan *batchOp
+	opsWG       sync.WaitGroup
+	batcherDone chan struct{}
+	batchConn   *sql.Conn    // the batcher's own connection
+	batches     atomic.Int64 // transactions the batcher ran, for tests
+	queued      atomic.Int64 // ops queued or running, for tests
 }
 
 // Open opens the store in dir, creating the directory and database if
@@ -353,7 +352,6 @@ func Open(ctx context.Context, dir string) (_ *Store, err error) {
 	if s.batchConn, err = s.db.Conn(ctx); err != nil {
 		return nil, wrapDB("open the batch connection", err)
 	}
-	s.batchDurable = true // the DSN's synchronous=FULL
 	s.ops = make(chan *batchOp, maxBatch)
 	s.batcherDone = make(chan struct{})
 	go s.batcher()
@@ -361,8 +359,7 @@ func Open(ctx context.Context, dir string) (_ *Store, err error) {
 }
 
 // openDB opens the database file at path with the settings every user of
-// it needs: WAL, synchronous=FULL (the batcher lowers it for lazy
-// batches on its own connection), foreign keys, a busy timeout,
+// it needs: WAL, synchronous=FULL, foreign keys, a busy timeout,
 // BEGIN IMMEDIATE, and cached prepared statements.
 func openDB(path string) (*sql.DB, error) {
 	u := url.URL{Path: filepath.ToSlash(path)}
@@ -536,9 +533,10 @@ func (s *Store) Recovered() Recovery { return s.recovery }
 func (s *Store) Dir() string { return s.dir }
 
 // Close closes the database and the files of open uploads. Uploads that were
-// neither committed nor discarded keep their database row and temp file, as
-// after Upload.Release: a later ResumeUpload (after Open) continues them, or
-// PurgeUploads removes them. Close does not checkpoint them.
+// neither committed nor discarded are released (Upload.Release): those
+// checkpointed keep their database row and temp file, so a later
+// ResumeUpload (after Open) continues them, or PurgeUploads removes them;
+// the temp files of the others are removed. Close does not checkpoint them.
 func (s *Store) Close() error {
 	s.mu.Lock()
 	if s.closed {
@@ -563,6 +561,9 @@ func (s *Store) Close() error {
 		u.mu.Lock()
 		u.closeFile()
 		u.done = true
+		if !u.rowed.Load() {
+			s.root.Remove(filepath.FromSlash(u.temp))
+		}
 		u.mu.Unlock()
 	}
 	return s.closeResources()
@@ -1016,24 +1017,43 @@ func (s *Store) Usage(ctx context.Context, id ClientID) (bytes int64, files int,
 // them: they hold, or will hold, that much disk until they are committed
 // or purged.
 func (s *Store) Pending(ctx context.Context, id ClientID, except string) (bytes int64, n int, err error) {
+	// The open uploads without a row first: one that gets its row
+	// meanwhile is counted twice rather than not at all.
+	mbytes, mn := s.unrowed(func(u *Upload) bool { return u.client == id && u.name != except })
 	err = s.db.QueryRowContext(ctx,
 		"SELECT coalesce(sum(size), 0), count(*) FROM uploads WHERE client_id = ? AND name != ?", id[:], except).Scan(&bytes, &n)
 	if err != nil {
 		return 0, 0, wrapDB("sum upload sizes", err)
 	}
-	return bytes, n, nil
+	return bytes + mbytes, n + mn, nil
+}
+
+// unrowed sums the sizes of the open uploads that match and have no row
+// yet, and counts them.
+func (s *Store) unrowed(match func(*Upload) bool) (bytes int64, n int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, u := range s.uploads {
+		if !u.rowed.Load() && match(u) {
+			bytes += u.size
+			n++
+		}
+	}
+	return bytes, n
 }
 
 // PartialUploads reports the uploads in progress or kept for resume (every
-// upload row, open or not): how many there are and the sum of their file
-// sizes. The sum is of declared sizes; temp files are sparse, so they may
-// take less disk space. It is meant for logging.
+// upload row, open or not, and the open uploads not yet checkpointed): how
+// many there are and the sum of their file sizes. The sum is of declared
+// sizes; temp files are sparse, so they may take less disk space. It is
+// meant for logging.
 func (s *Store) PartialUploads(ctx context.Context) (n int, bytes int64, err error) {
+	mbytes, mn := s.unrowed(func(*Upload) bool { return true })
 	err = s.db.QueryRowContext(ctx, "SELECT count(*), coalesce(sum(size), 0) FROM uploads").Scan(&n, &bytes)
 	if err != nil {
 		return 0, 0, wrapDB("count uploads", err)
 	}
-	return n, bytes, nil
+	return n + mn, bytes + mbytes, nil
 }
 
 // readDir reads the whole directory rel of root and closes it.

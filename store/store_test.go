@@ -874,13 +874,27 @@ func TestCrashRecovery(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	for _, u := range []*Upload{lost, pending} {
+		if err := u.Checkpoint(ctx, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// One never checkpointed: Close removes its temp file.
+	fresh, err := s.NewUpload(ctx, c.ID, "fresh", 4, time.Unix(1, 0), 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.Remove(filepath.Join(dir, filepath.FromSlash(tempPath(lost.ID())))); err != nil {
 		t.Fatal(err)
 	}
-	// A temp file without a row (crash inside NewUpload or after a commit).
+	if _, err := os.Stat(filepath.Join(dir, filepath.FromSlash(tempPath(fresh.ID())))); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("temp file of an upload never checkpointed, after Close: %v; want it removed", err)
+	}
+	// A temp file without a row (a crash while an upload never
+	// checkpointed was open, or after a commit).
 	stray := filepath.Join(dir, "tmp", "0123456789abcdef0123456789abcdef.part")
 	if err := os.WriteFile(stray, []byte("junk"), 0o600); err != nil {
 		t.Fatal(err)

@@ -13,6 +13,7 @@ import (
 	"path"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -22,7 +23,9 @@ var errUploadLost = errors.New("store: upload's temp file was lost in a failed c
 
 // Upload is a file being received: a sparse temp file of the final size,
 // written at arbitrary offsets, then committed as a new version or
-// discarded, or released to be resumed later (see ResumeUpload). WriteAt,
+// discarded, or released to be resumed later (see ResumeUpload). A new
+// upload gets its row in the database at its first Checkpoint: most small
+// files are committed before that, and so cost no row at all. WriteAt,
 // ReadAt and Checkpoint may be called concurrently (at disjoint ranges, for
 // writes); Commit, Discard and Release wait for calls in progress and make
 // all later calls fail with ErrUploadDone.
@@ -40,6 +43,11 @@ type Upload struct {
 	f    *os.File     // nil once closed
 	done bool
 
+	// rowed: the upload has a row in the uploads table (a resumed one
+	// always; a new one from its first Checkpoint). Set under ckMu and a
+	// read lock of mu, so Commit, Discard and Release see it settled.
+	rowed atomic.Bool
+
 	// ckMu serialises Checkpoint calls, so that the blobs reach the row
 	// in the order of the calls. It is taken before mu.
 	ckMu      sync.Mutex
@@ -49,7 +57,9 @@ type Upload struct {
 // NewUpload starts receiving version data for the client's file name: size
 // bytes, with the client's modification time and permission bits, recorded
 // in the version at Commit. It creates the temp file (sparse, already of
-// the final size) and the upload row. It fails with ErrInvalidName,
+// the final size); the upload row follows at the first Checkpoint, so an
+// upload that is never checkpointed leaves nothing in the database, and a
+// crash leaves only its temp file, which Open removes. It fails with ErrInvalidName,
 // ErrUploadSize (size outside [0, MaxUploadSize]), ErrUnknownClient or
 // ErrNoSpace.
 func (s *Store) NewUpload(ctx context.Context, id ClientID, name string, size int64, mtime time.Time, mode uint32) (*Upload, error) {
@@ -77,41 +87,23 @@ func (s *Store) NewUpload(ctx context.Context, id ClientID, name string, size in
 		return nil, errors.New("store: closed")
 	}
 
-	// The temp file first, then the row: a crash in between leaves a temp
-	// file without a row, which Open removes.
+	// A read, not a write: the row of an unknown client's upload would
+	// fail at its first Checkpoint or Commit anyway, but say so now.
+	var known int
+	if err := s.db.QueryRowContext(ctx, "SELECT count(*) FROM clients WHERE id = ?", id[:]).Scan(&known); err != nil {
+		return nil, wrapDB("look up client", err)
+	}
+	if known == 0 {
+		return nil, fmt.Errorf("%w: %s", ErrUnknownClient, id)
+	}
 	f, err := s.root.OpenFile(filepath.FromSlash(u.temp), os.O_RDWR|os.O_CREATE|os.O_EXCL, filePerm)
 	if err != nil {
 		return nil, wrapIO("create temp file", err)
 	}
-	fail := func(err error) (*Upload, error) {
+	if err := f.Truncate(size); err != nil {
 		f.Close()
 		s.root.Remove(filepath.FromSlash(u.temp))
-		return nil, err
-	}
-	if err := f.Truncate(size); err != nil {
-		return fail(wrapIO("size temp file", err))
-	}
-	now := time.Now().UnixNano()
-	// Lazy: the row matters only for resume, and a checkpoint or a commit
-	// makes it durable (a crash that forgets it leaves a temp file without
-	// a row, which Open removes).
-	err = s.apply(&batchOp{lazy: true, run: func(ctx context.Context, tx *sql.Tx, _ *batch) error {
-		res, err := tx.ExecContext(ctx, `
-			INSERT INTO uploads (id, client_id, name, size, mtime_ns, mode, temp_path, created, updated)
-			SELECT ?, ?, ?, ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM clients WHERE id = ?)`,
-			u.id[:], id[:], name, size, mtimeNS, int64(mode), u.temp, now, now, id[:])
-		if err != nil {
-			return wrapDB("insert upload", err)
-		}
-		if n, err := res.RowsAffected(); err != nil {
-			return wrapDB("insert upload", err)
-		} else if n == 0 {
-			return fmt.Errorf("%w: %s", ErrUnknownClient, id)
-		}
-		return nil
-	}})
-	if err != nil {
-		return fail(err)
+		return nil, wrapIO("size temp file", err)
 	}
 	u.f = f
 
@@ -290,6 +282,7 @@ func (s *Store) ResumeUpload(ctx context.Context, id ClientID, name string, size
 		return nil, nil, wrapDB("update upload", err)
 	}
 	u := &Upload{s: s, id: r.id, client: id, name: name, size: size, mtime: mtimeNS, mode: uint32(r.mode), temp: r.temp, f: f}
+	u.rowed.Store(true)
 	if err := s.register(u); err != nil {
 		return nil, nil, err
 	}
@@ -349,7 +342,8 @@ func (u *Upload) ReadAt(p []byte, off int64) (int, error) {
 // opaque blob of at most MaxRangesLen bytes that ResumeUpload hands back;
 // the caller uses it to describe the byte ranges it has written. Checkpoint
 // first fsyncs the temp file (and, once per Upload, the tmp directory),
-// then stores the blob and the time in the upload's row, so a stored blob
+// then stores the blob and the time in the upload's row (creating the row
+// at a new upload's first Checkpoint), so a stored blob
 // never describes bytes that are not on disk, provided ranges describes
 // only writes whose WriteAt returned before Checkpoint was called (writes
 // still in progress may or may not be made durable). A nil ranges is stored
@@ -393,8 +387,25 @@ func (u *Upload) Checkpoint(ctx context.Context, ranges []byte) error {
 		return err
 	}
 	defer s.unlockWrite()
+	now := time.Now().UnixNano()
+	if !u.rowed.Load() {
+		res, err := s.db.ExecContext(ctx, `
+			INSERT INTO uploads (id, client_id, name, size, mtime_ns, mode, temp_path, ranges, created, updated)
+			SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM clients WHERE id = ?)`,
+			u.id[:], u.client[:], u.name, u.size, u.mtime, int64(u.mode), u.temp, ranges, now, now, u.client[:])
+		if err != nil {
+			return wrapDB("record checkpoint", err)
+		}
+		if n, err := res.RowsAffected(); err != nil {
+			return wrapDB("record checkpoint", err)
+		} else if n == 0 {
+			return fmt.Errorf("%w: %s", ErrUnknownClient, u.client)
+		}
+		u.rowed.Store(true)
+		return nil
+	}
 	res, err := s.db.ExecContext(ctx, "UPDATE uploads SET ranges = ?, updated = ? WHERE id = ?",
-		ranges, time.Now().UnixNano(), u.id[:])
+		ranges, now, u.id[:])
 	if err != nil {
 		return wrapDB("record checkpoint", err)
 	}
@@ -410,9 +421,11 @@ func (u *Upload) Checkpoint(ctx context.Context, ranges []byte) error {
 // temp file but keeps the file and the upload row, so that a later
 // ResumeUpload (in this process or, after Open, in another) can continue
 // it, and PurgeUploads can remove it once it is old. Release does not
-// checkpoint: call Checkpoint first to keep what was written. It waits for
-// calls in progress; later calls on u (Release included) fail with
-// ErrUploadDone. The upload is released even if closing the file fails.
+// checkpoint: call Checkpoint first to keep what was written. A new upload
+// that was never checkpointed has no row and nothing known to be on disk,
+// so Release removes its temp file. It waits for calls in progress; later
+// calls on u (Release included) fail with ErrUploadDone. The upload is
+// released even if closing the file fails.
 func (u *Upload) Release() error {
 	u.mu.Lock()
 	defer u.mu.Unlock()
@@ -426,9 +439,14 @@ func (u *Upload) Release() error {
 	}
 	u.finish()
 	if err != nil {
-		return wrapIO("close temp file", err)
+		err = wrapIO("close temp file", err)
 	}
-	return nil
+	if !u.rowed.Load() {
+		if rerr := u.s.root.Remove(filepath.FromSlash(u.temp)); rerr != nil && !errors.Is(rerr, fs.ErrNotExist) {
+			err = errors.Join(err, wrapIO("remove temp file", rerr))
+		}
+	}
+	return err
 }
 
 // closeFile closes the temp file, if open. u.mu must be locked.
@@ -505,12 +523,15 @@ var errCommitUnknown = errors.New("store: commit outcome unknown")
 // hooks for what happens after.
 func (u *Upload) commitIn(ctx context.Context, tx *sql.Tx, b *batch, op *batchOp, crc uint32, sha [32]byte) (FileVersion, bool, error) {
 	s := u.s
-	var one int
-	if err := tx.QueryRowContext(ctx, "SELECT 1 FROM uploads WHERE id = ?", u.id[:]).Scan(&one); err != nil {
-		if errors.Is(err, sql.ErrNoRows) {
-			return FileVersion{}, false, errors.New("store: upload row is gone (purged?)")
+	rowed := u.rowed.Load()
+	if rowed {
+		var one int
+		if err := tx.QueryRowContext(ctx, "SELECT 1 FROM uploads WHERE id = ?", u.id[:]).Scan(&one); err != nil {
+			if errors.Is(err, sql.ErrNoRows) {
+				return FileVersion{}, false, errors.New("store: upload row is gone (purged?)")
+			}
+			return FileVersion{}, false, wrapDB("look up upload", err)
 		}
-		return FileVersion{}, false, wrapDB("look up upload", err)
 	}
 
 	var (
@@ -597,9 +618,11 @@ func (u *Upload) commitIn(ctx context.Context, tx *sql.Tx, b *batch, op *batchOp
 		undo()
 		return FileVersion{}, false, wrapDB("insert version", err)
 	}
-	if _, err := tx.ExecContext(ctx, "DELETE FROM uploads WHERE id = ?", u.id[:]); err != nil {
-		undo()
-		return FileVersion{}, false, wrapDB("delete upload", err)
+	if rowed {
+		if _, err := tx.ExecContext(ctx, "DELETE FROM uploads WHERE id = ?", u.id[:]); err != nil {
+			undo()
+			return FileVersion{}, false, wrapDB("delete upload", err)
+		}
 	}
 	return fv, true, nil
 }
@@ -612,8 +635,11 @@ func (u *Upload) commitSame(ctx context.Context, tx *sql.Tx, op *batchOp, versio
 		u.mtime, int64(u.mode), u.client[:], u.name, version); err != nil {
 		return FileVersion{}, false, wrapDB("update version", err)
 	}
-	if _, err := tx.ExecContext(ctx, "DELETE FROM uploads WHERE id = ?", u.id[:]); err != nil {
-		return FileVersion{}, false, wrapDB("delete upload", err)
+	rowed := u.rowed.Load()
+	if rowed {
+		if _, err := tx.ExecContext(ctx, "DELETE FROM uploads WHERE id = ?", u.id[:]); err != nil {
+			return FileVersion{}, false, wrapDB("delete upload", err)
+		}
 	}
 	fv, err := scanFile(tx.QueryRowContext(ctx,
 		"SELECT "+fileColumns+" FROM files WHERE client_id = ? AND name = ? AND version = ?",
@@ -625,6 +651,17 @@ func (u *Upload) commitSame(ctx context.Context, tx *sql.Tx, op *batchOp, versio
 	// temp file leaves a stray one, which Open removes.
 	op.after = func() { s.root.Remove(filepath.FromSlash(u.temp)) }
 	op.committed = func(ctx context.Context, db *sql.DB) (bool, error) {
+		if !rowed {
+			// Nothing but the version's time and mode changed: if they are
+			// the upload's, the commit's effect is there either way.
+			var mt, mode int64
+			err := db.QueryRowContext(ctx, "SELECT mtime_ns, mode FROM files WHERE client_id = ? AND name = ? AND version = ?",
+				u.client[:], u.name, version).Scan(&mt, &mode)
+			if err != nil && !errors.Is(err, sql.ErrNoRows) {
+				return false, fmt.Errorf("%w: %w", errCommitUnknown, err)
+			}
+			return err == nil && mt == u.mtime && mode == int64(u.mode), nil
+		}
 		err := db.QueryRowContext(ctx, "SELECT 1 FROM uploads WHERE id = ?", u.id[:]).Scan(new(int))
 		if errors.Is(err, sql.ErrNoRows) {
 			return true, nil
@@ -656,6 +693,9 @@ func (u *Upload) Discard(ctx context.Context) error {
 	var errs []error
 	if err := s.root.Remove(filepath.FromSlash(u.temp)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		errs = append(errs, wrapIO("remove temp file", err))
+	}
+	if !u.rowed.Load() {
+		return errors.Join(errs...)
 	}
 	if err := s.lockWrite(ctx); err != nil {
 		errs = append(errs, err)

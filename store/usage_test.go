@@ -56,8 +56,11 @@ func TestPending(t *testing.T) {
 			t.Fatal(err)
 		}
 		if p.name == "y" {
+			if err := u.Checkpoint(ctx, nil); err != nil {
+				t.Fatal(err)
+			}
 			u.Release() // parked for resume: still counts
-		} else {
+		} else { // open, not yet checkpointed: counts too
 			defer u.Discard(ctx)
 		}
 	}
