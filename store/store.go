@@ -267,6 +267,13 @@ type Store struct {
 
 	recovery Recovery
 
+	// tmp is the tmp/ directory, held open for creating and moving temp
+	// files (dirs.go); dirs holds directories of stored files open for the
+	// batcher, which alone uses it and noRenameNoReplace.
+	tmp               *os.File
+	dirs              *dirCache
+	noRenameNoReplace bool
+
 	mu      sync.Mutex
 	closed  bool
 	uploads map[[16]byte]*Upload // open uploads
@@ -316,6 +323,10 @@ func Open(ctx context.Context, dir string) (_ *Store, err error) {
 			return nil, wrapIO("create directory", err)
 		}
 	}
+	if s.tmp, err = s.root.Open(tmpDir); err != nil {
+		return nil, wrapIO("open directory", err)
+	}
+	s.dirs = newDirCache(s.root, maxDirHandles)
 	// Create the database file ourselves so that it (and the -wal and -shm
 	// files SQLite derives from it) get our permissions.
 	f, err := s.root.OpenFile(dbName, os.O_RDWR|os.O_CREATE, filePerm)
@@ -571,6 +582,12 @@ func (s *Store) Close() error {
 
 func (s *Store) closeResources() error {
 	var errs []error
+	if s.dirs != nil {
+		s.dirs.closeAll()
+	}
+	if s.tmp != nil {
+		s.tmp.Close()
+	}
 	if s.batchConn != nil {
 		s.batchConn.Close()
 	}

@@ -13,6 +13,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"path"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -1043,30 +1044,112 @@ func TestOpenVersionDamaged(t *testing.T) {
 }
 
 func TestCommitRefusesOverwrite(t *testing.T) {
+	tests := []struct {
+		name   string
+		cached bool // the directory is already open in the store (another file went there first)
+		put    func(full string) error
+	}{
+		{"file", false, func(p string) error { return os.WriteFile(p, []byte("other"), 0o600) }},
+		{"file, directory open", true, func(p string) error { return os.WriteFile(p, []byte("other"), 0o600) }},
+		{"dangling symlink, directory open", true, func(p string) error { return os.Symlink("nowhere", p) }},
+		{"directory, directory open", true, func(p string) error { return os.Mkdir(p, 0o700) }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := openStore(t, t.TempDir())
+			c := register(t, s, "laptop")
+			if tt.cached {
+				put(t, s, c.ID, "d/first", []byte("1"), time.Unix(1, 0), 0o644)
+			}
+			// Something already sits where version 1 would go (as on a
+			// case-insensitive filesystem): Commit must fail and keep the
+			// upload.
+			p, _ := versionPath(c.ID, "d/f", 1)
+			full := filepath.Join(s.Dir(), filepath.FromSlash(p))
+			os.MkdirAll(filepath.Dir(full), 0o700)
+			if err := tt.put(full); err != nil {
+				t.Fatal(err)
+			}
+			before, err := os.Lstat(full)
+			if err != nil {
+				t.Fatal(err)
+			}
+			u, err := s.NewUpload(t.Context(), c.ID, "d/f", 1, time.Unix(1, 0), 0o644)
+			if err != nil {
+				t.Fatal(err)
+			}
+			u.WriteAt([]byte("x"), 0)
+			crc, sha := sums([]byte("x"))
+			if _, _, err := u.Commit(t.Context(), crc, sha); err == nil || !strings.Contains(err.Error(), "already exists") {
+				t.Fatalf("Commit over an existing %s: error = %v, want already exists", tt.name, err)
+			}
+			after, err := os.Lstat(full)
+			if err != nil || !os.SameFile(before, after) || after.Mode() != before.Mode() {
+				t.Errorf("what was there changed: %v, %v", after, err)
+			}
+			if err := u.Discard(t.Context()); err != nil {
+				t.Errorf("Discard after failed Commit: %v", err)
+			}
+		})
+	}
+}
+
+// TestCommitIntoRemovedDir checks that a directory the store holds open
+// and that was removed meanwhile (by hand, the store being idle) is made
+// again, and the file stored where its row says.
+func TestCommitIntoRemovedDir(t *testing.T) {
 	s := openStore(t, t.TempDir())
 	c := register(t, s, "laptop")
-	// Something already sits where version 1 would go (as on a
-	// case-insensitive filesystem): Commit must fail and keep the upload.
-	p, _ := versionPath(c.ID, "f", 1)
-	full := filepath.Join(s.Dir(), filepath.FromSlash(p))
-	os.MkdirAll(filepath.Dir(full), 0o700)
-	if err := os.WriteFile(full, []byte("other"), 0o600); err != nil {
+	put(t, s, c.ID, "d/first", []byte("1"), time.Unix(1, 0), 0o644)
+	p, _ := versionPath(c.ID, "d/e/f", 1)
+	dir := path.Dir(p)
+	if _, err := s.dirs.open(dir); err != nil { // open, and empty
 		t.Fatal(err)
 	}
-	u, err := s.NewUpload(t.Context(), c.ID, "f", 1, time.Unix(1, 0), 0o644)
+	if err := os.Remove(filepath.Join(s.Dir(), filepath.FromSlash(dir))); err != nil {
+		t.Fatal(err)
+	}
+	data := []byte("into a directory made again")
+	fv, _ := put(t, s, c.ID, "d/e/f", data, time.Unix(2, 0), 0o644)
+	if got, err := os.ReadFile(filepath.Join(s.Dir(), filepath.FromSlash(p))); err != nil || !bytes.Equal(got, data) {
+		t.Errorf("version file: %q, %v; want %q", got, err, data)
+	}
+	f, err := s.OpenVersion(t.Context(), c.ID, fv)
 	if err != nil {
 		t.Fatal(err)
 	}
-	u.WriteAt([]byte("x"), 0)
-	crc, sha := sums([]byte("x"))
-	if _, _, err := u.Commit(t.Context(), crc, sha); err == nil {
-		t.Fatal("Commit over an existing file succeeded, want error")
+	f.Close()
+}
+
+func TestDirCacheBound(t *testing.T) {
+	dir := t.TempDir()
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		t.Fatal(err)
 	}
-	if b, _ := os.ReadFile(full); string(b) != "other" {
-		t.Errorf("existing file now holds %q, want other", b)
+	defer root.Close()
+	c := newDirCache(root, 2)
+	defer c.closeAll()
+	var files []*os.File
+	for _, d := range []string{"a/b", "c", "a/b", "d/e/f"} {
+		f, err := c.open(d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		files = append(files, f)
+		if st, err := os.Stat(filepath.Join(dir, filepath.FromSlash(d))); err != nil || !st.IsDir() {
+			t.Errorf("%s: %v, %v; want a directory made", d, st, err)
+		}
 	}
-	if err := u.Discard(t.Context()); err != nil {
-		t.Errorf("Discard after failed Commit: %v", err)
+	if files[0] != files[2] {
+		t.Errorf("a/b opened twice, want the held handle again")
+	}
+	// c was used least recently: closed, and a/b, d/e/f kept.
+	if _, ok := c.m["c"]; ok || len(c.m) != 2 || c.order.Len() != 2 {
+		t.Errorf("cache holds %d (%d in order), c kept %v; want a/b and d/e/f", len(c.m), c.order.Len(), ok)
+	}
+	if _, err := files[1].Stat(); err == nil {
+		t.Errorf("evicted handle still open")
 	}
 }
 

@@ -96,9 +96,9 @@ func (s *Store) NewUpload(ctx context.Context, id ClientID, name string, size in
 	if known == 0 {
 		return nil, fmt.Errorf("%w: %s", ErrUnknownClient, id)
 	}
-	f, err := s.root.OpenFile(filepath.FromSlash(u.temp), os.O_RDWR|os.O_CREATE|os.O_EXCL, filePerm)
+	f, err := s.createTemp(u.temp)
 	if err != nil {
-		return nil, wrapIO("create temp file", err)
+		return nil, err
 	}
 	if err := f.Truncate(size); err != nil {
 		f.Close()
@@ -560,24 +560,13 @@ func (u *Upload) commitIn(ctx context.Context, tx *sql.Tx, b *batch, op *batchOp
 		return FileVersion{}, false, err
 	}
 	osRel := filepath.FromSlash(rel)
-	if err := mkdirAll(s.root, path.Dir(rel)); err != nil {
-		return FileVersion{}, false, err
-	}
-	// Never overwrite: only a crash leftover (removed at Open) or a
-	// filesystem that folds case or normalises Unicode could put a file
-	// here, and the latter would make two names share one file.
-	if _, err := s.root.Lstat(osRel); err == nil {
-		return FileVersion{}, false, fmt.Errorf("store: %s already exists; is the filesystem case-insensitive or normalising names?", rel)
-	} else if !errors.Is(err, fs.ErrNotExist) {
-		return FileVersion{}, false, wrapIO("check version file", err)
-	}
-
 	// The file goes to its final place before the row is inserted: a
 	// crash after the rename leaves an unreferenced file, which Open
 	// removes; a version row never points at a missing file. The batch
-	// syncs both directories before it commits.
-	if err := s.root.Rename(filepath.FromSlash(u.temp), osRel); err != nil {
-		return FileVersion{}, false, wrapIO("move upload into place", err)
+	// syncs both directories before it commits. Never overwrite (see
+	// existsError).
+	if err := s.moveIntoPlace(u.temp, rel); err != nil {
+		return FileVersion{}, false, err
 	}
 	undo := func() {
 		if s.root.Rename(osRel, filepath.FromSlash(u.temp)) != nil {
