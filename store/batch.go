@@ -123,8 +123,11 @@ func (s *Store) runBatch(ops []*batchOp) {
 			}
 		}
 	}
-	for i, op := range ops {
-		sp := fmt.Sprintf("op%d", i)
+	for _, op := range ops {
+		// One name for every op's savepoint, released before the next:
+		// distinct names would be distinct statements, and push the
+		// ops' own out of the connection's statement cache.
+		const sp = "op"
 		if _, err := tx.ExecContext(ctx, "SAVEPOINT "+sp); err != nil {
 			undoAll()
 			failAll(wrapDB("savepoint", err))
