@@ -286,3 +286,54 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// TestTakeOver: a client that reconnects while its old session still has
+// an upload of the file open (the server has not noticed the old
+// connection is gone) gets that upload: the old session is told it was
+// taken over, and the new one resumes after what the old one received.
+// An upload of another file, and one of the same name by another client,
+// are left alone.
+func TestTakeOver(t *testing.T) {
+	w := newWorld(t, func(s *quicsrv.Server) { s.ChunkSize = 1024 })
+	old := w.mallory(t)
+	data := randBytes(8 * 1024)
+	r := old.startUpload("x", data)
+	other := old.startUpload("y", data)
+	old.sendData(old.chunkFrames(r.Xfer, r.UploadID, data[:4096], 1024)...)
+	// The good client's upload of the same name.
+	good := dialRaw(t, w.srv)
+	good.reconnect(w.id, w.key)
+	gr := good.startUpload("x", data)
+	waitFor(t, "the old session to have written 4 KiB", func() bool {
+		return quicsrv.WrittenBytes(w.srv.Srv) == 4096 // only x has data yet
+	})
+
+	now := dialRaw(t, w.srv)
+	now.reconnect(old.id, w.bad)
+	now.send(now.uploadReq("x", data))
+	em := old.expectError(r.Req, proto.CodeAborted)
+	if !strings.Contains(em.Message, "took over") {
+		t.Errorf("old session told %q, want that it was taken over", em.Message)
+	}
+	ready := expect[*proto.UploadReady](now)
+	if ready.UploadID != r.UploadID || len(ready.Missing) != 1 || ready.Missing[0].Off != 4096 {
+		t.Fatalf("new session got upload %x missing %v; want %x missing [4096, 8192)", ready.UploadID, ready.Missing, r.UploadID)
+	}
+	now.sendData(framesAt(now, ready.Xfer, ready.UploadID, data, 4096, len(data), 1024)...)
+	if res := now.finishUpload(ready.Xfer, data); res.Status != proto.ResultStored {
+		t.Fatalf("taken-over upload: %+v", res)
+	}
+	// The old session's upload of y, and the good client's x, go on.
+	old.sendData(old.chunkFrames(other.Xfer, other.UploadID, data, 1024)...)
+	if res := old.finishUpload(other.Xfer, data); res.Status != proto.ResultStored {
+		t.Errorf("old session's other upload: %+v", res)
+	}
+	good.sendData(good.chunkFrames(gr.Xfer, gr.UploadID, data, 1024)...)
+	if res := good.finishUpload(gr.Xfer, data); res.Status != proto.ResultStored {
+		t.Errorf("other client's upload of the same name: %+v", res)
+	}
+	for _, c := range []*rawClient{old, now, good} {
+		c.close()
+	}
+	w.healthy(t)
+}

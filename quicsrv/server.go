@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"math"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -115,9 +116,11 @@ type Server struct {
 	TransferTimeout time.Duration
 
 	// active maps the uploads sessions are receiving to those sessions,
-	// so no two sessions write one upload.
+	// so no two sessions write one upload; byFile indexes them by client
+	// and name, for takeOver.
 	activeMu sync.Mutex
 	active   map[[16]byte]*upload
+	byFile   map[fileRef][]*upload
 
 	budgetOnce sync.Once
 	mem        *budget
@@ -238,16 +241,39 @@ func (s *Server) claim(u *upload) bool {
 	}
 	if s.active == nil {
 		s.active = make(map[[16]byte]*upload)
+		s.byFile = make(map[fileRef][]*upload)
 	}
 	s.active[u.id] = u
+	ref := u.ref()
+	s.byFile[ref] = append(s.byFile[ref], u)
 	return true
 }
 
 func (s *Server) unclaim(id [16]byte) {
 	s.activeMu.Lock()
 	defer s.activeMu.Unlock()
+	u, ok := s.active[id]
+	if !ok {
+		return
+	}
 	delete(s.active, id)
+	ref := u.ref()
+	list := slices.DeleteFunc(s.byFile[ref], func(x *upload) bool { return x == u })
+	if len(list) == 0 {
+		delete(s.byFile, ref)
+	} else {
+		s.byFile[ref] = list
+	}
 }
+
+// fileRef names a client's file.
+type fileRef struct {
+	client store.ClientID
+	name   string
+}
+
+// ref is the file u is an upload of.
+func (u *upload) ref() fileRef { return fileRef{u.owner.client.ID, u.name} }
 
 func (s *Server) claimed(id [16]byte) bool {
 	s.activeMu.Lock()
@@ -268,9 +294,9 @@ func (s *Server) takeOver(ss *session, name string) {
 	}
 	var victims []victim
 	s.activeMu.Lock()
-	for id, u := range s.active {
-		if u.name == name && u.owner != ss && u.owner.client.ID == ss.client.ID {
-			victims = append(victims, victim{u.owner, id})
+	for _, u := range s.byFile[fileRef{ss.client.ID, name}] {
+		if u.owner != ss {
+			victims = append(victims, victim{u.owner, u.id})
 		}
 	}
 	s.activeMu.Unlock()
