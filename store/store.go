@@ -267,6 +267,8 @@ type Store struct {
 
 	recovery Recovery
 
+	known sync.Map // ClientID -> struct{}: registered clients NewUpload has seen
+
 	// tmp is the tmp/ directory, held open for creating and moving temp
 	// files (dirs.go); dirs holds directories of stored files open for the
 	// batcher, which alone uses it and noRenameNoReplace.

@@ -59,9 +59,9 @@ type Upload struct {
 // in the version at Commit. It creates the temp file (sparse, already of
 // the final size); the upload row follows at the first Checkpoint, so an
 // upload that is never checkpointed leaves nothing in the database, and a
-// crash leaves only its temp file, which Open removes. It fails with ErrInvalidName,
-// ErrUploadSize (size outside [0, MaxUploadSize]), ErrUnknownClient or
-// ErrNoSpace.
+// crash leaves only its temp file, which Open removes. It fails with
+// ErrInvalidName, ErrUploadSize (size outside [0, MaxUploadSize]),
+// ErrUnknownClient or ErrNoSpace.
 func (s *Store) NewUpload(ctx context.Context, id ClientID, name string, size int64, mtime time.Time, mode uint32) (*Upload, error) {
 	if err := ValidateName(name); err != nil {
 		return nil, err
@@ -87,14 +87,8 @@ func (s *Store) NewUpload(ctx context.Context, id ClientID, name string, size in
 		return nil, errors.New("store: closed")
 	}
 
-	// A read, not a write: the row of an unknown client's upload would
-	// fail at its first Checkpoint or Commit anyway, but say so now.
-	var known int
-	if err := s.db.QueryRowContext(ctx, "SELECT count(*) FROM clients WHERE id = ?", id[:]).Scan(&known); err != nil {
-		return nil, wrapDB("look up client", err)
-	}
-	if known == 0 {
-		return nil, fmt.Errorf("%w: %s", ErrUnknownClient, id)
+	if err := s.checkClient(ctx, id); err != nil {
+		return nil, err
 	}
 	f, err := s.createTemp(u.temp)
 	if err != nil {
@@ -111,6 +105,26 @@ func (s *Store) NewUpload(ctx context.Context, id ClientID, name string, size in
 		return nil, err
 	}
 	return u, nil
+}
+
+// checkClient fails with ErrUnknownClient unless the client is
+// registered. The row of an unknown client's upload would fail at its
+// first Checkpoint or Commit anyway, but NewUpload says so at once.
+// Clients are never removed, so one found is remembered, and the next
+// upload of the client costs no query.
+func (s *Store) checkClient(ctx context.Context, id ClientID) error {
+	if _, ok := s.known.Load(id); ok {
+		return nil
+	}
+	var n int
+	if err := s.db.QueryRowContext(ctx, "SELECT count(*) FROM clients WHERE id = ?", id[:]).Scan(&n); err != nil {
+		return wrapDB("look up client", err)
+	}
+	if n == 0 {
+		return fmt.Errorf("%w: %s", ErrUnknownClient, id)
+	}
+	s.known.Store(id, struct{}{})
+	return nil
 }
 
 // register records u, whose file is open, as open in s. If Close ran
