@@ -2,6 +2,7 @@ package proto
 
 import (
 	"fmt"
+	"slices"
 	"sort"
 )
 
@@ -43,6 +44,12 @@ func (s *RangeSet) Add(off, n uint64) error {
 		s.r[i] = Range{Off: off, Len: n}
 	}
 	return nil
+}
+
+// Clone returns a copy of s that shares nothing with it. (A RangeSet
+// copied by value shares its ranges: adding to one changes the other.)
+func (s *RangeSet) Clone() RangeSet {
+	return RangeSet{r: slices.Clone(s.r), total: s.total}
 }
 
 // Total is the number of bytes in the set.

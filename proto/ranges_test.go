@@ -3,6 +3,7 @@ package proto_test
 import (
 	"bytes"
 	"encoding/binary"
+	"fmt"
 	"math"
 	"reflect"
 	"testing"
@@ -310,5 +311,39 @@ func TestRangeSetPrefix(t *testing.T) {
 				t.Errorf("Prefix = %d, want %d", got, tt.want)
 			}
 		})
+	}
+}
+
+// TestRangeSetClone: adding to a clone, or to the original, leaves the
+// other as it was, whatever room the ranges' slice has.
+func TestRangeSetClone(t *testing.T) {
+	for _, n := range []int{1, 2, 3, 4, 5} {
+		var s proto.RangeSet
+		for i := range n {
+			if err := s.Add(uint64(i)*100, 10); err != nil {
+				t.Fatal(err)
+			}
+		}
+		before := fmt.Sprint(s.Ranges(), s.Total())
+		c := s.Clone()
+		for _, off := range []uint64{50, 10, 1000} { // between, touching, after
+			if err := c.Add(off, 5); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if got := fmt.Sprint(s.Ranges(), s.Total()); got != before {
+			t.Errorf("%d ranges: the original changed to %s when its clone grew, was %s", n, got, before)
+		}
+		if err := s.Add(500, 10); err != nil {
+			t.Fatal(err)
+		}
+		if c.Total() != uint64(n)*10+15 || len(c.Ranges()) == 0 {
+			t.Errorf("%d ranges: clone %v, total %d after the original grew", n, c.Ranges(), c.Total())
+		}
+		for _, r := range c.Ranges() {
+			if r.Off == 500 {
+				t.Errorf("%d ranges: the clone changed when the original grew: %v", n, c.Ranges())
+			}
+		}
 	}
 }

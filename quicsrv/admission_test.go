@@ -337,3 +337,58 @@ func TestTakeOver(t *testing.T) {
 	}
 	w.healthy(t)
 }
+
+// TestResumeKeepsScatteredRanges: an upload kept with scattered ranges is
+// resumed, receives one more chunk between them, and is kept again; the
+// next resume asks for exactly what is still missing. (The ranges reserved
+// by arriving chunks and the ranges written once shared their memory on
+// resume, so a chunk between kept ranges could drop a kept range, or count
+// bytes as written before they were.)
+func TestResumeKeepsScatteredRanges(t *testing.T) {
+	const k = 1024
+	w := newWorld(t, func(s *quicsrv.Server) { s.ChunkSize = k })
+	data := randBytes(12 * k)
+	m := w.mallory(t)
+	id := m.id
+	m.close()
+	// kept runs one session: it asks for the file, sends the chunks at
+	// offs (in KiB), and drops the connection; the server keeps the upload.
+	// It returns the ranges the session was asked for.
+	kept := func(offs ...int) []proto.Range {
+		t.Helper()
+		c := dialRaw(t, w.srv)
+		c.reconnect(id, w.bad)
+		c.send(c.uploadReq("scattered", data))
+		ready := expect[*proto.UploadReady](c)
+		for _, o := range offs {
+			c.sendData(framesAt(c, ready.Xfer, ready.UploadID, data, o*k, (o+1)*k, k)...)
+		}
+		waitFor(t, "the chunks to be written", func() bool {
+			return quicsrv.WrittenBytes(w.srv.Srv) == uint64(len(offs)*k+int(12*k-missingBytes(ready.Missing)))
+		})
+		c.close()
+		waitFor(t, "the upload to be kept", func() bool { return quicsrv.ActiveUploads(w.srv.Srv) == 0 })
+		return ready.Missing
+	}
+	kept(0, 4, 8) // three ranges: room in their slice for a fourth
+	got := kept(2)
+	want := []proto.Range{{Off: 1 * k, Len: 3 * k}, {Off: 5 * k, Len: 3 * k}, {Off: 9 * k, Len: 3 * k}}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("second session asked for %v, want %v", got, want)
+	}
+	got = kept()
+	want = []proto.Range{{Off: 1 * k, Len: k}, {Off: 3 * k, Len: k}, {Off: 5 * k, Len: 3 * k}, {Off: 9 * k, Len: 3 * k}}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("third session asked for %v, want %v", got, want)
+	}
+	w.healthy(t)
+}
+
+// missingBytes sums the lengths of rs.
+func missingBytes(rs []proto.Range) uint64 {
+	var n uint64
+	for _, r := range rs {
+		n += r.Len
+	}
+	return n
+}

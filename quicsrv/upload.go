@@ -378,7 +378,7 @@ func (ss *session) openUpload(m *proto.UploadRequest) (*upload, error) {
 			up.Discard(ss.ctx)
 		} else {
 			now := time.Now()
-			u := &upload{id: up.ID(), name: m.Name, size: m.Size, up: up, got: *done, done: *done, written: done.Total(), lastSync: now, lastData: now, owner: ss}
+			u := &upload{id: up.ID(), name: m.Name, size: m.Size, up: up, got: done.Clone(), done: *done, written: done.Total(), lastSync: now, lastData: now, owner: ss}
 			if ss.srv.claim(u) {
 				ss.log.Info("resuming upload", "name", m.Name, "have", u.written, "size", m.Size)
 				return u, nil
