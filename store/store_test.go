@@ -1047,16 +1047,20 @@ func TestCommitRefusesOverwrite(t *testing.T) {
 	tests := []struct {
 		name   string
 		cached bool // the directory is already open in the store (another file went there first)
+		slow   bool // as on a file system without RENAME_NOREPLACE: by path, through os.Root
 		put    func(full string) error
 	}{
-		{"file", false, func(p string) error { return os.WriteFile(p, []byte("other"), 0o600) }},
-		{"file, directory open", true, func(p string) error { return os.WriteFile(p, []byte("other"), 0o600) }},
-		{"dangling symlink, directory open", true, func(p string) error { return os.Symlink("nowhere", p) }},
-		{"directory, directory open", true, func(p string) error { return os.Mkdir(p, 0o700) }},
+		{"file", false, false, func(p string) error { return os.WriteFile(p, []byte("other"), 0o600) }},
+		{"file, directory open", true, false, func(p string) error { return os.WriteFile(p, []byte("other"), 0o600) }},
+		{"dangling symlink, directory open", true, false, func(p string) error { return os.Symlink("nowhere", p) }},
+		{"directory, directory open", true, false, func(p string) error { return os.Mkdir(p, 0o700) }},
+		{"file, by path", true, true, func(p string) error { return os.WriteFile(p, []byte("other"), 0o600) }},
+		{"dangling symlink, by path", false, true, func(p string) error { return os.Symlink("nowhere", p) }},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			s := openStore(t, t.TempDir())
+			s.noRenameNoReplace = tt.slow
 			c := register(t, s, "laptop")
 			if tt.cached {
 				put(t, s, c.ID, "d/first", []byte("1"), time.Unix(1, 0), 0o644)
@@ -1119,6 +1123,26 @@ func TestCommitIntoRemovedDir(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.Close()
+}
+
+// TestCommitByPath: where renameat2 with RENAME_NOREPLACE is missing, a
+// commit moves the file through os.Root, directories made as needed.
+func TestCommitByPath(t *testing.T) {
+	s := openStore(t, t.TempDir())
+	s.noRenameNoReplace = true
+	c := register(t, s, "laptop")
+	for i, name := range []string{"a/b/c", "a/b/d", "e"} {
+		data := []byte(fmt.Sprint("data ", i))
+		fv, _ := put(t, s, c.ID, name, data, time.Unix(int64(i), 0), 0o644)
+		p, _ := versionPath(c.ID, name, fv.Version)
+		if got, err := os.ReadFile(filepath.Join(s.Dir(), filepath.FromSlash(p))); err != nil || !bytes.Equal(got, data) {
+			t.Errorf("%s: %q, %v; want %q", name, got, err, data)
+		}
+	}
+	if len(s.dirs.m) != 0 {
+		t.Errorf("%d directories held open by the path way, want none", len(s.dirs.m))
+	}
+	checkTempEmpty(t, s)
 }
 
 func TestDirCacheBound(t *testing.T) {
