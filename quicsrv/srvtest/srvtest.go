@@ -5,6 +5,7 @@ package srvtest
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"net"
 	"path/filepath"
@@ -27,6 +28,7 @@ type Server struct {
 
 	t         testing.TB
 	configure func(*quicsrv.Server)
+	listen    func(addr string) (net.PacketConn, error)
 	done      chan error
 }
 
@@ -49,6 +51,24 @@ func StartIn(t testing.TB, dir string, configure func(*quicsrv.Server)) *Server 
 	return s
 }
 
+// StartOn is Start serving on pc instead of a UDP socket on loopback: for
+// tests on a simulated network. Restart does not work on such a server.
+func StartOn(t testing.TB, pc net.PacketConn, configure func(*quicsrv.Server)) *Server {
+	t.Helper()
+	s := &Server{t: t, Dir: t.TempDir(), configure: configure}
+	s.listen = func(string) (net.PacketConn, error) {
+		if pc == nil {
+			return nil, errors.New("srvtest: a server on a given connection cannot restart")
+		}
+		c := pc
+		pc = nil
+		return c, nil
+	}
+	s.start(pc.LocalAddr().String())
+	t.Cleanup(s.Close)
+	return s
+}
+
 func (s *Server) start(addr string) {
 	t := s.t
 	t.Helper()
@@ -61,7 +81,11 @@ func (s *Server) start(addr string) {
 	if err != nil {
 		t.Fatalf("srvtest: certificate: %v", err)
 	}
-	pc, err := net.ListenPacket("udp", addr)
+	listen := s.listen
+	if listen == nil {
+		listen = func(addr string) (net.PacketConn, error) { return net.ListenPacket("udp", addr) }
+	}
+	pc, err := listen(addr)
 	if err != nil {
 		t.Fatalf("srvtest: listen: %v", err)
 	}

@@ -1,0 +1,149 @@
+package quiccli
+
+import (
+	"context"
+	"errors"
+	"math/rand/v2"
+	"net"
+	"path/filepath"
+	"sync"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/qbackup/qbackup/quicsrv"
+	"github.com/qbackup/qbackup/quicsrv/srvtest"
+	"github.com/quic-go/quic-go/testutils/simnet"
+)
+
+// lossyRouter delivers packets like simnet's PerfectRouter but drops a
+// share of them, chosen by a seeded generator, and every packet between
+// down and up (an outage).
+type lossyRouter struct {
+	simnet.PerfectRouter
+	mu            sync.Mutex
+	rng           *rand.Rand
+	loss          float64
+	down, up      time.Time
+	sent, dropped int
+}
+
+func (r *lossyRouter) SendPacket(p simnet.Packet) error {
+	r.mu.Lock()
+	r.sent++
+	now := time.Now()
+	drop := r.rng.Float64() < r.loss || (!now.Before(r.down) && now.Before(r.up))
+	if drop {
+		r.dropped++
+	}
+	r.mu.Unlock()
+	if drop {
+		return nil
+	}
+	return r.PerfectRouter.SendPacket(p)
+}
+
+// TestSimulatedLossyLinks sends a file over links simulated in process
+// (quic-go's simnet: latency each way, random loss), then restores it, in
+// testing/synctest's virtual time: a satellite's round trip or a 20 s
+// outage costs no real time, and no timeout depends on how busy the
+// machine is. (Which packets are lost still depends on how goroutines
+// happen to run, so the figures logged vary from run to run.) The file is stored
+// whole and comes back identical, within the resend bound, also when the
+// link goes down for a while in the middle of the send.
+func TestSimulatedLossyLinks(t *testing.T) {
+	tests := []simLink{
+		{name: "20 ms, 1%", oneWay: 10 * time.Millisecond, loss: 0.01, size: 4 << 20, maxTime: 5 * time.Minute},
+		{name: "300 ms, 2%", oneWay: 150 * time.Millisecond, loss: 0.02, size: 2 << 20, maxTime: 30 * time.Minute},
+		{name: "20 ms, 1%, 20 s outage", oneWay: 10 * time.Millisecond, loss: 0.01, size: 4 << 20, maxTime: 5 * time.Minute,
+			outageAfter: 2 * time.Second, outage: 20 * time.Second},
+	}
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				simulatedSend(t, tt, uint64(i+1))
+			})
+		})
+	}
+}
+
+// simLink is a simulated link and what to send over it.
+type simLink struct {
+	name        string
+	oneWay      time.Duration // latency each way
+	loss        float64       // share of packets dropped, each way
+	size        int           // of the file
+	maxTime     time.Duration // virtual time for register, send and restore
+	outageAfter time.Duration // into the send, the link goes down ...
+	outage      time.Duration // ... for this long (0: never)
+}
+
+func simulatedSend(t *testing.T, sl simLink, seed uint64) {
+	oneWay, loss, size, maxTime := sl.oneWay, sl.loss, sl.size, sl.maxTime
+	router := &lossyRouter{rng: rand.New(rand.NewPCG(seed, 7)), loss: loss}
+	network := &simnet.Simnet{Router: router}
+	link := simnet.NodeBiDiLinkSettings{Latency: oneWay}
+	srvConn := network.NewEndpoint(&net.UDPAddr{IP: net.IPv4(10, 0, 0, 1), Port: 7443}, link)
+	// A socket for each session: register, send, restore.
+	var clientConns []net.PacketConn
+	for i := range 3 {
+		clientConns = append(clientConns, network.NewEndpoint(&net.UDPAddr{IP: net.IPv4(10, 0, 1, byte(i+1)), Port: 40000}, link))
+	}
+	network.Start()
+	defer network.Close()
+
+	srv := srvtest.StartOn(t, srvConn, func(s *quicsrv.Server) { s.ChunkSize = testChunk })
+	c := newClient(t)
+	c.Stall = -1 // one socket per session: the path watchdog would want another
+	var mu sync.Mutex
+	c.dialHook = func(o *dialOptions) {
+		o.PacketConn = func() (net.PacketConn, error) {
+			mu.Lock()
+			defer mu.Unlock()
+			if len(clientConns) == 0 {
+				return nil, errors.New("test: no simulated socket left")
+			}
+			pc := clientConns[0]
+			clientConns = clientConns[1:]
+			return pc, nil
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), maxTime)
+	defer cancel()
+	start := time.Now()
+	register(t, ctx, c, srv, "alice")
+
+	path := filepath.Join(t.TempDir(), "f.bin")
+	data := writeRandom(t, path, size, seed)
+	sendStart := time.Now()
+	if sl.outage > 0 {
+		router.mu.Lock()
+		router.down = sendStart.Add(sl.outageAfter)
+		router.up = router.down.Add(sl.outage)
+		router.mu.Unlock()
+	}
+	res, err := c.SendResilient(ctx, "", "", SendOptions{Paths: []string{path}},
+		ReconnectOptions{Attempts: 3, MaxWait: time.Second}, nopReporter{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Sent != 1 || res.Failed != 0 {
+		t.Fatalf("sent %d, failed %d (%v)", res.Sent, res.Failed, res.FirstErr)
+	}
+	sendTime := time.Since(sendStart)
+	if sl.outage > 0 && sendTime < sl.outageAfter+sl.outage {
+		t.Errorf("the send took %v, over before the link came back: the outage missed it", sendTime)
+	}
+	assertResendBound(t, res.Bytes, int64(size))
+	s := connect(t, ctx, c)
+	assertRestores(t, ctx, s, "f.bin", data)
+	s.Close()
+	router.mu.Lock()
+	defer router.mu.Unlock()
+	t.Logf("virtual time: %v in all, send %v (%.2f Mbit/s); %d packets, %d dropped (%.1f%%)",
+		time.Since(start).Round(time.Millisecond), sendTime.Round(time.Millisecond),
+		float64(size)*8/sendTime.Seconds()/1e6, router.sent, router.dropped, 100*float64(router.dropped)/float64(max(router.sent, 1)))
+	if router.dropped == 0 {
+		t.Errorf("no packet dropped: the link was not lossy")
+	}
+}
