@@ -18,21 +18,48 @@ import (
 
 // lossyRouter delivers packets like simnet's PerfectRouter but drops a
 // share of them, chosen by a seeded generator, and every packet between
-// down and up (an outage).
+// down and up (an outage). With nat set, the clients (10.0.1.x) sit
+// behind a NAT: the server sees them at natIP, on a port that changes at
+// rebind (a NAT rebinding), after which the old mapping is gone.
 type lossyRouter struct {
 	simnet.PerfectRouter
 	mu            sync.Mutex
 	rng           *rand.Rand
 	loss          float64
 	down, up      time.Time
+	nat           bool
+	rebind        time.Time
 	sent, dropped int
+	rebound       int // packets sent through the new mapping
 }
+
+var natIP = net.IPv4(192, 0, 2, 1)
 
 func (r *lossyRouter) SendPacket(p simnet.Packet) error {
 	r.mu.Lock()
 	r.sent++
 	now := time.Now()
 	drop := r.rng.Float64() < r.loss || (!now.Before(r.down) && now.Before(r.up))
+	if r.nat && !drop {
+		// The mapping: 10.0.1.x:40000 <-> natIP:(10000 + 100*epoch + x).
+		epoch := 0
+		if !r.rebind.IsZero() && !now.Before(r.rebind) {
+			epoch = 1
+		}
+		if from := p.From.(*net.UDPAddr); from.IP.Equal(net.IPv4(10, 0, 1, from.IP.To4()[3])) {
+			p.From = &net.UDPAddr{IP: natIP, Port: 10000 + 100*epoch + int(from.IP.To4()[3])}
+			if epoch == 1 {
+				r.rebound++
+			}
+		}
+		if to := p.To.(*net.UDPAddr); to.IP.Equal(natIP) {
+			if (to.Port-10000)/100 != epoch {
+				drop = true // the old mapping is gone
+			} else {
+				p.To = &net.UDPAddr{IP: net.IPv4(10, 0, 1, byte(to.Port%100)), Port: 40000}
+			}
+		}
+	}
 	if drop {
 		r.dropped++
 	}
@@ -50,13 +77,16 @@ func (r *lossyRouter) SendPacket(p simnet.Packet) error {
 // machine is. (Which packets are lost still depends on how goroutines
 // happen to run, so the figures logged vary from run to run.) The file is stored
 // whole and comes back identical, within the resend bound, also when the
-// link goes down for a while in the middle of the send.
+// link goes down for a while in the middle of the send or a NAT gives the
+// client a new address; the send carries on in one connection.
 func TestSimulatedLossyLinks(t *testing.T) {
 	tests := []simLink{
 		{name: "20 ms, 1%", oneWay: 10 * time.Millisecond, loss: 0.01, size: 4 << 20, maxTime: 5 * time.Minute},
 		{name: "300 ms, 2%", oneWay: 150 * time.Millisecond, loss: 0.02, size: 2 << 20, maxTime: 30 * time.Minute},
 		{name: "20 ms, 1%, 20 s outage", oneWay: 10 * time.Millisecond, loss: 0.01, size: 4 << 20, maxTime: 5 * time.Minute,
 			outageAfter: 2 * time.Second, outage: 20 * time.Second},
+		{name: "50 ms, 0.5%, NAT rebinding", oneWay: 25 * time.Millisecond, loss: 0.005, size: 4 << 20, maxTime: 5 * time.Minute,
+			nat: true, rebindAfter: 500 * time.Millisecond},
 	}
 	for i, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -76,11 +106,13 @@ type simLink struct {
 	maxTime     time.Duration // virtual time for register, send and restore
 	outageAfter time.Duration // into the send, the link goes down ...
 	outage      time.Duration // ... for this long (0: never)
+	nat         bool          // the client is behind a NAT (lossyRouter) ...
+	rebindAfter time.Duration // ... that gives it a new port this far into the send (0: never)
 }
 
 func simulatedSend(t *testing.T, sl simLink, seed uint64) {
 	oneWay, loss, size, maxTime := sl.oneWay, sl.loss, sl.size, sl.maxTime
-	router := &lossyRouter{rng: rand.New(rand.NewPCG(seed, 7)), loss: loss}
+	router := &lossyRouter{rng: rand.New(rand.NewPCG(seed, 7)), loss: loss, nat: sl.nat}
 	network := &simnet.Simnet{Router: router}
 	link := simnet.NodeBiDiLinkSettings{Latency: oneWay}
 	srvConn := network.NewEndpoint(&net.UDPAddr{IP: net.IPv4(10, 0, 0, 1), Port: 7443}, link)
@@ -96,10 +128,12 @@ func simulatedSend(t *testing.T, sl simLink, seed uint64) {
 	c := newClient(t)
 	c.Stall = -1 // one socket per session: the path watchdog would want another
 	var mu sync.Mutex
+	dials := 0
 	c.dialHook = func(o *dialOptions) {
 		o.PacketConn = func() (net.PacketConn, error) {
 			mu.Lock()
 			defer mu.Unlock()
+			dials++
 			if len(clientConns) == 0 {
 				return nil, errors.New("test: no simulated socket left")
 			}
@@ -116,12 +150,15 @@ func simulatedSend(t *testing.T, sl simLink, seed uint64) {
 	path := filepath.Join(t.TempDir(), "f.bin")
 	data := writeRandom(t, path, size, seed)
 	sendStart := time.Now()
+	router.mu.Lock()
 	if sl.outage > 0 {
-		router.mu.Lock()
 		router.down = sendStart.Add(sl.outageAfter)
 		router.up = router.down.Add(sl.outage)
-		router.mu.Unlock()
 	}
+	if sl.rebindAfter > 0 {
+		router.rebind = sendStart.Add(sl.rebindAfter)
+	}
+	router.mu.Unlock()
 	res, err := c.SendResilient(ctx, "", "", SendOptions{Paths: []string{path}},
 		ReconnectOptions{Attempts: 3, MaxWait: time.Second}, nopReporter{})
 	if err != nil {
@@ -134,10 +171,21 @@ func simulatedSend(t *testing.T, sl simLink, seed uint64) {
 	if sl.outage > 0 && sendTime < sl.outageAfter+sl.outage {
 		t.Errorf("the send took %v, over before the link came back: the outage missed it", sendTime)
 	}
+	router.mu.Lock()
+	rebound := router.rebound
+	router.mu.Unlock()
+	if sl.rebindAfter > 0 && (sendTime < sl.rebindAfter || rebound == 0) {
+		t.Errorf("the send took %v, %d packets through the new NAT mapping: the rebinding missed it", sendTime, rebound)
+	}
 	assertResendBound(t, res.Bytes, int64(size))
 	s := connect(t, ctx, c)
 	assertRestores(t, ctx, s, "f.bin", data)
 	s.Close()
+	mu.Lock()
+	if dials != 3 {
+		t.Errorf("%d connections for register, send and restore, want 3: the send did not carry on in one", dials)
+	}
+	mu.Unlock()
 	router.mu.Lock()
 	defer router.mu.Unlock()
 	t.Logf("virtual time: %v in all, send %v (%.2f Mbit/s); %d packets, %d dropped (%.1f%%)",
