@@ -111,7 +111,13 @@ func (ss *session) checkpoint(ctx context.Context, u *upload) {
 	u.syncing = false
 	u.lastSync = time.Now()
 	u.mu.Unlock()
-	if err != nil && !errors.Is(err, store.ErrUploadDone) {
+	switch {
+	case err == nil || errors.Is(err, store.ErrUploadDone):
+	case ctx.Err() != nil:
+		// The session is ending; parking the upload checkpoints it again,
+		// with a context of its own.
+		ss.log.Debug("checkpoint cut short by the end of the session", "name", u.name, "err", err)
+	default:
 		ss.log.Warn("checkpoint", "name", u.name, "err", err)
 	}
 }
