@@ -285,5 +285,10 @@ func (c *Client) autoConnections(ctx context.Context, s *Session, limit int, sto
 		if s.peerCount() >= limit {
 			return s.peerCount()
 		}
+		// Adding peers takes a handshake each, one after another: the
+		// warm-up starts once they are all up, or a tick that fell due
+		// meanwhile would cut it short and the next step would measure
+		// connections still in slow start.
+		t.Reset(step)
 	}
 }
