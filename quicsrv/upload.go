@@ -543,7 +543,11 @@ func (ss *session) receive(u *upload, off uint64, p []byte) error {
 		u.mu.Unlock()
 		return nil
 	}
-	u.done.Add(off, n) // cannot overlap: got reserved the range
+	if err := u.done.Add(off, n); err != nil {
+		// got reserved the range, so this is a bug: say so, rather than
+		// let the ranges a checkpoint records go wrong in silence.
+		ss.log.Error("written ranges out of step with reserved ones", "name", u.name, "off", off, "len", n, "err", err)
+	}
 	u.written += n
 	u.lastData = time.Now()
 	done := u.written == u.size
