@@ -35,6 +35,15 @@ type lossyRouter struct {
 
 var natIP = net.IPv4(192, 0, 2, 1)
 
+// clientHost returns x if addr is a client's, 10.0.1.x.
+func clientHost(addr net.Addr) (int, bool) {
+	ip := addr.(*net.UDPAddr).IP.To4()
+	if ip == nil || ip[0] != 10 || ip[1] != 0 || ip[2] != 1 {
+		return 0, false
+	}
+	return int(ip[3]), true
+}
+
 func (r *lossyRouter) SendPacket(p simnet.Packet) error {
 	r.mu.Lock()
 	r.sent++
@@ -46,8 +55,8 @@ func (r *lossyRouter) SendPacket(p simnet.Packet) error {
 		if !r.rebind.IsZero() && !now.Before(r.rebind) {
 			epoch = 1
 		}
-		if from := p.From.(*net.UDPAddr); from.IP.Equal(net.IPv4(10, 0, 1, from.IP.To4()[3])) {
-			p.From = &net.UDPAddr{IP: natIP, Port: 10000 + 100*epoch + int(from.IP.To4()[3])}
+		if x, ok := clientHost(p.From); ok {
+			p.From = &net.UDPAddr{IP: natIP, Port: 10000 + 100*epoch + x}
 			if epoch == 1 {
 				r.rebound++
 			}
