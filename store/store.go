@@ -571,13 +571,7 @@ func (s *Store) Close() error {
 	clear(s.uploads)
 	s.mu.Unlock()
 	for _, u := range ups {
-		u.mu.Lock()
-		u.closeFile()
-		u.done = true
-		if !u.rowed.Load() {
-			s.root.Remove(filepath.FromSlash(u.temp))
-		}
-		u.mu.Unlock()
+		u.Release() // one finished meanwhile says ErrUploadDone: fine
 	}
 	return s.closeResources()
 }
