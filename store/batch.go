@@ -9,14 +9,15 @@ import (
 )
 
 // Group commit. Committing an upload ends in a durable database
-// transaction and in directory fsyncs; alone, each costs a few fsyncs, so a tree of small files would spend its
-// time waiting for the disk one file at a time. Instead they queue for one
-// goroutine, which runs everything queued in one transaction (each in a
-// savepoint of its own, so one failing does not fail the others), syncs
-// each directory the batch touched once, and commits once. While a batch
-// waits for the disk the next one gathers, so the more files arrive at
-// once, the fewer fsyncs each costs. Nothing is acknowledged before the
-// transaction holding it is durable.
+// transaction and in directory fsyncs; alone, each would cost a few
+// fsyncs, so a tree of small files would spend its time waiting for the
+// disk one file at a time. Instead commits queue for one goroutine, which
+// runs everything queued in one transaction (each in a savepoint of its
+// own, so one failing does not fail the others), syncs each directory the
+// batch touched once (or the file system once, for small files), and
+// commits once. While a batch waits for the disk the next one gathers, so
+// the more files arrive at once, the fewer fsyncs each costs. Nothing is
+// acknowledged before the transaction holding it is durable.
 
 // maxBatch bounds the operations in one transaction.
 const maxBatch = 256
