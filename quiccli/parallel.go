@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/qbackup/qbackup/proto"
@@ -18,7 +17,8 @@ import (
 // window, the chunks of a file are spread over all of them: the session
 // that opens an upload (the primary) asks the others, its peers, to join
 // it (UploadJoin), and each chunk goes to the route with the least data
-// queued. Checksum and commit stay with the primary. A peer that fails
+// queued (see sendLoad for how much each may queue). Checksum and commit
+// stay with the primary. A peer that fails
 // takes the primary down with it, so the usual reconnect-and-resume path
 // starts the whole group again, sending only what the server lacks.
 
@@ -32,6 +32,32 @@ type peerGroup struct {
 	list  []*Session
 	done  chan struct{} // closed when the peers are closed on purpose
 	added chan struct{} // closed and replaced when a peer is added
+
+	wmu     sync.Mutex
+	written chan struct{} // closed and replaced when a chunk sent from here is written
+}
+
+// writtenChan returns a channel closed when the next chunk an upload of s
+// sends, over any of its connections, is written or fails.
+func (s *Session) writtenChan() <-chan struct{} {
+	g := &s.peers
+	g.wmu.Lock()
+	defer g.wmu.Unlock()
+	if g.written == nil {
+		g.written = make(chan struct{})
+	}
+	return g.written
+}
+
+// chunkWritten wakes whoever waits on writtenChan.
+func (s *Session) chunkWritten() {
+	g := &s.peers
+	g.wmu.Lock()
+	defer g.wmu.Unlock()
+	if g.written != nil {
+		close(g.written)
+		g.written = nil
+	}
 }
 
 // peerList returns the current peers and a channel closed when one is
@@ -49,10 +75,84 @@ func (s *Session) peerList() ([]*Session, <-chan struct{}) {
 // route is one way to send chunks of an upload: a session and the
 // transfer number the upload has there.
 type route struct {
-	s        *Session
-	sender   *proto.ChunkSender
-	xfer     uint32
-	inflight atomic.Int64 // bytes queued on sender and not yet written
+	s      *Session
+	sender *proto.ChunkSender
+	xfer   uint32
+}
+
+// sendLoad is what a connection's chunk sender has queued and how fast it
+// writes. A sender takes up to 2×streams chunks (16 MiB by default), which
+// a fast link drains in a blink but a lossy one, where a connection moves
+// 1.8 Mbit/s (80 ms, 1%), takes 75 s over. Chunks given to a connection
+// cannot move to another, so a file ends when its slowest queue has
+// drained: with auto, the first connections filled their queues before
+// the others were up, and the file's last 100 MiB crawled over the
+// connections that held them. So a connection takes a chunk only while
+// what it has queued would drain within paceHorizon at the rate it has
+// written so far (one chunk at least, two until it has a rate): enough
+// to keep the link busy, since a queue is topped up the moment a chunk is
+// written, and little enough that the chunks go to whichever connection
+// is free.
+type sendLoad struct {
+	mu     sync.Mutex
+	queued int64     // bytes given to the sender and not yet written
+	rate   float64   // bytes per second written while busy, smoothed; 0 until measured
+	since  time.Time // when the current sample began
+	bytes  int64     // written since then
+}
+
+// paceHorizon is how long a connection's queue may take to drain;
+// paceSample the least time a rate sample covers (a queue that empties
+// ends its sample sooner).
+const (
+	paceHorizon = 2 * time.Second
+	paceSample  = 250 * time.Millisecond
+)
+
+// budget is how many bytes l may queue.
+func (l *sendLoad) budget(chunk int) int64 {
+	if l.rate == 0 {
+		return 2 * int64(chunk)
+	}
+	return max(int64(chunk), int64(l.rate*paceHorizon.Seconds()))
+}
+
+// room reports how much l has queued, and whether it may take more.
+func (l *sendLoad) room(chunk int) (queued int64, ok bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.queued, l.queued < l.budget(chunk)
+}
+
+// add counts n bytes queued at now.
+func (l *sendLoad) add(n int64, now time.Time) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.queued == 0 {
+		l.since, l.bytes = now, 0 // idle time does not count
+	}
+	l.queued += n
+}
+
+// done counts n queued bytes written (ok) or dropped, at now.
+func (l *sendLoad) done(n int64, ok bool, now time.Time) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.queued -= n
+	if ok {
+		l.bytes += n
+	}
+	el := now.Sub(l.since)
+	if l.bytes == 0 || el <= 0 || (el < paceSample && l.queued > 0) {
+		return
+	}
+	sample := float64(l.bytes) / el.Seconds()
+	if l.rate == 0 {
+		l.rate = sample
+	} else {
+		l.rate = 0.75*l.rate + 0.25*sample
+	}
+	l.since, l.bytes = now, 0
 }
 
 // routeSet is the routes of one upload, growing when peers are added.
@@ -93,23 +193,39 @@ func (rs *routeSet) refresh(ctx context.Context) {
 	}
 }
 
-// pick returns the route with the least data queued, after joining the
-// upload from any peer added meanwhile.
-func (rs *routeSet) pick(ctx context.Context) *route {
-	if rs.changed != nil {
+// pick returns, of the routes whose connections may queue more (sendLoad),
+// the one with the least queued, after joining the upload from any peer
+// added meanwhile. While none may, it waits for a chunk to be written.
+func (rs *routeSet) pick(ctx context.Context) (*route, error) {
+	for {
+		if rs.changed != nil {
+			select {
+			case <-rs.changed:
+				rs.refresh(ctx)
+			default:
+			}
+		}
+		written := rs.s.writtenChan()
+		var best *route
+		var least int64
+		for _, r := range rs.list {
+			q, ok := r.s.load.room(rs.s.chunkSize)
+			if ok && (best == nil || q < least) {
+				best, least = r, q
+			}
+		}
+		if best != nil {
+			return best, nil
+		}
 		select {
+		case <-written:
 		case <-rs.changed:
-			rs.refresh(ctx)
-		default:
+		case <-ctx.Done():
+			return nil, context.Cause(ctx)
+		case <-rs.s.ctx.Done():
+			return nil, context.Cause(rs.s.ctx)
 		}
 	}
-	best := rs.list[0]
-	for _, r := range rs.list[1:] {
-		if r.inflight.Load() < best.inflight.Load() {
-			best = r
-		}
-	}
-	return best
 }
 
 // join joins the upload id from this session and returns its transfer

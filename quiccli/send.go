@@ -552,7 +552,10 @@ func (s *Session) sendAttempt(ctx context.Context, it sendItem, opts SendOptions
 			return FileStatus{}, proto.Errorf(proto.CodeProtocol, "server asked for bytes beyond the end of the file")
 		}
 		for off, end := r.Off, r.Off+r.Len; off < end; {
-			rt := routes.pick(ctx)
+			rt, err := routes.pick(ctx)
+			if err != nil {
+				return FileStatus{}, s.orSessionErr(err)
+			}
 			buf, err := rt.sender.Buffer(ctx)
 			if err != nil {
 				return FileStatus{}, s.routeErr(rt, err)
@@ -569,15 +572,17 @@ func (s *Session) sendAttempt(ctx context.Context, it sendItem, opts SendOptions
 			}
 			ck.Write(buf[:n])
 			h.Write(buf[:n])
-			rt.inflight.Add(int64(n))
+			rt.s.load.add(int64(n), time.Now())
 			sent := func(k int, err error) {
-				rt.inflight.Add(-int64(n))
+				rt.s.load.done(int64(n), err == nil, time.Now())
+				s.chunkWritten()
 				if err != nil && rt.s != s {
 					s.peerFailed(err)
 				}
 				progress(k, err)
 			}
 			if err := rt.sender.Send(ctx, rt.xfer, &ready.UploadID, off, buf[:n], sent); err != nil {
+				rt.s.load.done(int64(n), false, time.Now())
 				return FileStatus{}, s.routeErr(rt, err)
 			}
 			off += n

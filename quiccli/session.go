@@ -48,6 +48,7 @@ type Session struct {
 	sender  *proto.ChunkSender
 
 	peers peerGroup // more connections carrying chunks of uploads opened here (parallel.go)
+	load  sendLoad  // what sender has queued, and its pace (parallel.go)
 }
 
 // call is one request in flight: the messages for it arrive on ch.
