@@ -289,13 +289,27 @@ func (c *Client) addPeer(ctx context.Context, s *Session) error {
 	return nil
 }
 
+// addPeers opens n more peers for s, all at once: a handshake takes a few
+// round trips, and one after another 31 of them took 6 s at 80 ms. It
+// returns the first error, with the peers that did open added.
+func (c *Client) addPeers(ctx context.Context, s *Session, n int) error {
+	errs := make(chan error, n)
+	for range n {
+		go func() { errs <- c.addPeer(ctx, s) }()
+	}
+	var first error
+	for range n {
+		if err := <-errs; err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
+}
+
 // connectPeers opens n-1 peers for s.
 func (c *Client) connectPeers(ctx context.Context, s *Session, n int) {
-	for i := 1; i < min(n, MaxConnections); i++ {
-		if err := c.addPeer(ctx, s); err != nil {
-			c.notice("could not open a parallel connection (%v); going on with %d", err, i)
-			return
-		}
+	if err := c.addPeers(ctx, s, min(n, MaxConnections)-1); err != nil {
+		c.notice("could not open every parallel connection (%v); going on with %d", err, s.peerCount())
 	}
 }
 
@@ -393,18 +407,15 @@ func (c *Client) autoConnections(ctx context.Context, s *Session, limit int, sto
 		}
 		prev = rate
 		n := s.peerCount()
-		for range min(n, limit-n) {
-			if err := c.addPeer(ctx, s); err != nil {
-				return s.peerCount()
-			}
+		if err := c.addPeers(ctx, s, min(n, limit-n)); err != nil {
+			return s.peerCount()
 		}
 		if s.peerCount() >= limit {
 			return s.peerCount()
 		}
-		// Adding peers takes a handshake each, one after another: the
-		// warm-up starts once they are all up, or a tick that fell due
-		// meanwhile would cut it short and the next step would measure
-		// connections still in slow start.
+		// The warm-up starts once the new peers are all up, or a tick that
+		// fell due during their handshakes would cut it short and the next
+		// step would measure connections still in slow start.
 		t.Reset(step)
 	}
 }
