@@ -32,7 +32,7 @@ type serveCmd struct {
 	QuotaBytes      int64         `default:"0" env:"QBACKUPD_QUOTA_BYTES" help:"Bytes one client may store, all versions and unfinished uploads counted (0: unlimited)." placeholder:"BYTES"`
 	QuotaFiles      int           `default:"0" env:"QBACKUPD_QUOTA_FILES" help:"File versions one client may store (0: unlimited)." placeholder:"N"`
 	MaxConns        int           `default:"1024" env:"QBACKUPD_MAX_CONNS" help:"Connections open at once, in total." placeholder:"N"`
-	MaxClientConns  int           `default:"16" env:"QBACKUPD_MAX_CLIENT_CONNS" help:"Connections open at once for one client." placeholder:"N"`
+	MaxClientConns  int           `default:"40" env:"QBACKUPD_MAX_CLIENT_CONNS" help:"Connections open at once for one client." placeholder:"N"`
 	Memory          int64         `default:"536870912" env:"QBACKUPD_MEMORY" help:"Bytes all clients together can make the server buffer (receive windows and chunks in flight)." placeholder:"BYTES"`
 	TransferTimeout time.Duration `default:"5m" env:"QBACKUPD_TRANSFER_TIMEOUT" help:"End an upload that receives nothing for this long (it is kept for resume)."`
 	LogJSON         bool          `help:"Log as JSON lines."`

@@ -32,7 +32,7 @@ const (
 	DefaultKeepAlive        = 10 * time.Second
 	DefaultMaxTransfers     = 256
 	DefaultMaxConns         = 1024
-	DefaultMaxConnsClient   = 16
+	DefaultMaxConnsClient   = 40
 	DefaultMemoryBudget     = 512 << 20
 	DefaultTransferTimeout  = 5 * time.Minute
 )
