@@ -25,6 +25,7 @@ const (
 	TypeListRequest    MsgType = 0x20
 	TypeRestoreRequest MsgType = 0x30
 	TypeRestoreDone    MsgType = 0x31
+	TypeRestoreResume  MsgType = 0x32
 
 	TypeWelcome        MsgType = 0x81
 	TypeError          MsgType = 0x82
@@ -56,6 +57,8 @@ func (t MsgType) String() string {
 		return "RestoreRequest"
 	case TypeRestoreDone:
 		return "RestoreDone"
+	case TypeRestoreResume:
+		return "RestoreResume"
 	case TypeWelcome:
 		return "Welcome"
 	case TypeError:
@@ -117,6 +120,8 @@ func newMessage(t MsgType) Message {
 		return &RestoreRequest{}
 	case TypeRestoreDone:
 		return &RestoreDone{}
+	case TypeRestoreResume:
+		return &RestoreResume{}
 	case TypeWelcome:
 		return &Welcome{}
 	case TypeError:
@@ -728,6 +733,47 @@ func (m *RestoreRequest) decode(d *decoder) {
 	m.Req = d.u32("req")
 	m.Name = d.string16(MaxNameLen, "name")
 	m.Version = d.u32("version")
+}
+
+// RestoreResume asks for the rest of a stored file whose first Offset
+// bytes the client has from an interrupted restore: the server answers as
+// to a RestoreRequest, then sends the chunks from Offset on. Version and
+// SHA256 are those of the RestoreReady that began it, so that the client
+// never joins the bytes of two versions.
+//
+//	req     uint32
+//	name    uint16 length + UTF-8, 1..MaxNameLen
+//	version uint32: not 0
+//	offset  uint64: at most MaxFileSize
+//	sha256  [32]byte
+type RestoreResume struct {
+	Req     uint32
+	Name    string
+	Version uint32
+	Offset  uint64
+	SHA256  [32]byte
+}
+
+func (*RestoreResume) Type() MsgType { return TypeRestoreResume }
+func (m *RestoreResume) appendPayload(b []byte) []byte {
+	b = appendU32(b, m.Req)
+	b = appendString16(b, m.Name)
+	b = appendU32(b, m.Version)
+	b = appendU64(b, m.Offset)
+	return append(b, m.SHA256[:]...)
+}
+func (m *RestoreResume) decode(d *decoder) {
+	m.Req = d.u32("req")
+	m.Name = d.string16(MaxNameLen, "name")
+	m.Version = d.u32("version")
+	if d.err == nil && m.Version == 0 {
+		d.fail(errors.New("0: a resume names its version"), "version")
+	}
+	m.Offset = d.u64("offset")
+	if d.err == nil && m.Offset > MaxFileSize {
+		d.fail(errTooLong, "offset")
+	}
+	d.fixed(m.SHA256[:], "sha256")
 }
 
 // RestoreReady describes the file about to be sent.

@@ -30,6 +30,7 @@ var allTypes = []proto.MsgType{
 	proto.TypeListRequest,
 	proto.TypeRestoreRequest,
 	proto.TypeRestoreDone,
+	proto.TypeRestoreResume,
 	proto.TypeWelcome,
 	proto.TypeError,
 	proto.TypeUploadReady,
@@ -151,6 +152,9 @@ func messageCases() []msgCase {
 
 		{"RestoreDone/zero", &proto.RestoreDone{}},
 		{"RestoreDone/max", &proto.RestoreDone{Xfer: math.MaxUint32, Status: 1}},
+
+		{"RestoreResume/typical", &proto.RestoreResume{Req: 5, Name: "a/b", Version: 2, Offset: 3 << 20, SHA256: [32]byte{1, 31: 2}}},
+		{"RestoreResume/max", &proto.RestoreResume{Req: math.MaxUint32, Name: maxNameUTF8, Version: math.MaxUint32, Offset: proto.MaxFileSize}},
 
 		{"UploadReady/send", &proto.UploadReady{Req: 1, Xfer: 2, UploadID: id16(14), Status: proto.ReadySend, Missing: []proto.Range{{Off: 0, Len: 100}, {Off: 200, Len: 50}}}},
 		// UploadReady with no ranges (ReadyUnchanged) is in
@@ -420,6 +424,10 @@ func badPayloads() []badPayload {
 		{"UploadJoin/short", proto.TypeUploadJoin, new(wire).u32(1).raw(make([]byte, 15)).b, "UploadJoin.uploadID"},
 		{"UploadResult/status", proto.TypeUploadResult, new(wire).u32(1).u8(3).u32(0).u64(0).b, "UploadResult.status"},
 		{"RestoreDone/status", proto.TypeRestoreDone, new(wire).u32(1).u8(2).b, "RestoreDone.status"},
+		{"RestoreResume/version0", proto.TypeRestoreResume, enc(&proto.RestoreResume{Name: "a"}), "RestoreResume.version"},
+		{"RestoreResume/offset", proto.TypeRestoreResume, enc(&proto.RestoreResume{Name: "a", Version: 1, Offset: proto.MaxFileSize + 1}), "RestoreResume.offset"},
+		{"RestoreResume/name", proto.TypeRestoreResume, enc(&proto.RestoreResume{Name: over(proto.MaxNameLen), Version: 1}), "RestoreResume.name"},
+		{"RestoreResume/short", proto.TypeRestoreResume, new(wire).u32(1).u16(1).raw([]byte("a")).u32(1).u64(0).raw(make([]byte, 31)).b, "RestoreResume.sha256"},
 		{"RestoreReady/name", proto.TypeRestoreReady, enc(&proto.RestoreReady{Name: over(proto.MaxNameLen)}), "RestoreReady.name"},
 		{"RestoreReady/nameUTF8", proto.TypeRestoreReady, enc(&proto.RestoreReady{Name: bad}), "RestoreReady.name"},
 		{"RestoreReady/size", proto.TypeRestoreReady, enc(&proto.RestoreReady{Size: proto.MaxFileSize + 1}), "RestoreReady.size"},
@@ -829,6 +837,7 @@ func TestMsgTypeString(t *testing.T) {
 		proto.TypeListRequest:    "ListRequest",
 		proto.TypeRestoreRequest: "RestoreRequest",
 		proto.TypeRestoreDone:    "RestoreDone",
+		proto.TypeRestoreResume:  "RestoreResume",
 		proto.TypeWelcome:        "Welcome",
 		proto.TypeError:          "Error",
 		proto.TypeUploadReady:    "UploadReady",
@@ -854,7 +863,7 @@ func TestMsgTypeString(t *testing.T) {
 		toServer := false
 		switch m.(type) {
 		case *proto.Register, *proto.Reconnect, *proto.UploadRequest, *proto.UploadCommit,
-			*proto.UploadAbort, *proto.UploadJoin, *proto.ListRequest, *proto.RestoreRequest, *proto.RestoreDone:
+			*proto.UploadAbort, *proto.UploadJoin, *proto.ListRequest, *proto.RestoreRequest, *proto.RestoreDone, *proto.RestoreResume:
 			toServer = true
 		}
 		if got := m.Type() < 0x80; got != toServer {
