@@ -123,6 +123,7 @@ func TestHandshakeHostile(t *testing.T) {
 		&proto.ListRequest{Req: 1},
 		&proto.UploadRequest{Req: 1, Name: "a", Size: 1},
 		&proto.RestoreRequest{Req: 1, Name: "a"},
+		&proto.RestoreResume{Req: 1, Name: "a", Version: 1},
 		&proto.UploadCommit{Xfer: 1},
 		&proto.RestoreDone{Xfer: 1},
 		&proto.Welcome{ChunkSize: 1, WrappedKey: []byte{1}},

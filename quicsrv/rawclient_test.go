@@ -586,12 +586,33 @@ func (c *rawClient) restore(name string, version uint32) (*proto.RestoreReady, [
 	c.acceptData()
 	req := c.nextReq()
 	c.send(&proto.RestoreRequest{Req: req, Name: name, Version: version})
+	return c.receiveRestore(req, name, nil, 0)
+}
+
+// resume asks for the bytes of version from off on with a RestoreResume,
+// and checks them like restore, with have (the first off bytes) before
+// them. It returns the whole file.
+func (c *rawClient) resume(name string, version uint32, sha [32]byte, have []byte) (*proto.RestoreReady, []byte) {
+	c.t.Helper()
+	c.acceptData()
+	req := c.nextReq()
+	c.send(&proto.RestoreResume{Req: req, Name: name, Version: version, Offset: uint64(len(have)), SHA256: sha})
+	return c.receiveRestore(req, name, have, uint64(len(have)))
+}
+
+// receiveRestore reads the RestoreReady for req and the chunks from off on.
+func (c *rawClient) receiveRestore(req uint32, name string, have []byte, off uint64) (*proto.RestoreReady, []byte) {
+	c.t.Helper()
 	rr := expect[*proto.RestoreReady](c)
 	if rr.Req != req || rr.Xfer == 0 || rr.TransferID == ([16]byte{}) {
 		c.t.Fatalf("RestoreReady %+v for req %d", rr, req)
 	}
 	buf := make([]byte, rr.Size)
 	var got proto.RangeSet
+	if off > 0 {
+		copy(buf, have)
+		got.Add(0, off)
+	}
 	timeout := time.After(ioTimeout)
 	for !got.Covers(rr.Size) {
 		var f rawFrame
@@ -617,7 +638,7 @@ func (c *rawClient) restore(name string, version uint32) (*proto.RestoreReady, [
 			c.t.Fatalf("restore chunk [%d,+%d) beyond the %d-byte size", f.h.Offset, len(p), rr.Size)
 		}
 		if err := got.Add(f.h.Offset, uint64(len(p))); err != nil {
-			c.t.Fatalf("restore chunk: %v", err)
+			c.t.Fatalf("restore chunk (resumed at %d): %v", off, err)
 		}
 		copy(buf[f.h.Offset:], p)
 	}

@@ -17,6 +17,7 @@ type restore struct {
 	xfer   uint32
 	id     [16]byte
 	fv     store.FileVersion
+	from   uint64 // the first byte to send: not 0 when the client resumes
 	f      *os.File
 	cancel context.CancelFunc
 }
@@ -26,31 +27,38 @@ func (r *restore) close() {
 	r.f.Close()
 }
 
-func (ss *session) restoreRequest(m *proto.RestoreRequest) {
-	if err := ss.startRestore(m); err != nil {
-		ss.requestFailed(m.Req, err)
+// restoreRequest answers a RestoreRequest (sha nil, from 0) or a
+// RestoreResume.
+func (ss *session) restoreRequest(req uint32, name string, version uint32, from uint64, sha *[32]byte) {
+	if err := ss.startRestore(req, name, version, from, sha); err != nil {
+		ss.requestFailed(req, err)
 	}
 }
 
-func (ss *session) startRestore(m *proto.RestoreRequest) error {
-	if err := store.ValidateName(m.Name); err != nil {
+func (ss *session) startRestore(req uint32, name string, version uint32, from uint64, sha *[32]byte) error {
+	if err := store.ValidateName(name); err != nil {
 		return err
 	}
 	var fv store.FileVersion
 	var err error
-	if m.Version == 0 {
-		fv, err = ss.srv.Store.Latest(ss.ctx, ss.client.ID, m.Name)
+	if version == 0 {
+		fv, err = ss.srv.Store.Latest(ss.ctx, ss.client.ID, name)
 	} else {
-		fv, err = ss.srv.Store.Version(ss.ctx, ss.client.ID, m.Name, int(m.Version))
+		fv, err = ss.srv.Store.Version(ss.ctx, ss.client.ID, name, int(version))
 	}
 	if err != nil {
 		return err
+	}
+	if sha != nil && (*sha != fv.SHA256 || from > uint64(fv.Size)) {
+		// Versions never change: the client resumes from another server,
+		// or one whose data was replaced. It must start afresh.
+		return proto.Errorf(proto.CodeNotFound, "version %d of %q is not the file this restore began with", fv.Version, name)
 	}
 	f, err := ss.srv.Store.OpenVersion(ss.ctx, ss.client.ID, fv)
 	if err != nil {
 		return err
 	}
-	r := &restore{req: m.Req, fv: fv, f: f}
+	r := &restore{req: req, fv: fv, from: from, f: f}
 	if _, err := rand.Read(r.id[:]); err != nil {
 		f.Close()
 		return err
@@ -73,7 +81,7 @@ func (ss *session) startRestore(m *proto.RestoreRequest) error {
 		return err
 	}
 	err = ss.answer(&proto.RestoreReady{
-		Req:        m.Req,
+		Req:        req,
 		Xfer:       r.xfer,
 		TransferID: r.id,
 		Name:       fv.Name,
@@ -111,14 +119,15 @@ func (ss *session) chunkSender() *proto.ChunkSender {
 	return ss.sender
 }
 
-// pushRestore reads the stored file once, front to back, and queues its
-// chunks. It checks the stored CRC on the way, so bit rot on the server's
-// disk is logged even though the client verifies what it receives too.
+// pushRestore reads the stored file once, front to back (from where a
+// resumed restore left off), and queues its chunks. A whole file's stored
+// CRC is checked on the way, so bit rot on the server's disk is logged
+// even though the client verifies what it receives too.
 func (ss *session) pushRestore(ctx context.Context, r *restore) error {
 	sender := ss.chunkSender()
 	ck := proto.NewCksum()
 	size := uint64(r.fv.Size)
-	for off := uint64(0); off < size; {
+	for off := r.from; off < size; {
 		buf, err := sender.Buffer(ctx)
 		if err != nil {
 			return err
@@ -141,7 +150,7 @@ func (ss *session) pushRestore(ctx context.Context, r *restore) error {
 		}
 		off += n
 	}
-	if got := ck.Sum32(); got != r.fv.CRC {
+	if got := ck.Sum32(); r.from == 0 && got != r.fv.CRC {
 		ss.log.Error("stored file does not match its recorded checksum", "name", r.fv.Name, "version", r.fv.Version, "recorded", r.fv.CRC, "read", got)
 	}
 	return nil

@@ -121,6 +121,51 @@ func TestRestoreGivenUp(t *testing.T) {
 	w.restoreAll(t)
 }
 
+// TestRestoreResume: a RestoreResume gets the bytes from its offset on,
+// of the version it names, and only if that version is the content the
+// client began with.
+func TestRestoreResume(t *testing.T) {
+	w := newWorld(t, smallChunks)
+	c := registered(t, w.srv, goodName, w.key)
+	v1, v2 := randBytes(10*4096+77), randBytes(7*4096)
+	c.upload("r/file", v1)
+	c.upload("r/file", v2)
+	sha1 := sha256.Sum256(v1)
+	for _, off := range []int{0, 1, 4096, 5*4096 + 3, len(v1) - 1, len(v1)} {
+		rr, got := c.resume("r/file", 1, sha1, v1[:off])
+		if rr.Version != 1 || rr.Size != uint64(len(v1)) || rr.SHA256 != sha1 {
+			t.Errorf("resume at %d: RestoreReady %+v", off, rr)
+		}
+		if !bytes.Equal(got, v1) {
+			t.Errorf("resume at %d: the bytes differ", off)
+		}
+	}
+	tests := []struct {
+		name string
+		m    *proto.RestoreResume
+		code proto.ErrorCode
+	}{
+		{"other content", &proto.RestoreResume{Name: "r/file", Version: 2, Offset: 4096, SHA256: sha1}, proto.CodeNotFound},
+		{"beyond the end", &proto.RestoreResume{Name: "r/file", Version: 1, Offset: uint64(len(v1)) + 1, SHA256: sha1}, proto.CodeNotFound},
+		{"no such version", &proto.RestoreResume{Name: "r/file", Version: 3, SHA256: sha1}, proto.CodeNotFound},
+		{"no such file", &proto.RestoreResume{Name: "r/none", Version: 1, SHA256: sha1}, proto.CodeNotFound},
+		{"bad name", &proto.RestoreResume{Name: "../x", Version: 1, SHA256: sha1}, proto.CodeInvalidName},
+	}
+	for _, tt := range tests {
+		tt.m.Req = c.nextReq()
+		c.send(tt.m)
+		if e := c.expectError(tt.m.Req, tt.code); e == nil {
+			t.Errorf("%s: no error", tt.name)
+		}
+	}
+	// The session goes on.
+	if _, got := c.restore("r/file", 0); !bytes.Equal(got, v2) {
+		t.Error("a restore after the refused resumes returned other bytes")
+	}
+	c.close()
+	w.restoreAll(t) // the world's files (version 1 each), and nothing left in tmp/
+}
+
 // TestHugeUploadRequest: an upload of a size the protocol allows but the
 // server's disk may not (a 1 PiB sparse temp file) is either accepted or
 // refused with an Error; either way nothing is left behind and the session

@@ -406,7 +406,9 @@ func (ss *session) controlLoop() error {
 		case *proto.ListRequest:
 			err = ss.list(m)
 		case *proto.RestoreRequest:
-			ss.restoreRequest(m)
+			ss.restoreRequest(m.Req, m.Name, m.Version, 0, nil)
+		case *proto.RestoreResume:
+			ss.restoreRequest(m.Req, m.Name, m.Version, m.Offset, &m.SHA256)
 		case *proto.RestoreDone:
 			err = ss.restoreDone(m)
 		default:
@@ -462,6 +464,8 @@ func requestNumber(m proto.Message) (uint32, bool) {
 	case *proto.ListRequest:
 		return m.Req, true
 	case *proto.RestoreRequest:
+		return m.Req, true
+	case *proto.RestoreResume:
 		return m.Req, true
 	}
 	return 0, false
