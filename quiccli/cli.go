@@ -125,21 +125,20 @@ func (c *lsCmd) Run(e *env) error {
 }
 
 type restoreCmd struct {
-	Output    string `short:"o" help:"Where to write (default: the name's last element, in the current directory)." placeholder:"PATH"`
-	Version   int    `help:"Version to restore (default: the latest)."`
-	Overwrite bool   `help:"Replace files that exist at the destination."`
-	Progress  string `enum:"auto,bars,lines" default:"auto" help:"Progress display: auto (bars on a terminal), bars, lines."`
-	Name      string `arg:"" help:"Stored file or directory to restore."`
+	Output    string        `short:"o" help:"Where to write (default: the name's last element, in the current directory)." placeholder:"PATH"`
+	Version   int           `help:"Version to restore (default: the latest)."`
+	Overwrite bool          `help:"Replace files that exist at the destination."`
+	Progress  string        `enum:"auto,bars,lines" default:"auto" help:"Progress display: auto (bars on a terminal), bars, lines."`
+	Retries   int           `default:"10" help:"Reconnections after a lost connection, each resuming where the last stopped (0: give up at once)."`
+	RetryMax  time.Duration `default:"30s" help:"Longest wait between reconnections (waits double from 1s)."`
+	Name      string        `arg:"" help:"Stored file or directory to restore."`
 }
 
 func (c *restoreCmd) Run(e *env) error {
-	s, _, err := e.client.Connect(e.ctx, "", "")
-	if err != nil {
-		return err
-	}
-	defer s.Close()
 	rep := NewReporter(e.out, e.errOut, c.Progress == "bars" || (c.Progress == "auto" && e.terminal), "restoring")
-	res, err := s.Restore(e.ctx, RestoreOptions{Name: strings.TrimSuffix(c.Name, "/"), Version: c.Version, Output: c.Output, Overwrite: c.Overwrite}, rep)
+	res, err := e.client.RestoreResilient(e.ctx,
+		RestoreOptions{Name: strings.TrimSuffix(c.Name, "/"), Version: c.Version, Output: c.Output, Overwrite: c.Overwrite},
+		ReconnectOptions{Attempts: c.Retries, MaxWait: c.RetryMax}, rep)
 	rep.Close()
 	if err != nil {
 		return err

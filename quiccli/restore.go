@@ -1,6 +1,7 @@
 package quiccli
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -11,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/qbackup/qbackup/proto"
@@ -54,6 +56,40 @@ func newRestoreSink(f *os.File, progress func(int64)) *restoreSink {
 	return &restoreSink{f: f, progress: progress, done: make(chan struct{})}
 }
 
+// resumeSink is a sink for the rest of the file p holds the front of.
+func resumeSink(p *partialRestore, progress func(int64)) *restoreSink {
+	k := newRestoreSink(p.f, progress)
+	k.size = p.size
+	if p.have > 0 {
+		k.got.Add(0, p.have)
+		k.wrote.Add(0, p.have)
+	}
+	k.written = p.have
+	k.hasher = p.hasher
+	k.hashed = p.hasher.Len()
+	return k
+}
+
+// partialRestore is what a restore cut off by a lost connection leaves for
+// the next session to resume: the temporary file, whose first have bytes
+// are written (hasher has hashed a prefix of them), and the version they
+// belong to.
+type partialRestore struct {
+	tmp     string
+	f       *os.File
+	hasher  proto.FileHasher
+	have    uint64
+	version uint32
+	size    uint64
+	sha     [32]byte
+}
+
+// discard removes the partial file.
+func (p *partialRestore) discard() {
+	p.f.Close()
+	os.Remove(p.tmp)
+}
+
 // closedSink drops every chunk sent to it.
 func closedSink() *restoreSink {
 	k := &restoreSink{done: make(chan struct{})}
@@ -65,13 +101,18 @@ func closedSink() *restoreSink {
 func (k *restoreSink) bind(m *proto.RestoreReady) error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
+	if k.written > 0 && m.Size != k.size {
+		err := proto.Errorf(proto.CodeProtocol, "the server resumed a restore of %d bytes as one of %d", k.size, m.Size)
+		k.finishLocked(err)
+		return err
+	}
 	k.id = m.TransferID
 	k.size = m.Size
 	if err := k.f.Truncate(int64(m.Size)); err != nil {
 		k.finishLocked(err)
 		return err
 	}
-	if m.Size == 0 {
+	if k.written == m.Size {
 		k.finishLocked(nil)
 	}
 	return nil
@@ -193,7 +234,8 @@ type RestoreOptions struct {
 // RestoreResult counts what a restore did.
 type RestoreResult struct {
 	Files    int
-	Bytes    int64
+	Bytes    int64 // the size of the files restored
+	Received int64 // bytes received in all, resent ones included
 	Failed   int
 	FirstErr error // the first failure, for the exit message
 }
@@ -204,10 +246,11 @@ type restoreTarget struct {
 	version int
 	size    int64
 	dest    string
+	part    *partialRestore // what an interrupted attempt left, or nil
 }
 
 // planRestore lists what name covers and where each file goes.
-func (s *Session) planRestore(ctx context.Context, o RestoreOptions) ([]restoreTarget, error) {
+func (s *Session) planRestore(ctx context.Context, o RestoreOptions) ([]*restoreTarget, error) {
 	entries, err := s.List(ctx, o.Name, o.Version != 0)
 	if err != nil {
 		return nil, err
@@ -222,7 +265,7 @@ func (s *Session) planRestore(ctx context.Context, o RestoreOptions) ([]restoreT
 	if out == "" {
 		out = path.Base(o.Name)
 	}
-	var targets []restoreTarget
+	var targets []*restoreTarget
 	for _, e := range entries {
 		var rel string
 		switch {
@@ -240,7 +283,7 @@ func (s *Session) planRestore(ctx context.Context, o RestoreOptions) ([]restoreT
 		if rel != "" {
 			dest = filepath.Join(out, filepath.FromSlash(rel))
 		}
-		t := restoreTarget{name: e.Name, size: int64(e.Size), dest: dest}
+		t := &restoreTarget{name: e.Name, size: int64(e.Size), dest: dest}
 		if e.Name == o.Name {
 			t.version = o.Version
 		}
@@ -257,48 +300,78 @@ func (s *Session) planRestore(ctx context.Context, o RestoreOptions) ([]restoreT
 
 // restoreFile fetches one file, verifies it and moves it into place,
 // retrying a transfer whose checksum does not match up to maxResends times.
-func (s *Session) restoreFile(ctx context.Context, t restoreTarget, overwrite bool, fp FileProgress) (int64, error) {
-	if !overwrite {
-		if _, err := os.Lstat(t.dest); err == nil {
-			return 0, fmt.Errorf("%s already exists; use --overwrite to replace it, or -o to restore elsewhere", t.dest)
+// With keep, a restore cut off by the end of the session leaves t.part
+// for the next session to resume.
+func (s *Session) restoreFile(ctx context.Context, t *restoreTarget, overwrite, keep bool, fp FileProgress, received *atomic.Int64) (int64, error) {
+	if t.part == nil {
+		if !overwrite {
+			if _, err := os.Lstat(t.dest); err == nil {
+				return 0, fmt.Errorf("%s already exists; use --overwrite to replace it, or -o to restore elsewhere", t.dest)
+			}
 		}
-	}
-	if err := os.MkdirAll(filepath.Dir(t.dest), 0o755); err != nil {
-		return 0, err
+		if err := os.MkdirAll(filepath.Dir(t.dest), 0o755); err != nil {
+			return 0, err
+		}
 	}
 	var lastErr error
-	for attempt := 0; attempt <= maxResends; attempt++ {
-		if attempt > 0 {
-			fp.Retry()
-		}
-		n, err := s.restoreOnce(ctx, t, fp)
-		if err == nil {
+	for attempt := 0; attempt <= maxResends; {
+		n, err := s.restoreOnce(ctx, t, keep, fp, received)
+		switch {
+		case err == nil:
 			return n, nil
-		}
-		if !errors.Is(err, errRestoreMismatch) {
+		case errors.Is(err, errResumeRefused):
+			fp.Retry() // t.part is gone: start afresh, no attempt lost
+			continue
+		case !errors.Is(err, errRestoreMismatch):
 			return 0, err
 		}
 		lastErr = err
+		if attempt++; attempt <= maxResends {
+			fp.Retry()
+		}
 	}
 	return 0, fmt.Errorf("%w after %d attempts", lastErr, maxResends+1)
 }
 
-var errRestoreMismatch = errors.New("the restored bytes do not match the stored checksum")
+var (
+	errRestoreMismatch = errors.New("the restored bytes do not match the stored checksum")
+	errResumeRefused   = errors.New("the server cannot resume this restore")
+)
 
-func (s *Session) restoreOnce(ctx context.Context, t restoreTarget, fp FileProgress) (int64, error) {
-	var rnd [6]byte
-	rand.Read(rnd[:])
-	tmp := filepath.Join(filepath.Dir(t.dest), "."+filepath.Base(t.dest)+".qbackup-"+hex.EncodeToString(rnd[:]))
-	f, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return 0, err
+// restoreOnce makes one attempt at t: it resumes t.part if there is one,
+// and it leaves one in t.part (with keep) if the session ends under it
+// after the server has described the file. It counts the bytes it
+// receives in received.
+func (s *Session) restoreOnce(ctx context.Context, t *restoreTarget, keep bool, fp FileProgress, received *atomic.Int64) (n int64, err error) {
+	progress := func(n int64) {
+		fp.Add(n)
+		received.Add(n)
 	}
-	defer func() {
-		f.Close()
-		os.Remove(tmp) // gone already after a successful rename
-	}()
-	sink := newRestoreSink(f, fp.Add)
+	var sink *restoreSink
+	var req proto.Message
 	c := s.newCall()
+	p := t.part
+	t.part = nil
+	resuming := p != nil
+	if resuming {
+		sink = resumeSink(p, progress)
+		fp.Add(int64(p.have))
+		req = &proto.RestoreResume{Req: c.req, Name: t.name, Version: p.version, Offset: p.have, SHA256: p.sha}
+	} else {
+		var rnd [6]byte
+		rand.Read(rnd[:])
+		tmp := filepath.Join(filepath.Dir(t.dest), "."+filepath.Base(t.dest)+".qbackup-"+hex.EncodeToString(rnd[:]))
+		f, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+		if err != nil {
+			s.endCall(c)
+			return 0, err
+		}
+		p = &partialRestore{tmp: tmp, f: f}
+		sink = newRestoreSink(f, progress)
+		req = &proto.RestoreRequest{Req: c.req, Name: t.name, Version: uint32(t.version)}
+	}
+	f, tmp := p.f, p.tmp
+	var ready *proto.RestoreReady
 	s.mu.Lock()
 	s.pending[c.req] = sink
 	s.mu.Unlock()
@@ -310,6 +383,7 @@ func (s *Session) restoreOnce(ctx context.Context, t restoreTarget, fp FileProgr
 		sink.mu.Lock()
 		complete := sink.written == sink.size
 		sink.finishLocked(errSessionClosed)
+		have := sink.wrote.Prefix()
 		sink.mu.Unlock()
 		sink.bg.Wait() // the hasher reads f, which closes next
 		// endCall also knows a transfer whose RestoreReady we never read.
@@ -323,20 +397,41 @@ func (s *Session) restoreOnce(ctx context.Context, t restoreTarget, fp FileProgr
 				s.forgetSink(xfer) // every byte arrived: no chunk can follow
 			}
 		}
+		if err != nil && keep && s.Err() != nil && ctx.Err() == nil && (ready != nil || resuming) {
+			// The session ended under us: keep what arrived for the next.
+			// (A resume cut off before its RestoreReady keeps what it had.)
+			p.hasher, p.have = sink.hasher, have
+			if ready != nil {
+				p.version, p.size, p.sha = ready.Version, ready.Size, ready.SHA256
+			}
+			t.part = p
+			return
+		}
+		f.Close()
+		os.Remove(tmp) // gone already after a successful rename
 	}()
-	if err := s.send(&proto.RestoreRequest{Req: c.req, Name: t.name, Version: uint32(t.version)}); err != nil {
+	if err := s.send(req); err != nil {
 		return 0, err
 	}
 	m, err := s.wait(ctx, c)
 	if err != nil {
+		var pe *proto.Error
+		if resuming && errors.As(err, &pe) && pe.Code == proto.CodeNotFound {
+			return 0, fmt.Errorf("%w: %v", errResumeRefused, err)
+		}
 		return 0, err
 	}
-	ready, ok := m.(*proto.RestoreReady)
+	var ok bool
+	ready, ok = m.(*proto.RestoreReady)
 	if !ok {
 		return 0, proto.Errorf(proto.CodeProtocol, "server answered a restore with %v", m.Type())
 	}
 	if ready.Name != t.name {
 		return 0, proto.Errorf(proto.CodeProtocol, "asked for %q, server sent %q", t.name, ready.Name)
+	}
+	if resuming && (ready.Version != p.version || ready.SHA256 != p.sha || ready.Size != p.size) {
+		resuming, ready = false, nil // keep nothing: the bytes would join two contents
+		return 0, proto.Errorf(proto.CodeProtocol, "asked to resume version %d of %q, the server sent other content", p.version, t.name)
 	}
 	select {
 	case <-sink.done:
@@ -390,56 +485,122 @@ func (s *Session) Restore(ctx context.Context, o RestoreOptions, rep Reporter) (
 	if err != nil {
 		return nil, err
 	}
+	startRestore(targets, rep)
+	res := &RestoreResult{}
+	s.restoreTargets(ctx, targets, o.Overwrite, rep, res, false)
+	return res, nil
+}
+
+// RestoreResilient restores like Session.Restore, but when the connection
+// is lost it reconnects with backoff and resumes: files not begun yet are
+// asked for again, and each file under way from the end of the bytes it
+// has in a row (a few chunks more at most are sent twice).
+func (c *Client) RestoreResilient(ctx context.Context, o RestoreOptions, ro ReconnectOptions, rep Reporter) (*RestoreResult, error) {
+	s, _, err := c.Connect(ctx, "", "")
+	if err != nil {
+		return nil, err
+	}
+	targets, err := s.planRestore(ctx, o)
+	if err != nil {
+		s.Close()
+		return nil, err
+	}
+	startRestore(targets, rep)
+	res := &RestoreResult{}
+	reconnects := 0
+	for {
+		lost := s.restoreTargets(ctx, targets, o.Overwrite, rep, res, reconnects < ro.Attempts)
+		lastErr := s.Err()
+		s.Close()
+		if len(lost) == 0 {
+			return res, nil
+		}
+		targets = lost
+		if s, err = c.redial(ctx, ro, &reconnects, lastErr, rep, plural(len(lost), "file")); err != nil {
+			for _, t := range lost {
+				if t.part != nil {
+					t.part.discard()
+				}
+				res.fail(fmt.Errorf("%s: %w", t.name, err))
+			}
+			return res, nil
+		}
+	}
+}
+
+func startRestore(targets []*restoreTarget, rep Reporter) {
 	var total int64
 	for _, t := range targets {
 		total += t.size
 	}
 	rep.Start(len(targets), total)
-	res := &RestoreResult{}
+}
+
+func (r *RestoreResult) fail(err error) {
+	r.Failed++
+	if r.FirstErr == nil {
+		r.FirstErr = err
+	}
+}
+
+// restoreTargets restores targets over the session, 8 at a time, and adds
+// the outcomes to res. With keepLost, files that failed because the
+// session itself ended are not counted but returned, with what arrived of
+// them, to be resumed over a new session.
+func (s *Session) restoreTargets(ctx context.Context, targets []*restoreTarget, overwrite bool, rep Reporter, res *RestoreResult, keepLost bool) (lost []*restoreTarget) {
 	var mu sync.Mutex
-	next := make(chan restoreTarget)
+	next := make(chan *restoreTarget)
 	var wg sync.WaitGroup
+	var received atomic.Int64
+	defer func() { res.Received += received.Load() }()
 	for range min(8, len(targets)) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			for t := range next {
 				fp := rep.File(t.name, t.size)
-				n, err := s.restoreFile(ctx, t, o.Overwrite, fp)
-				if err == nil {
-					fp.Done("restored", nil)
-				} else {
-					fp.Done("", err)
-				}
+				n, err := s.restoreFile(ctx, t, overwrite, keepLost, fp, &received)
 				mu.Lock()
-				if err != nil {
-					res.Failed++
-					if res.FirstErr == nil {
-						res.FirstErr = fmt.Errorf("%s: %w", t.name, err)
-					}
-				} else {
+				switch {
+				case err != nil && keepLost && s.Err() != nil && ctx.Err() == nil:
+					lost = append(lost, t)
+					fp.Done("interrupted", nil)
+				case err != nil:
+					res.fail(fmt.Errorf("%s: %w", t.name, err))
+					fp.Done("", err)
+				default:
 					res.Files++
 					res.Bytes += n
+					fp.Done("restored", nil)
 				}
 				mu.Unlock()
 			}
-		}()
+		})
 	}
+	handed := 0
+feed:
 	for _, t := range targets {
+		if keepLost && s.Err() != nil {
+			break // the session is gone: the rest goes to the next one
+		}
 		select {
 		case next <- t:
+			handed++
 		case <-ctx.Done():
+			break feed
 		}
 	}
 	close(next)
 	wg.Wait()
-	if left := len(targets) - res.Files - res.Failed; left > 0 {
-		res.Failed += left
-		if res.FirstErr == nil {
-			res.FirstErr = context.Cause(ctx)
+	if rest := targets[handed:]; len(rest) > 0 {
+		if keepLost && s.Err() != nil && ctx.Err() == nil {
+			lost = append(lost, rest...)
+		} else {
+			res.Failed += len(rest)
+			if res.FirstErr == nil {
+				res.FirstErr = cmp.Or(context.Cause(ctx), s.Err())
+			}
 		}
 	}
-	return res, nil
+	return lost
 }
 
 // pickVersion keeps the entry of one version of name from a listing of

@@ -345,10 +345,6 @@ func (c *Client) SendResilient(ctx context.Context, server, name string, opts Se
 		c.connectPeers(ctx, s, conns)
 	}
 	items := collectReported(opts.Paths, rep, res)
-	maxWait := ro.MaxWait
-	if maxWait <= 0 {
-		maxWait = 30 * time.Second
-	}
 	reconnects := 0
 	for {
 		lost := s.sendItems(ctx, items, opts, rep, res, reconnects < ro.Attempts)
@@ -365,35 +361,52 @@ func (c *Client) SendResilient(ctx context.Context, server, name string, opts Se
 		if len(lost) == 0 {
 			break
 		}
-		items, s = lost, nil
-		for wait := time.Second; s == nil; wait = min(2*wait, maxWait) {
-			if reconnects >= ro.Attempts || ctx.Err() != nil || permanent(lastErr) {
-				if ctx.Err() != nil {
-					lastErr = context.Cause(ctx)
-				}
-				for _, it := range items {
-					res.fail(fmt.Errorf("%s: %w", it.name, lastErr))
-				}
-				res.Elapsed = time.Since(start)
-				return res, nil
+		items = lost
+		if s, err = c.redial(ctx, ro, &reconnects, lastErr, rep, plural(len(items), "file")); err != nil {
+			for _, it := range items {
+				res.fail(fmt.Errorf("%s: %w", it.name, err))
 			}
-			reconnects++
-			rep.Warn("connection lost (%v); reconnecting in %v to resume %s (attempt %d of %d)",
-				lastErr, wait, plural(len(items), "file"), reconnects, ro.Attempts)
-			select {
-			case <-time.After(jitter(wait)):
-			case <-ctx.Done():
-				continue
-			}
-			if s, _, err = c.Connect(ctx, "", ""); err != nil {
-				lastErr = err
-			} else if conns > 1 {
-				c.connectPeers(ctx, s, conns) // as many as auto had found
-			}
+			break
+		}
+		if conns > 1 {
+			c.connectPeers(ctx, s, conns) // as many as auto had found
 		}
 	}
 	res.Elapsed = time.Since(start)
 	return res, nil
+}
+
+// redial opens a new session after the last one was lost (lastErr), with
+// exponential backoff, counting reconnections in *n. It gives up, with
+// the error to fail the rest with, once ro.Attempts reconnections are
+// used up, the error cannot be fixed by trying again, or ctx ends. what
+// says, for the warning, what is left to resume.
+func (c *Client) redial(ctx context.Context, ro ReconnectOptions, n *int, lastErr error, rep Reporter, what string) (*Session, error) {
+	maxWait := ro.MaxWait
+	if maxWait <= 0 {
+		maxWait = 30 * time.Second
+	}
+	for wait := time.Second; ; wait = min(2*wait, maxWait) {
+		if ctx.Err() != nil {
+			return nil, context.Cause(ctx)
+		}
+		if *n >= ro.Attempts || permanent(lastErr) {
+			return nil, lastErr
+		}
+		*n++
+		rep.Warn("connection lost (%v); reconnecting in %v to resume %s (attempt %d of %d)",
+			lastErr, wait, what, *n, ro.Attempts)
+		select {
+		case <-time.After(jitter(wait)):
+		case <-ctx.Done():
+			continue
+		}
+		s, _, err := c.Connect(ctx, "", "")
+		if err == nil {
+			return s, nil
+		}
+		lastErr = err
+	}
 }
 
 // jitter spreads reconnections of many clients: 75% to 125% of d.
