@@ -453,12 +453,7 @@ func (m *UploadReady) appendPayload(b []byte) []byte {
 	b = append(b, m.UploadID[:]...)
 	b = appendU8(b, m.Status)
 	b = appendU32(b, m.Version)
-	b = appendU16(b, uint16(len(m.Missing)))
-	for _, r := range m.Missing {
-		b = appendU64(b, r.Off)
-		b = appendU64(b, r.Len)
-	}
-	return b
+	return appendRanges(b, m.Missing)
 }
 func (m *UploadReady) decode(d *decoder) {
 	m.Req = d.u32("req")
@@ -469,31 +464,50 @@ func (m *UploadReady) decode(d *decoder) {
 		d.fail(fmt.Errorf("unknown status %d", m.Status), "status")
 	}
 	m.Version = d.u32("version")
+	m.Missing = d.ranges(MaxRanges, false)
+}
+
+// appendRanges appends a count and the ranges (see UploadReady).
+func appendRanges(b []byte, rs []Range) []byte {
+	b = appendU16(b, uint16(len(rs)))
+	for _, r := range rs {
+		b = appendU64(b, r.Off)
+		b = appendU64(b, r.Len)
+	}
+	return b
+}
+
+// ranges reads a count, at most max, and that many ranges: ascending, not
+// empty, not overlapping, within MaxFileSize, and with apart set not
+// touching either (a RangeSet's canonical form).
+func (d *decoder) ranges(max int, apart bool) []Range {
 	n := int(d.u16("count"))
 	if d.err != nil {
-		return
+		return nil
 	}
-	if n > MaxRanges {
+	if n > max {
 		d.fail(errTooLong, "count")
-		return
+		return nil
 	}
 	if len(d.b) < n*16 {
 		d.fail(errShort, "ranges")
-		return
+		return nil
 	}
-	if n > 0 {
-		m.Missing = make([]Range, n)
+	if n == 0 {
+		return nil
 	}
+	rs := make([]Range, n)
 	var end uint64
-	for i := range m.Missing {
+	for i := range rs {
 		r := Range{Off: d.u64("offset"), Len: d.u64("length")}
-		if r.Len == 0 || r.Off < end || r.Off > MaxFileSize || r.Len > MaxFileSize-r.Off {
+		if r.Len == 0 || r.Off < end || (apart && i > 0 && r.Off == end) || r.Off > MaxFileSize || r.Len > MaxFileSize-r.Off {
 			d.fail(fmt.Errorf("range %d [%d,+%d) empty, overlapping, unordered or out of bounds", i, r.Off, r.Len), "ranges")
-			return
+			return nil
 		}
 		end = r.Off + r.Len
-		m.Missing[i] = r
+		rs[i] = r
 	}
+	return rs
 }
 
 // UploadChecksum carries the server's checksums over the reassembled file.
@@ -735,23 +749,25 @@ func (m *RestoreRequest) decode(d *decoder) {
 	m.Version = d.u32("version")
 }
 
-// RestoreResume asks for the rest of a stored file whose first Offset
-// bytes the client has from an interrupted restore: the server answers as
-// to a RestoreRequest, then sends the chunks from Offset on. Version and
+// RestoreResume asks for the rest of a stored file, of which the client
+// has the Have ranges from an interrupted restore: the server answers as to
+// a RestoreRequest, then sends only the chunks outside them. Version and
 // SHA256 are those of the RestoreReady that began it, so that the client
 // never joins the bytes of two versions.
 //
 //	req     uint32
 //	name    uint16 length + UTF-8, 1..MaxNameLen
 //	version uint32: not 0
-//	offset  uint64: at most MaxFileSize
 //	sha256  [32]byte
+//	count   uint16: ranges the client has, ..MaxResumeRanges
+//	ranges  count × (offset uint64, length uint64): ascending, not
+//	        touching or overlapping, not empty, ending by MaxFileSize
 type RestoreResume struct {
 	Req     uint32
 	Name    string
 	Version uint32
-	Offset  uint64
 	SHA256  [32]byte
+	Have    []Range
 }
 
 func (*RestoreResume) Type() MsgType { return TypeRestoreResume }
@@ -759,8 +775,8 @@ func (m *RestoreResume) appendPayload(b []byte) []byte {
 	b = appendU32(b, m.Req)
 	b = appendString16(b, m.Name)
 	b = appendU32(b, m.Version)
-	b = appendU64(b, m.Offset)
-	return append(b, m.SHA256[:]...)
+	b = append(b, m.SHA256[:]...)
+	return appendRanges(b, m.Have)
 }
 func (m *RestoreResume) decode(d *decoder) {
 	m.Req = d.u32("req")
@@ -769,11 +785,8 @@ func (m *RestoreResume) decode(d *decoder) {
 	if d.err == nil && m.Version == 0 {
 		d.fail(errors.New("0: a resume names its version"), "version")
 	}
-	m.Offset = d.u64("offset")
-	if d.err == nil && m.Offset > MaxFileSize {
-		d.fail(errTooLong, "offset")
-	}
 	d.fixed(m.SHA256[:], "sha256")
+	m.Have = d.ranges(MaxResumeRanges, true)
 }
 
 // RestoreReady describes the file about to be sent.

@@ -153,8 +153,11 @@ func messageCases() []msgCase {
 		{"RestoreDone/zero", &proto.RestoreDone{}},
 		{"RestoreDone/max", &proto.RestoreDone{Xfer: math.MaxUint32, Status: 1}},
 
-		{"RestoreResume/typical", &proto.RestoreResume{Req: 5, Name: "a/b", Version: 2, Offset: 3 << 20, SHA256: [32]byte{1, 31: 2}}},
-		{"RestoreResume/max", &proto.RestoreResume{Req: math.MaxUint32, Name: maxNameUTF8, Version: math.MaxUint32, Offset: proto.MaxFileSize}},
+		{"RestoreResume/none", &proto.RestoreResume{Req: 5, Name: "a/b", Version: 2, SHA256: [32]byte{1, 31: 2}}},
+		{"RestoreResume/typical", &proto.RestoreResume{Req: 5, Name: "a/b", Version: 2, SHA256: [32]byte{1, 31: 2},
+			Have: []proto.Range{{Off: 0, Len: 3 << 20}, {Off: 4 << 20, Len: 1 << 20}}}},
+		{"RestoreResume/max", &proto.RestoreResume{Req: math.MaxUint32, Name: maxNameUTF8, Version: math.MaxUint32,
+			Have: manyRanges(proto.MaxResumeRanges)}},
 
 		{"UploadReady/send", &proto.UploadReady{Req: 1, Xfer: 2, UploadID: id16(14), Status: proto.ReadySend, Missing: []proto.Range{{Off: 0, Len: 100}, {Off: 200, Len: 50}}}},
 		// UploadReady with no ranges (ReadyUnchanged) is in
@@ -425,9 +428,14 @@ func badPayloads() []badPayload {
 		{"UploadResult/status", proto.TypeUploadResult, new(wire).u32(1).u8(3).u32(0).u64(0).b, "UploadResult.status"},
 		{"RestoreDone/status", proto.TypeRestoreDone, new(wire).u32(1).u8(2).b, "RestoreDone.status"},
 		{"RestoreResume/version0", proto.TypeRestoreResume, enc(&proto.RestoreResume{Name: "a"}), "RestoreResume.version"},
-		{"RestoreResume/offset", proto.TypeRestoreResume, enc(&proto.RestoreResume{Name: "a", Version: 1, Offset: proto.MaxFileSize + 1}), "RestoreResume.offset"},
 		{"RestoreResume/name", proto.TypeRestoreResume, enc(&proto.RestoreResume{Name: over(proto.MaxNameLen), Version: 1}), "RestoreResume.name"},
-		{"RestoreResume/short", proto.TypeRestoreResume, new(wire).u32(1).u16(1).raw([]byte("a")).u32(1).u64(0).raw(make([]byte, 31)).b, "RestoreResume.sha256"},
+		{"RestoreResume/short", proto.TypeRestoreResume, new(wire).u32(1).u16(1).raw([]byte("a")).u32(1).raw(make([]byte, 31)).b, "RestoreResume.sha256"},
+		{"RestoreResume/count", proto.TypeRestoreResume, resume().u16(proto.MaxResumeRanges + 1).u64(0).u64(1).b, "RestoreResume.count"},
+		{"RestoreResume/fewer", proto.TypeRestoreResume, resume().u16(2).u64(0).u64(1).b, "RestoreResume.ranges"},
+		{"RestoreResume/empty", proto.TypeRestoreResume, resume().u16(1).u64(5).u64(0).b, "RestoreResume.ranges"},
+		{"RestoreResume/touching", proto.TypeRestoreResume, resume().u16(2).u64(0).u64(5).u64(5).u64(5).b, "RestoreResume.ranges"},
+		{"RestoreResume/unordered", proto.TypeRestoreResume, resume().u16(2).u64(10).u64(5).u64(0).u64(5).b, "RestoreResume.ranges"},
+		{"RestoreResume/beyond", proto.TypeRestoreResume, resume().u16(1).u64(proto.MaxFileSize).u64(1).b, "RestoreResume.ranges"},
 		{"RestoreReady/name", proto.TypeRestoreReady, enc(&proto.RestoreReady{Name: over(proto.MaxNameLen)}), "RestoreReady.name"},
 		{"RestoreReady/nameUTF8", proto.TypeRestoreReady, enc(&proto.RestoreReady{Name: bad}), "RestoreReady.name"},
 		{"RestoreReady/size", proto.TypeRestoreReady, enc(&proto.RestoreReady{Size: proto.MaxFileSize + 1}), "RestoreReady.size"},
@@ -871,3 +879,16 @@ func TestMsgTypeString(t *testing.T) {
 		}
 	}
 }
+
+// manyRanges returns n ranges of one byte, a byte apart.
+func manyRanges(n int) []proto.Range {
+	rs := make([]proto.Range, n)
+	for i := range rs {
+		rs[i] = proto.Range{Off: uint64(2 * i), Len: 1}
+	}
+	return rs
+}
+
+// resume is the fixed part of a RestoreResume for "a" version 1, up to its
+// count.
+func resume() *wire { return new(wire).u32(1).u16(1).raw([]byte("a")).u32(1).raw(make([]byte, 32)) }

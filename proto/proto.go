@@ -57,6 +57,11 @@ const (
 	// MaxRanges is the most byte ranges one UploadReady may list: as many
 	// as fit in one control frame beside its 31 bytes of fixed fields.
 	MaxRanges = (MaxControlFrame - 31) / 16
+	// MaxResumeRanges is the most byte ranges one RestoreResume may list:
+	// what fits beside its fixed fields and a name of MaxNameLen bytes
+	// is more than a client ever needs (a restore leaves a few gaps, one
+	// per chunk in flight), so a round number well below it.
+	MaxResumeRanges = 1024
 	// MaxFileSize is the largest file the protocol describes (1 PiB).
 	MaxFileSize = 1 << 50
 	// MaxStreams is the most data streams either end opens at once; each

@@ -60,28 +60,40 @@ func newRestoreSink(f *os.File, progress func(int64)) *restoreSink {
 func resumeSink(p *partialRestore, progress func(int64)) *restoreSink {
 	k := newRestoreSink(p.f, progress)
 	k.size = p.size
-	if p.have > 0 {
-		k.got.Add(0, p.have)
-		k.wrote.Add(0, p.have)
-	}
-	k.written = p.have
+	k.got = p.have.Clone()
+	k.wrote = p.have.Clone()
+	k.written = p.have.Total()
 	k.hasher = p.hasher
 	k.hashed = p.hasher.Len()
 	return k
 }
 
 // partialRestore is what a restore cut off by a lost connection leaves for
-// the next session to resume: the temporary file, whose first have bytes
+// the next session to resume: the temporary file, the ranges of it that
 // are written (hasher has hashed a prefix of them), and the version they
 // belong to.
 type partialRestore struct {
 	tmp     string
 	f       *os.File
 	hasher  proto.FileHasher
-	have    uint64
+	have    proto.RangeSet
 	version uint32
 	size    uint64
 	sha     [32]byte
+}
+
+// haveRanges returns the ranges p has, at most proto.MaxResumeRanges of
+// them (the first; the others are fetched again), and keeps p to those.
+func (p *partialRestore) haveRanges() []proto.Range {
+	rs := p.have.Ranges()
+	if len(rs) > proto.MaxResumeRanges {
+		rs = rs[:proto.MaxResumeRanges]
+		p.have = proto.RangeSet{}
+		for _, r := range rs {
+			p.have.Add(r.Off, r.Len)
+		}
+	}
+	return rs
 }
 
 // discard removes the partial file.
@@ -354,9 +366,9 @@ func (s *Session) restoreOnce(ctx context.Context, t *restoreTarget, keep bool, 
 	t.part = nil
 	resuming := p != nil
 	if resuming {
+		req = &proto.RestoreResume{Req: c.req, Name: t.name, Version: p.version, SHA256: p.sha, Have: p.haveRanges()}
 		sink = resumeSink(p, progress)
-		fp.Add(int64(p.have))
-		req = &proto.RestoreResume{Req: c.req, Name: t.name, Version: p.version, Offset: p.have, SHA256: p.sha}
+		fp.Add(int64(p.have.Total()))
 	} else {
 		var rnd [6]byte
 		rand.Read(rnd[:])
@@ -383,7 +395,7 @@ func (s *Session) restoreOnce(ctx context.Context, t *restoreTarget, keep bool, 
 		sink.mu.Lock()
 		complete := sink.written == sink.size
 		sink.finishLocked(errSessionClosed)
-		have := sink.wrote.Prefix()
+		have := sink.wrote.Clone()
 		sink.mu.Unlock()
 		sink.bg.Wait() // the hasher reads f, which closes next
 		// endCall also knows a transfer whose RestoreReady we never read.
@@ -493,8 +505,8 @@ func (s *Session) Restore(ctx context.Context, o RestoreOptions, rep Reporter) (
 
 // RestoreResilient restores like Session.Restore, but when the connection
 // is lost it reconnects with backoff and resumes: files not begun yet are
-// asked for again, and each file under way from the end of the bytes it
-// has in a row (a few chunks more at most are sent twice).
+// asked for again, and each file under way for the ranges it lacks (the
+// chunks being written when the connection ended come again).
 func (c *Client) RestoreResilient(ctx context.Context, o RestoreOptions, ro ReconnectOptions, rep Reporter) (*RestoreResult, error) {
 	s, _, err := c.Connect(ctx, "", "")
 	if err != nil {

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/qbackup/qbackup/proto"
 	"github.com/quic-go/quic-go"
 )
 
@@ -155,6 +156,8 @@ func TestRestoreResumeStartsAfresh(t *testing.T) {
 		t.Fatalf("send: %v", res.FirstErr)
 	}
 	have, size := uint64(1<<20), int64(len(data))
+	var haveSet proto.RangeSet
+	haveSet.Add(0, have)
 	tests := []struct {
 		name     string
 		prefix   []byte   // what the partial file holds
@@ -180,7 +183,7 @@ func TestRestoreResumeStartsAfresh(t *testing.T) {
 				t.Fatal(err)
 			}
 			tg := &restoreTarget{name: "f.bin", size: int64(len(data)), dest: filepath.Join(dir, "f.bin"),
-				part: &partialRestore{tmp: tmp, f: f, have: have, version: tt.version, size: uint64(len(data)), sha: tt.sha}}
+				part: &partialRestore{tmp: tmp, f: f, have: haveSet.Clone(), version: tt.version, size: uint64(len(data)), sha: tt.sha}}
 			var received atomic.Int64
 			n, err := s.restoreFile(ctx, tg, false, true, nopFile{}, &received)
 			if err != nil {
@@ -199,5 +202,25 @@ func TestRestoreResumeStartsAfresh(t *testing.T) {
 				t.Errorf("received %d bytes, want %d", got, tt.received)
 			}
 		})
+	}
+}
+
+// TestPartialRestoreRanges: a resume lists at most proto.MaxResumeRanges
+// ranges, and keeps to those, so that the server's chunks for the rest
+// never overlap what the sink counts as had.
+func TestPartialRestoreRanges(t *testing.T) {
+	for _, n := range []int{0, 1, proto.MaxResumeRanges, proto.MaxResumeRanges + 6} {
+		var p partialRestore
+		for i := range n {
+			p.have.Add(uint64(10*i), 5)
+		}
+		rs := p.haveRanges()
+		want := min(n, proto.MaxResumeRanges)
+		if len(rs) != want || p.have.Total() != uint64(5*want) || len(p.have.Ranges()) != want {
+			t.Errorf("%d ranges: listed %d, kept %d bytes in %d; want %d ranges of 5 bytes", n, len(rs), p.have.Total(), len(p.have.Ranges()), want)
+		}
+		if want > 0 && rs[want-1] != (proto.Range{Off: uint64(10 * (want - 1)), Len: 5}) {
+			t.Errorf("%d ranges: the last listed is %v", n, rs[want-1])
+		}
 	}
 }

@@ -1,10 +1,13 @@
 package quiccli
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"math"
 	"math/rand/v2"
 	"net"
+	"os"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -13,6 +16,7 @@ import (
 
 	"github.com/qbackup/qbackup/quicsrv"
 	"github.com/qbackup/qbackup/quicsrv/srvtest"
+	"github.com/quic-go/quic-go"
 	"github.com/quic-go/quic-go/testutils/simnet"
 )
 
@@ -96,6 +100,8 @@ func TestSimulatedLossyLinks(t *testing.T) {
 			outageAfter: 2 * time.Second, outage: 20 * time.Second},
 		{name: "50 ms, 0.5%, NAT rebinding", oneWay: 25 * time.Millisecond, loss: 0.005, size: 4 << 20, maxTime: 5 * time.Minute,
 			nat: true, rebindAfter: 500 * time.Millisecond},
+		{name: "50 ms, 1%, restore cut off by a 20 s outage", oneWay: 25 * time.Millisecond, loss: 0.01, size: 4 << 20, maxTime: 5 * time.Minute,
+			restoreOutageAfter: time.Second, restoreOutage: 20 * time.Second},
 	}
 	for i, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -117,6 +123,9 @@ type simLink struct {
 	outage      time.Duration // ... for this long (0: never)
 	nat         bool          // the client is behind a NAT (lossyRouter) ...
 	rebindAfter time.Duration // ... that gives it a new port this far into the send (0: never)
+	// Into the restore, the link goes down for this long (0: never), past
+	// the client's idle timeout (5 s here): it reconnects and resumes.
+	restoreOutageAfter, restoreOutage time.Duration
 }
 
 func simulatedSend(t *testing.T, sl simLink, seed uint64) {
@@ -125,9 +134,10 @@ func simulatedSend(t *testing.T, sl simLink, seed uint64) {
 	network := &simnet.Simnet{Router: router}
 	link := simnet.NodeBiDiLinkSettings{Latency: oneWay}
 	srvConn := network.NewEndpoint(&net.UDPAddr{IP: net.IPv4(10, 0, 0, 1), Port: 7443}, link)
-	// A socket for each session: register, send, restore.
+	// A socket for each session: register, send, restore, and spares for
+	// reconnections.
 	var clientConns []net.PacketConn
-	for i := range 3 {
+	for i := range 8 {
 		clientConns = append(clientConns, network.NewEndpoint(&net.UDPAddr{IP: net.IPv4(10, 0, 1, byte(i+1)), Port: 40000}, link))
 	}
 	network.Start()
@@ -139,6 +149,12 @@ func simulatedSend(t *testing.T, sl simLink, seed uint64) {
 	var mu sync.Mutex
 	dials := 0
 	c.dialHook = func(o *dialOptions) {
+		if sl.restoreOutage > 0 {
+			o.QUICConfig = func(q *quic.Config) {
+				q.MaxIdleTimeout = 5 * time.Second
+				q.KeepAlivePeriod = time.Second
+			}
+		}
 		o.PacketConn = func() (net.PacketConn, error) {
 			mu.Lock()
 			defer mu.Unlock()
@@ -187,12 +203,38 @@ func simulatedSend(t *testing.T, sl simLink, seed uint64) {
 		t.Errorf("the send took %v, %d packets through the new NAT mapping: the rebinding missed it", sendTime, rebound)
 	}
 	assertResendBound(t, res.Bytes, int64(size))
-	s := connect(t, ctx, c)
-	assertRestores(t, ctx, s, "f.bin", data)
-	s.Close()
+
+	restoreStart := time.Now()
+	if sl.restoreOutage > 0 {
+		router.mu.Lock()
+		router.down = restoreStart.Add(sl.restoreOutageAfter)
+		router.up = router.down.Add(sl.restoreOutage)
+		router.mu.Unlock()
+	}
+	out := filepath.Join(t.TempDir(), "out")
+	rep := &cutReporter{at: math.MaxInt64}
+	rres, err := c.RestoreResilient(ctx, RestoreOptions{Name: "f.bin", Output: out}, ReconnectOptions{Attempts: 5, MaxWait: time.Second}, rep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rres.Files != 1 {
+		t.Fatalf("restored %d files (%v)", rres.Files, rres.FirstErr)
+	}
+	if got, _ := os.ReadFile(out); !bytes.Equal(got, data) {
+		t.Errorf("restored %d bytes that differ from the %d sent", len(got), len(data))
+	}
+	restoreTime := time.Since(restoreStart)
+	t.Logf("restore: %v, received %.3f× the file, %d reconnection warnings", restoreTime.Round(time.Millisecond),
+		float64(rres.Received)/float64(size), rep.warns.Load())
+	if float64(rres.Received) > 1.05*float64(size) {
+		t.Errorf("received %d bytes in all for a %d-byte file: over 1.05×", rres.Received, size)
+	}
 	mu.Lock()
-	if dials != 3 {
+	switch {
+	case sl.restoreOutage == 0 && dials != 3:
 		t.Errorf("%d connections for register, send and restore, want 3: the send did not carry on in one", dials)
+	case sl.restoreOutage > 0 && (restoreTime < sl.restoreOutageAfter+sl.restoreOutage || rep.warns.Load() == 0):
+		t.Errorf("the restore took %v and never reconnected (%d connections): the outage missed it", restoreTime, dials)
 	}
 	mu.Unlock()
 	router.mu.Lock()

@@ -586,22 +586,23 @@ func (c *rawClient) restore(name string, version uint32) (*proto.RestoreReady, [
 	c.acceptData()
 	req := c.nextReq()
 	c.send(&proto.RestoreRequest{Req: req, Name: name, Version: version})
-	return c.receiveRestore(req, name, nil, 0)
+	return c.receiveRestore(req, name, nil, nil)
 }
 
-// resume asks for the bytes of version from off on with a RestoreResume,
-// and checks them like restore, with have (the first off bytes) before
-// them. It returns the whole file.
-func (c *rawClient) resume(name string, version uint32, sha [32]byte, have []byte) (*proto.RestoreReady, []byte) {
+// resume asks with a RestoreResume for the bytes of version outside have,
+// and checks them like restore, with the bytes of have taken from want. It
+// returns the whole file.
+func (c *rawClient) resume(name string, version uint32, sha [32]byte, want []byte, have []proto.Range) (*proto.RestoreReady, []byte) {
 	c.t.Helper()
 	c.acceptData()
 	req := c.nextReq()
-	c.send(&proto.RestoreResume{Req: req, Name: name, Version: version, Offset: uint64(len(have)), SHA256: sha})
-	return c.receiveRestore(req, name, have, uint64(len(have)))
+	c.send(&proto.RestoreResume{Req: req, Name: name, Version: version, SHA256: sha, Have: have})
+	return c.receiveRestore(req, name, want, have)
 }
 
-// receiveRestore reads the RestoreReady for req and the chunks from off on.
-func (c *rawClient) receiveRestore(req uint32, name string, have []byte, off uint64) (*proto.RestoreReady, []byte) {
+// receiveRestore reads the RestoreReady for req and the chunks outside
+// have, whose bytes it takes from want.
+func (c *rawClient) receiveRestore(req uint32, name string, want []byte, have []proto.Range) (*proto.RestoreReady, []byte) {
 	c.t.Helper()
 	rr := expect[*proto.RestoreReady](c)
 	if rr.Req != req || rr.Xfer == 0 || rr.TransferID == ([16]byte{}) {
@@ -609,9 +610,9 @@ func (c *rawClient) receiveRestore(req uint32, name string, have []byte, off uin
 	}
 	buf := make([]byte, rr.Size)
 	var got proto.RangeSet
-	if off > 0 {
-		copy(buf, have)
-		got.Add(0, off)
+	for _, r := range have {
+		copy(buf[r.Off:r.Off+r.Len], want[r.Off:])
+		got.Add(r.Off, r.Len)
 	}
 	timeout := time.After(ioTimeout)
 	for !got.Covers(rr.Size) {
@@ -638,7 +639,7 @@ func (c *rawClient) receiveRestore(req uint32, name string, have []byte, off uin
 			c.t.Fatalf("restore chunk [%d,+%d) beyond the %d-byte size", f.h.Offset, len(p), rr.Size)
 		}
 		if err := got.Add(f.h.Offset, uint64(len(p))); err != nil {
-			c.t.Fatalf("restore chunk (resumed at %d): %v", off, err)
+			c.t.Fatalf("restore chunk (resumed with %v): %v", have, err)
 		}
 		copy(buf[f.h.Offset:], p)
 	}

@@ -17,7 +17,7 @@ type restore struct {
 	xfer   uint32
 	id     [16]byte
 	fv     store.FileVersion
-	from   uint64 // the first byte to send: not 0 when the client resumes
+	send   []proto.Range // what to send: all of it, or what a resuming client lacks
 	f      *os.File
 	cancel context.CancelFunc
 }
@@ -27,15 +27,15 @@ func (r *restore) close() {
 	r.f.Close()
 }
 
-// restoreRequest answers a RestoreRequest (sha nil, from 0) or a
-// RestoreResume.
-func (ss *session) restoreRequest(req uint32, name string, version uint32, from uint64, sha *[32]byte) {
-	if err := ss.startRestore(req, name, version, from, sha); err != nil {
+// restoreRequest answers a RestoreRequest (sha nil) or a RestoreResume
+// (the client has the ranges have of the content sha).
+func (ss *session) restoreRequest(req uint32, name string, version uint32, have []proto.Range, sha *[32]byte) {
+	if err := ss.startRestore(req, name, version, have, sha); err != nil {
 		ss.requestFailed(req, err)
 	}
 }
 
-func (ss *session) startRestore(req uint32, name string, version uint32, from uint64, sha *[32]byte) error {
+func (ss *session) startRestore(req uint32, name string, version uint32, have []proto.Range, sha *[32]byte) error {
 	if err := store.ValidateName(name); err != nil {
 		return err
 	}
@@ -49,16 +49,26 @@ func (ss *session) startRestore(req uint32, name string, version uint32, from ui
 	if err != nil {
 		return err
 	}
-	if sha != nil && (*sha != fv.SHA256 || from > uint64(fv.Size)) {
-		// Versions never change: the client resumes from another server,
-		// or one whose data was replaced. It must start afresh.
-		return proto.Errorf(proto.CodeNotFound, "version %d of %q is not the file this restore began with", fv.Version, name)
+	size := uint64(fv.Size)
+	send := []proto.Range{{Off: 0, Len: size}}
+	if sha != nil {
+		var kept proto.RangeSet
+		fits := *sha == fv.SHA256
+		for _, r := range have {
+			fits = fits && r.Off+r.Len <= size && kept.Add(r.Off, r.Len) == nil
+		}
+		if !fits {
+			// Versions never change: the client resumes from another
+			// server, or one whose data was replaced. It must start afresh.
+			return proto.Errorf(proto.CodeNotFound, "version %d of %q is not the file this restore began with", fv.Version, name)
+		}
+		send = kept.Missing(size)
 	}
 	f, err := ss.srv.Store.OpenVersion(ss.ctx, ss.client.ID, fv)
 	if err != nil {
 		return err
 	}
-	r := &restore{req: req, fv: fv, from: from, f: f}
+	r := &restore{req: req, fv: fv, send: send, f: f}
 	if _, err := rand.Read(r.id[:]); err != nil {
 		f.Close()
 		return err
@@ -119,38 +129,40 @@ func (ss *session) chunkSender() *proto.ChunkSender {
 	return ss.sender
 }
 
-// pushRestore reads the stored file once, front to back (from where a
-// resumed restore left off), and queues its chunks. A whole file's stored
-// CRC is checked on the way, so bit rot on the server's disk is logged
-// even though the client verifies what it receives too.
+// pushRestore reads the stored file once, front to back (only the ranges a
+// resuming client lacks), and queues its chunks. A whole file's stored CRC
+// is checked on the way, so bit rot on the server's disk is logged even
+// though the client verifies what it receives too.
 func (ss *session) pushRestore(ctx context.Context, r *restore) error {
 	sender := ss.chunkSender()
 	ck := proto.NewCksum()
-	size := uint64(r.fv.Size)
-	for off := r.from; off < size; {
-		buf, err := sender.Buffer(ctx)
-		if err != nil {
-			return err
-		}
-		n := min(uint64(len(buf)), size-off)
-		if _, err := r.f.ReadAt(buf[:n], int64(off)); err != nil {
-			sender.Release(buf)
-			if ctx.Err() != nil {
-				return nil // released by the client while we read
+	for _, rg := range r.send {
+		for off, end := rg.Off, rg.Off+rg.Len; off < end; {
+			buf, err := sender.Buffer(ctx)
+			if err != nil {
+				return err
 			}
-			if errors.Is(err, io.EOF) {
-				ss.log.Error("stored file is shorter than recorded", "name", r.fv.Name, "version", r.fv.Version)
+			n := min(uint64(len(buf)), end-off)
+			if _, err := r.f.ReadAt(buf[:n], int64(off)); err != nil {
+				sender.Release(buf)
+				if ctx.Err() != nil {
+					return nil // released by the client while we read
+				}
+				if errors.Is(err, io.EOF) {
+					ss.log.Error("stored file is shorter than recorded", "name", r.fv.Name, "version", r.fv.Version)
+				}
+				ss.sendError(r.req, proto.Errorf(proto.CodeInternal, "reading %s version %d on the server failed", r.fv.Name, r.fv.Version))
+				return nil
 			}
-			ss.sendError(r.req, proto.Errorf(proto.CodeInternal, "reading %s version %d on the server failed", r.fv.Name, r.fv.Version))
-			return nil
+			ck.Write(buf[:n])
+			if err := sender.Send(ctx, r.xfer, &r.id, off, buf[:n], nil); err != nil {
+				return err
+			}
+			off += n
 		}
-		ck.Write(buf[:n])
-		if err := sender.Send(ctx, r.xfer, &r.id, off, buf[:n], nil); err != nil {
-			return err
-		}
-		off += n
 	}
-	if got := ck.Sum32(); r.from == 0 && got != r.fv.CRC {
+	whole := len(r.send) == 1 && r.send[0].Len == uint64(r.fv.Size)
+	if got := ck.Sum32(); whole && got != r.fv.CRC {
 		ss.log.Error("stored file does not match its recorded checksum", "name", r.fv.Name, "version", r.fv.Version, "recorded", r.fv.CRC, "read", got)
 	}
 	return nil

@@ -121,23 +121,32 @@ func TestRestoreGivenUp(t *testing.T) {
 	w.restoreAll(t)
 }
 
-// TestRestoreResume: a RestoreResume gets the bytes from its offset on,
-// of the version it names, and only if that version is the content the
-// client began with.
+// TestRestoreResume: a RestoreResume gets the bytes outside the ranges it
+// has, of the version it names, and only if that version is the content
+// the client began with.
 func TestRestoreResume(t *testing.T) {
 	w := newWorld(t, smallChunks)
 	c := registered(t, w.srv, goodName, w.key)
 	v1, v2 := randBytes(10*4096+77), randBytes(7*4096)
 	c.upload("r/file", v1)
 	c.upload("r/file", v2)
-	sha1 := sha256.Sum256(v1)
-	for _, off := range []int{0, 1, 4096, 5*4096 + 3, len(v1) - 1, len(v1)} {
-		rr, got := c.resume("r/file", 1, sha1, v1[:off])
-		if rr.Version != 1 || rr.Size != uint64(len(v1)) || rr.SHA256 != sha1 {
-			t.Errorf("resume at %d: RestoreReady %+v", off, rr)
+	sha1, size := sha256.Sum256(v1), uint64(len(v1))
+	for _, have := range [][]proto.Range{
+		nil,
+		{{Off: 0, Len: 1}},
+		{{Off: 0, Len: 4096}},
+		{{Off: 0, Len: 5*4096 + 3}, {Off: 6 * 4096, Len: 4096}, {Off: 9 * 4096, Len: 10}},
+		{{Off: 4096, Len: 4096}},
+		{{Off: 0, Len: size - 1}},
+		{{Off: 1, Len: size - 1}},
+		{{Off: 0, Len: size}},
+	} {
+		rr, got := c.resume("r/file", 1, sha1, v1, have)
+		if rr.Version != 1 || rr.Size != size || rr.SHA256 != sha1 {
+			t.Errorf("resume with %v: RestoreReady %+v", have, rr)
 		}
 		if !bytes.Equal(got, v1) {
-			t.Errorf("resume at %d: the bytes differ", off)
+			t.Errorf("resume with %v: the bytes differ", have)
 		}
 	}
 	tests := []struct {
@@ -145,8 +154,8 @@ func TestRestoreResume(t *testing.T) {
 		m    *proto.RestoreResume
 		code proto.ErrorCode
 	}{
-		{"other content", &proto.RestoreResume{Name: "r/file", Version: 2, Offset: 4096, SHA256: sha1}, proto.CodeNotFound},
-		{"beyond the end", &proto.RestoreResume{Name: "r/file", Version: 1, Offset: uint64(len(v1)) + 1, SHA256: sha1}, proto.CodeNotFound},
+		{"other content", &proto.RestoreResume{Name: "r/file", Version: 2, SHA256: sha1, Have: []proto.Range{{Off: 0, Len: 4096}}}, proto.CodeNotFound},
+		{"beyond the end", &proto.RestoreResume{Name: "r/file", Version: 1, SHA256: sha1, Have: []proto.Range{{Off: 4096, Len: size}}}, proto.CodeNotFound},
 		{"no such version", &proto.RestoreResume{Name: "r/file", Version: 3, SHA256: sha1}, proto.CodeNotFound},
 		{"no such file", &proto.RestoreResume{Name: "r/none", Version: 1, SHA256: sha1}, proto.CodeNotFound},
 		{"bad name", &proto.RestoreResume{Name: "../x", Version: 1, SHA256: sha1}, proto.CodeInvalidName},

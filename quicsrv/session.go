@@ -406,9 +406,9 @@ func (ss *session) controlLoop() error {
 		case *proto.ListRequest:
 			err = ss.list(m)
 		case *proto.RestoreRequest:
-			ss.restoreRequest(m.Req, m.Name, m.Version, 0, nil)
+			ss.restoreRequest(m.Req, m.Name, m.Version, nil, nil)
 		case *proto.RestoreResume:
-			ss.restoreRequest(m.Req, m.Name, m.Version, m.Offset, &m.SHA256)
+			ss.restoreRequest(m.Req, m.Name, m.Version, m.Have, &m.SHA256)
 		case *proto.RestoreDone:
 			err = ss.restoreDone(m)
 		default:
