@@ -134,3 +134,48 @@ func TestPickWaitsForRoom(t *testing.T) {
 		<-got
 	})
 }
+
+// TestPickBoundsTheGroup: however fast each connection, all of them
+// together queue at most groupQueueChunks.
+func TestPickBoundsTheGroup(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const mib = 1 << 20
+		ctx, cancel := context.WithCancelCause(t.Context())
+		defer cancel(nil)
+		s := &Session{ctx: ctx, cancel: cancel, chunkSize: mib}
+		rs := &routeSet{s: s}
+		for range groupQueueChunks + 8 {
+			p := &Session{ctx: ctx, cancel: cancel, chunkSize: mib}
+			p.load.rate = 1 << 40 // room for as much as its sender takes
+			rs.list = append(rs.list, &route{s: p})
+		}
+		now := time.Now()
+		for i := range groupQueueChunks {
+			r, err := rs.pick(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r.s.load.queued != 0 {
+				t.Fatalf("chunk %d went to a connection with %d bytes queued while others had none", i, r.s.load.queued)
+			}
+			r.s.load.add(mib, now)
+		}
+		got := make(chan *route)
+		go func() {
+			r, _ := rs.pick(ctx)
+			got <- r
+		}()
+		synctest.Wait()
+		select {
+		case r := <-got:
+			t.Fatalf("pick returned %p with %d chunks queued in the group", r.s, groupQueueChunks)
+		default:
+		}
+		first := rs.list[0].s
+		first.load.done(mib, true, time.Now())
+		s.chunkWritten()
+		if r := <-got; r.s.load.queued != 0 {
+			t.Errorf("after a chunk was written, pick chose a connection with %d bytes queued", r.s.load.queued)
+		}
+	})
+}
