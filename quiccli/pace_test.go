@@ -104,12 +104,7 @@ func TestPickWaitsForRoom(t *testing.T) {
 		}
 		s.load.add(mib, now)
 
-		got := make(chan *route)
-		go func() {
-			r, _ := rs.pick(ctx)
-			got <- r
-		}()
-		synctest.Wait()
+		got := pickAsync(ctx, rs)
 		select {
 		case r := <-got:
 			t.Fatalf("pick returned %v while every connection was full", r.s)
@@ -121,17 +116,17 @@ func TestPickWaitsForRoom(t *testing.T) {
 			t.Errorf("after the peer wrote a chunk, pick chose %p; want the peer %p", r.s, p)
 		}
 
+		p.load.add(mib, now)
+		ended := make(chan error)
 		go func() {
 			_, err := rs.pick(ctx)
-			got <- nil
-			if err == nil {
-				t.Error("pick returned no error after its session ended")
-			}
+			ended <- err
 		}()
-		p.load.add(mib, now)
 		synctest.Wait()
 		cancel(context.Canceled)
-		<-got
+		if err := <-ended; err == nil {
+			t.Error("pick returned no error after its session ended")
+		}
 	})
 }
 
@@ -160,12 +155,7 @@ func TestPickBoundsTheGroup(t *testing.T) {
 			}
 			r.s.load.add(mib, now)
 		}
-		got := make(chan *route)
-		go func() {
-			r, _ := rs.pick(ctx)
-			got <- r
-		}()
-		synctest.Wait()
+		got := pickAsync(ctx, rs)
 		select {
 		case r := <-got:
 			t.Fatalf("pick returned %p with %d chunks queued in the group", r.s, groupQueueChunks)
@@ -178,4 +168,16 @@ func TestPickBoundsTheGroup(t *testing.T) {
 			t.Errorf("after a chunk was written, pick chose a connection with %d bytes queued", r.s.load.queued)
 		}
 	})
+}
+
+// pickAsync runs rs.pick in a goroutine of the bubble and waits until it
+// has returned or blocks: its route is then on the channel, or not yet.
+func pickAsync(ctx context.Context, rs *routeSet) <-chan *route {
+	got := make(chan *route, 1)
+	go func() {
+		r, _ := rs.pick(ctx)
+		got <- r
+	}()
+	synctest.Wait()
+	return got
 }
