@@ -192,6 +192,10 @@ func (s *ChunkSender) Send(ctx context.Context, xfer uint32, id *[16]byte, off u
 		s.Release(plaintext)
 		return errSenderClosed
 	}
+	if s.ctx.Err() != nil { // the stream goroutines may be gone: queue nothing
+		s.Release(plaintext)
+		return context.Cause(s.ctx)
+	}
 	select {
 	case s.jobs <- chunkJob{seq: s.seq.Add(1), xfer: xfer, id: id, off: off, buf: plaintext, sent: sent}:
 		return nil
@@ -249,7 +253,12 @@ func (s *ChunkSender) run() {
 		select {
 		case j, ok = <-s.jobs:
 		case <-s.ctx.Done():
-			// Fail whatever is still queued, so its buffers go back.
+			// Fail whatever is still queued, so its buffers go back and
+			// its sent is called. A Send under way holds closeMu shared
+			// and may still queue a job; once it is out, later ones see
+			// the cancelled ctx and queue nothing, so this drain, with
+			// closeMu held, is the last word.
+			s.closeMu.Lock()
 		drain:
 			for {
 				select {
@@ -262,6 +271,7 @@ func (s *ChunkSender) run() {
 					break drain
 				}
 			}
+			s.closeMu.Unlock()
 			if w != nil {
 				w.Close()
 			}

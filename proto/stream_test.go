@@ -59,6 +59,53 @@ func TestChunkSenderCloseWhileSending(t *testing.T) {
 	wg.Wait()
 }
 
+// TestChunkSenderCancelAccountsForEveryChunk cancels a sender while
+// goroutines are sending: every chunk Send accepted has its sent called
+// (written or failed), so nothing that counts queued bytes is left
+// waiting for a chunk that will never come. (A Send racing the stream
+// goroutines' exit could queue a job no goroutine would ever see.)
+func TestChunkSenderCancelAccountsForEveryChunk(t *testing.T) {
+	var key proto.SessionKey
+	sealer, err := proto.NewSealer(&key, proto.ClientToServer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	open := func(ctx context.Context) (io.WriteCloser, error) {
+		return nopWriteCloser{writerFunc(func(p []byte) (int, error) {
+			<-ctx.Done() // a stream that never drains, like a dead link
+			return 0, context.Cause(ctx)
+		})}, nil
+	}
+	var id [16]byte
+	for round := range 200 {
+		ctx, cancel := context.WithCancel(context.Background())
+		s := proto.NewChunkSender(ctx, sealer, 2, 1024, open)
+		var accepted, sent atomic.Int64
+		var wg sync.WaitGroup
+		for g := range 4 {
+			wg.Go(func() {
+				for i := range 50 {
+					buf, err := s.Buffer(context.Background())
+					if err != nil {
+						return
+					}
+					done := func(int, error) { sent.Add(1) }
+					if s.Send(context.Background(), 1, &id, uint64(g*50+i)*1024, buf[:10], done) == nil {
+						accepted.Add(1)
+					}
+				}
+			})
+		}
+		time.Sleep(time.Duration(round%5) * 100 * time.Microsecond)
+		cancel()
+		wg.Wait()
+		s.Close()
+		if a, n := accepted.Load(), sent.Load(); a != n {
+			t.Fatalf("round %d: Send accepted %d chunks, sent was called for %d", round, a, n)
+		}
+	}
+}
+
 type writerFunc func([]byte) (int, error)
 
 func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
