@@ -2,9 +2,13 @@ package quiccli
 
 import (
 	"context"
+	"errors"
+	"io"
 	"testing"
 	"testing/synctest"
 	"time"
+
+	"github.com/qbackup/qbackup/proto"
 )
 
 // TestSendLoad: how much a connection may queue follows the rate it has
@@ -91,7 +95,7 @@ func TestPickWaitsForRoom(t *testing.T) {
 		defer cancel(nil)
 		s := &Session{ctx: ctx, cancel: cancel, chunkSize: mib}
 		p := &Session{ctx: ctx, cancel: cancel, chunkSize: mib}
-		rs := &routeSet{s: s, list: []*route{{s: s}, {s: p}}}
+		rs := &routeSet{s: s, list: []*route{testRoute(t, s), testRoute(t, p)}}
 		now := time.Now()
 
 		s.load.add(mib, now)
@@ -142,7 +146,7 @@ func TestPickBoundsTheGroup(t *testing.T) {
 		for range groupQueueChunks + 8 {
 			p := &Session{ctx: ctx, cancel: cancel, chunkSize: mib}
 			p.load.rate = 1 << 40 // room for as much as its sender takes
-			rs.list = append(rs.list, &route{s: p})
+			rs.list = append(rs.list, testRoute(t, p))
 		}
 		now := time.Now()
 		for i := range groupQueueChunks {
@@ -180,4 +184,52 @@ func pickAsync(ctx context.Context, rs *routeSet) <-chan *route {
 	}()
 	synctest.Wait()
 	return got
+}
+
+// testRoute is a route over s with a chunk sender of its own that is never
+// given a chunk (its streams cannot be opened).
+func testRoute(t *testing.T, s *Session) *route {
+	var key proto.SessionKey
+	sealer, err := proto.NewSealer(&key, proto.ClientToServer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(s.ctx)
+	t.Cleanup(cancel)
+	open := func(context.Context) (io.WriteCloser, error) { return nil, errors.New("test: no streams") }
+	return &route{s: s, sender: proto.NewChunkSender(ctx, sealer, 1, s.chunkSize, open)}
+}
+
+// TestPickReturnsAFailedRoute: a route whose sender has failed is picked
+// at once, full or not, so that its error comes out instead of a wait for
+// room its queued chunks may never free.
+func TestPickReturnsAFailedRoute(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const mib = 1 << 20
+		ctx, cancel := context.WithCancelCause(t.Context())
+		defer cancel(nil)
+		s := &Session{ctx: ctx, cancel: cancel, chunkSize: mib}
+		senderCtx, stop := context.WithCancel(ctx)
+		var key proto.SessionKey
+		sealer, err := proto.NewSealer(&key, proto.ClientToServer)
+		if err != nil {
+			t.Fatal(err)
+		}
+		open := func(context.Context) (io.WriteCloser, error) { return nil, errors.New("test: no streams") }
+		r := &route{s: s, sender: proto.NewChunkSender(senderCtx, sealer, 1, mib, open)}
+		rs := &routeSet{s: s, list: []*route{r}}
+		s.load.add(2*mib, time.Now()) // full, and never to be written
+		got := pickAsync(ctx, rs)
+		select {
+		case r := <-got:
+			t.Fatalf("pick returned %p while the only connection was full", r.s)
+		default:
+		}
+		stop() // the sender fails; nothing is written, nothing wakes pick ...
+		// ... until it looks again: a new peer or a written chunk elsewhere.
+		s.chunkWritten()
+		if got := <-got; got != r || got.sender.Err() == nil {
+			t.Errorf("pick returned %v; want the failed route", got)
+		}
+	})
 }

@@ -200,13 +200,17 @@ func (rs *routeSet) refresh(ctx context.Context) {
 // groupQueueChunks bounds what all the connections of a send queue
 // together, in chunks: each may queue what it drains in paceHorizon, up to
 // its sender's 2×streams chunks, and on a fast link 32 connections would
-// hold 16 each (838 MiB of client memory measured on loopback).
+// hold 16 each (838 MiB of client memory measured on loopback). The bound
+// is checked, not reserved: workers picking at the same moment may each
+// add one more.
 const groupQueueChunks = 32
 
 // pick returns, of the routes whose connections may queue more (sendLoad),
 // the one with the least queued, after joining the upload from any peer
 // added meanwhile. While none may, or they hold groupQueueChunks between
-// them, it waits for a chunk to be written.
+// them, it waits for a chunk to be written. A route whose sender has
+// failed is returned at once, so that the caller sees its error rather
+// than wait for room its queued chunks may never free.
 func (rs *routeSet) pick(ctx context.Context) (*route, error) {
 	chunk := rs.s.chunkSize
 	for {
@@ -221,6 +225,9 @@ func (rs *routeSet) pick(ctx context.Context) (*route, error) {
 		var best *route
 		var least, total int64
 		for _, r := range rs.list {
+			if r.sender.Err() != nil {
+				return r, nil
+			}
 			q, ok := r.s.load.room(chunk)
 			total += q
 			if ok && (best == nil || q < least) {

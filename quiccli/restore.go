@@ -46,6 +46,8 @@ type restoreSink struct {
 	hashing  bool
 	hashed   int64 // hasher.Len(), guarded by mu
 	bg       sync.WaitGroup
+
+	resumed *partialRestore // what a resumed sink holds part of, or nil
 }
 
 // restoreSyncStep is how often the background hasher flushes what was
@@ -59,6 +61,7 @@ func newRestoreSink(f *os.File, progress func(int64)) *restoreSink {
 // resumeSink is a sink for the rest of the file p holds the front of.
 func resumeSink(p *partialRestore, progress func(int64)) *restoreSink {
 	k := newRestoreSink(p.f, progress)
+	k.resumed = p
 	k.size = p.size
 	k.got = p.have.Clone()
 	k.wrote = p.have.Clone()
@@ -96,10 +99,13 @@ func (p *partialRestore) haveRanges() []proto.Range {
 	return rs
 }
 
-// discard removes the partial file.
-func (p *partialRestore) discard() {
-	p.f.Close()
-	os.Remove(p.tmp)
+// dropPart removes what an interrupted attempt at t left, if anything.
+func (t *restoreTarget) dropPart() {
+	if p := t.part; p != nil {
+		p.f.Close()
+		os.Remove(p.tmp)
+		t.part = nil
+	}
 }
 
 // closedSink drops every chunk sent to it.
@@ -113,8 +119,9 @@ func closedSink() *restoreSink {
 func (k *restoreSink) bind(m *proto.RestoreReady) error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	if k.written > 0 && m.Size != k.size {
-		err := proto.Errorf(proto.CodeProtocol, "the server resumed a restore of %d bytes as one of %d", k.size, m.Size)
+	if p := k.resumed; p != nil && (m.Version != p.version || m.SHA256 != p.sha || m.Size != p.size) {
+		// Refused before a chunk of it lands beside the bytes kept.
+		err := proto.Errorf(proto.CodeProtocol, "asked to resume version %d of %q, the server sent version %d of other content", p.version, m.Name, m.Version)
 		k.finishLocked(err)
 		return err
 	}
@@ -350,6 +357,15 @@ var (
 	errResumeRefused   = errors.New("the server cannot resume this restore")
 )
 
+// lostToNetwork reports whether a session that ended with err (nil: it
+// has not) was lost the way a resume is for: not closed by the server for
+// a protocol error, which is how a server that does not know RestoreResume
+// answers one. Resuming again would only end the next session too.
+func lostToNetwork(err error) bool {
+	var pe *proto.Error
+	return err != nil && !(errors.As(err, &pe) && pe.Code == proto.CodeProtocol)
+}
+
 // restoreOnce makes one attempt at t: it resumes t.part if there is one,
 // and it leaves one in t.part (with keep) if the session ends under it
 // after the server has described the file. It counts the bytes it
@@ -396,6 +412,7 @@ func (s *Session) restoreOnce(ctx context.Context, t *restoreTarget, keep bool, 
 		complete := sink.written == sink.size
 		sink.finishLocked(errSessionClosed)
 		have := sink.wrote.Clone()
+		sound := sink.err == nil || sink.err == errSessionClosed // no write or sync failed
 		sink.mu.Unlock()
 		sink.bg.Wait() // the hasher reads f, which closes next
 		// endCall also knows a transfer whose RestoreReady we never read.
@@ -409,7 +426,7 @@ func (s *Session) restoreOnce(ctx context.Context, t *restoreTarget, keep bool, 
 				s.forgetSink(xfer) // every byte arrived: no chunk can follow
 			}
 		}
-		if err != nil && keep && s.Err() != nil && ctx.Err() == nil && (ready != nil || resuming) {
+		if err != nil && keep && sound && lostToNetwork(s.Err()) && ctx.Err() == nil && (ready != nil || resuming) {
 			// The session ended under us: keep what arrived for the next.
 			// (A resume cut off before its RestoreReady keeps what it had.)
 			p.hasher, p.have = sink.hasher, have
@@ -440,10 +457,6 @@ func (s *Session) restoreOnce(ctx context.Context, t *restoreTarget, keep bool, 
 	}
 	if ready.Name != t.name {
 		return 0, proto.Errorf(proto.CodeProtocol, "asked for %q, server sent %q", t.name, ready.Name)
-	}
-	if resuming && (ready.Version != p.version || ready.SHA256 != p.sha || ready.Size != p.size) {
-		resuming, ready = false, nil // keep nothing: the bytes would join two contents
-		return 0, proto.Errorf(proto.CodeProtocol, "asked to resume version %d of %q, the server sent other content", p.version, t.name)
 	}
 	select {
 	case <-sink.done:
@@ -530,9 +543,7 @@ func (c *Client) RestoreResilient(ctx context.Context, o RestoreOptions, ro Reco
 		targets = lost
 		if s, err = c.redial(ctx, ro, &reconnects, lastErr, rep, plural(len(lost), "file")); err != nil {
 			for _, t := range lost {
-				if t.part != nil {
-					t.part.discard()
-				}
+				t.dropPart()
 				res.fail(fmt.Errorf("%s: %w", t.name, err))
 			}
 			return res, nil
@@ -576,6 +587,7 @@ func (s *Session) restoreTargets(ctx context.Context, targets []*restoreTarget, 
 					lost = append(lost, t)
 					fp.Done("interrupted", nil)
 				case err != nil:
+					t.dropPart() // kept just as ctx ended, say
 					res.fail(fmt.Errorf("%s: %w", t.name, err))
 					fp.Done("", err)
 				default:
@@ -606,6 +618,9 @@ feed:
 		if keepLost && s.Err() != nil && ctx.Err() == nil {
 			lost = append(lost, rest...)
 		} else {
+			for _, t := range rest {
+				t.dropPart()
+			}
 			res.Failed += len(rest)
 			if res.FirstErr == nil {
 				res.FirstErr = cmp.Or(context.Cause(ctx), s.Err())

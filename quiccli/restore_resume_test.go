@@ -224,3 +224,66 @@ func TestPartialRestoreRanges(t *testing.T) {
 		}
 	}
 }
+
+// TestLostToNetwork: what is kept for a resume is kept across a lost
+// connection, not across a server that closed the session for a protocol
+// error (which is how one that does not know RestoreResume answers it).
+func TestLostToNetwork(t *testing.T) {
+	tests := []struct {
+		err  error
+		want bool
+	}{
+		{nil, false},
+		{&proto.Error{Code: proto.CodeProtocol, Message: "unknown message type"}, false},
+		{fmt.Errorf("wrapped: %w", &proto.Error{Code: proto.CodeProtocol}), false},
+		{&proto.Error{Code: proto.CodeShutdown}, true},
+		{errSessionClosed, true},
+		{fmt.Errorf("lost the connection to the server"), true},
+	}
+	for _, tt := range tests {
+		if got := lostToNetwork(tt.err); got != tt.want {
+			t.Errorf("lostToNetwork(%v) = %v, want %v", tt.err, got, tt.want)
+		}
+	}
+}
+
+// TestResumedSinkRefusesOtherContent: a resumed sink takes the server's
+// description only if it is the version and content its bytes are part
+// of, so that no chunk of anything else lands beside them.
+func TestResumedSinkRefusesOtherContent(t *testing.T) {
+	sha := sha256.Sum256([]byte("the file"))
+	want := proto.RestoreReady{Name: "f", Version: 3, Size: 4 << 20, SHA256: sha}
+	tests := []struct {
+		name string
+		edit func(m *proto.RestoreReady)
+		ok   bool
+	}{
+		{"same", func(*proto.RestoreReady) {}, true},
+		{"other version", func(m *proto.RestoreReady) { m.Version = 4 }, false},
+		{"other content", func(m *proto.RestoreReady) { m.SHA256[0] ^= 1 }, false},
+		{"other size", func(m *proto.RestoreReady) { m.Size++ }, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f, err := os.Create(filepath.Join(t.TempDir(), "part"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			p := &partialRestore{f: f, version: want.Version, size: want.Size, sha: sha}
+			p.have.Add(0, 1<<20)
+			k := resumeSink(p, func(int64) {})
+			m := want
+			tt.edit(&m)
+			err = k.bind(&m)
+			if (err == nil) != tt.ok {
+				t.Fatalf("bind: %v, want ok %v", err, tt.ok)
+			}
+			if !tt.ok {
+				if err := k.receive(1<<20, []byte("chunk")); err != nil || k.written != 1<<20 {
+					t.Errorf("a chunk after the refusal: %v, written %d; want it dropped", err, k.written)
+				}
+			}
+		})
+	}
+}

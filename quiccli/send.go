@@ -596,6 +596,7 @@ func (s *Session) sendAttempt(ctx context.Context, it sendItem, opts SendOptions
 			}
 			if err := rt.sender.Send(ctx, rt.xfer, &ready.UploadID, off, buf[:n], sent); err != nil {
 				rt.s.load.done(int64(n), false, time.Now())
+				s.chunkWritten()
 				return FileStatus{}, s.routeErr(rt, err)
 			}
 			off += n
