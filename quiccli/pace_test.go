@@ -93,9 +93,12 @@ func TestPickWaitsForRoom(t *testing.T) {
 		const mib = 1 << 20
 		ctx, cancel := context.WithCancelCause(t.Context())
 		defer cancel(nil)
-		s := &Session{ctx: ctx, cancel: cancel, chunkSize: mib}
-		p := &Session{ctx: ctx, cancel: cancel, chunkSize: mib}
-		rs := &routeSet{s: s, list: []*route{testRoute(t, s), testRoute(t, p)}}
+		s, p := testSession(ctx, cancel, mib), testSession(ctx, cancel, mib)
+		rs := &routeSet{s: s}
+		for _, x := range []*Session{s, p} {
+			r, _ := testRoute(t, x)
+			rs.list = append(rs.list, r)
+		}
 		now := time.Now()
 
 		s.load.add(mib, now)
@@ -109,11 +112,7 @@ func TestPickWaitsForRoom(t *testing.T) {
 		s.load.add(mib, now)
 
 		got := pickAsync(ctx, rs)
-		select {
-		case r := <-got:
-			t.Fatalf("pick returned %v while every connection was full", r.s)
-		default:
-		}
+		mustBlock(t, got, "while every connection was full")
 		p.load.done(mib, true, time.Now())
 		s.chunkWritten()
 		if r := <-got; r.s != p {
@@ -141,12 +140,13 @@ func TestPickBoundsTheGroup(t *testing.T) {
 		const mib = 1 << 20
 		ctx, cancel := context.WithCancelCause(t.Context())
 		defer cancel(nil)
-		s := &Session{ctx: ctx, cancel: cancel, chunkSize: mib}
+		s := testSession(ctx, cancel, mib)
 		rs := &routeSet{s: s}
 		for range groupQueueChunks + 8 {
-			p := &Session{ctx: ctx, cancel: cancel, chunkSize: mib}
+			p := testSession(ctx, cancel, mib)
 			p.load.rate = 1 << 40 // room for as much as its sender takes
-			rs.list = append(rs.list, testRoute(t, p))
+			r, _ := testRoute(t, p)
+			rs.list = append(rs.list, r)
 		}
 		now := time.Now()
 		for i := range groupQueueChunks {
@@ -160,11 +160,7 @@ func TestPickBoundsTheGroup(t *testing.T) {
 			r.s.load.add(mib, now)
 		}
 		got := pickAsync(ctx, rs)
-		select {
-		case r := <-got:
-			t.Fatalf("pick returned %p with %d chunks queued in the group", r.s, groupQueueChunks)
-		default:
-		}
+		mustBlock(t, got, "with a full group's chunks queued")
 		first := rs.list[0].s
 		first.load.done(mib, true, time.Now())
 		s.chunkWritten()
@@ -187,8 +183,8 @@ func pickAsync(ctx context.Context, rs *routeSet) <-chan *route {
 }
 
 // testRoute is a route over s with a chunk sender of its own that is never
-// given a chunk (its streams cannot be opened).
-func testRoute(t *testing.T, s *Session) *route {
+// given a chunk (its streams cannot be opened); fail makes the sender fail.
+func testRoute(t *testing.T, s *Session) (r *route, fail func()) {
 	var key proto.SessionKey
 	sealer, err := proto.NewSealer(&key, proto.ClientToServer)
 	if err != nil {
@@ -197,7 +193,22 @@ func testRoute(t *testing.T, s *Session) *route {
 	ctx, cancel := context.WithCancel(s.ctx)
 	t.Cleanup(cancel)
 	open := func(context.Context) (io.WriteCloser, error) { return nil, errors.New("test: no streams") }
-	return &route{s: s, sender: proto.NewChunkSender(ctx, sealer, 1, s.chunkSize, open)}
+	return &route{s: s, sender: proto.NewChunkSender(ctx, sealer, 1, s.chunkSize, open)}, cancel
+}
+
+// testSession is a session, not connected, with chunks of size chunk.
+func testSession(ctx context.Context, cancel context.CancelCauseFunc, chunk int) *Session {
+	return &Session{ctx: ctx, cancel: cancel, chunkSize: chunk}
+}
+
+// mustBlock fails if pickAsync's pick returned.
+func mustBlock(t *testing.T, got <-chan *route, why string) {
+	t.Helper()
+	select {
+	case r := <-got:
+		t.Fatalf("pick returned %p %s", r.s, why)
+	default:
+	}
 }
 
 // TestPickReturnsAFailedRoute: a route whose sender has failed is picked
@@ -208,23 +219,12 @@ func TestPickReturnsAFailedRoute(t *testing.T) {
 		const mib = 1 << 20
 		ctx, cancel := context.WithCancelCause(t.Context())
 		defer cancel(nil)
-		s := &Session{ctx: ctx, cancel: cancel, chunkSize: mib}
-		senderCtx, stop := context.WithCancel(ctx)
-		var key proto.SessionKey
-		sealer, err := proto.NewSealer(&key, proto.ClientToServer)
-		if err != nil {
-			t.Fatal(err)
-		}
-		open := func(context.Context) (io.WriteCloser, error) { return nil, errors.New("test: no streams") }
-		r := &route{s: s, sender: proto.NewChunkSender(senderCtx, sealer, 1, mib, open)}
+		s := testSession(ctx, cancel, mib)
+		r, stop := testRoute(t, s)
 		rs := &routeSet{s: s, list: []*route{r}}
 		s.load.add(2*mib, time.Now()) // full, and never to be written
 		got := pickAsync(ctx, rs)
-		select {
-		case r := <-got:
-			t.Fatalf("pick returned %p while the only connection was full", r.s)
-		default:
-		}
+		mustBlock(t, got, "while the only connection was full")
 		stop() // the sender fails; nothing is written, nothing wakes pick ...
 		// ... until it looks again: a new peer or a written chunk elsewhere.
 		s.chunkWritten()
