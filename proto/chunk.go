@@ -150,6 +150,16 @@ func (cr *ChunkReader) Next() (ChunkHeader, []byte, error) {
 	return h, ct, nil
 }
 
+// Detach takes the buffer Buffers lent for the last frame out of the
+// reader's hands, so that the reader no longer gives it back: whoever
+// detached it gives it back to Buffers once done with it. It returns nil
+// if no buffer is lent (Buffers is nil, or it was given back already).
+func (cr *ChunkReader) Detach() []byte {
+	b := cr.lent
+	cr.lent = nil
+	return b
+}
+
 // Close gives back a buffer lent by Buffers. The reader may still be used;
 // Close only ends the use of the last frame's ciphertext.
 func (cr *ChunkReader) Close() {

@@ -379,6 +379,17 @@ func (fh *FileHasher) HashTo(r io.ReaderAt, end int64) error {
 	return nil
 }
 
+// Write hashes p, the bytes of the file that follow the Len() hashed so
+// far, from memory: a receiver that holds them needs no read back.
+func (fh *FileHasher) Write(p []byte) {
+	if fh.sha == nil {
+		fh.sha = sha256.New()
+	}
+	fh.ck.Write(p)
+	fh.sha.Write(p)
+	fh.n += int64(len(p))
+}
+
 // Sum returns the cksum and SHA-256 of the bytes hashed so far.
 func (fh *FileHasher) Sum() (uint32, [32]byte) {
 	if fh.sha == nil {

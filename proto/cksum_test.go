@@ -623,3 +623,43 @@ func TestFileHasherSteps(t *testing.T) {
 		t.Error("hashing past the end of the file succeeded")
 	}
 }
+
+// TestFileHasherWrite: bytes hashed from memory and bytes read back mix in
+// any order and give what one pass gives.
+func TestFileHasherWrite(t *testing.T) {
+	data := make([]byte, 3<<20+12345)
+	for i := range data {
+		data[i] = byte(i*13 + i>>9)
+	}
+	wantCRC, wantSHA, err := FileChecksums(bytes.NewReader(data), int64(len(data)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name   string
+		pieces []int64 // lengths; even pieces from memory, odd ones read back
+	}{
+		{"all from memory", []int64{int64(len(data))}},
+		{"memory then file", []int64{1 << 20, int64(len(data)) - 1<<20}},
+		{"file first", []int64{0, 1<<20 + 1, 4095, 2 << 20}},
+		{"alternating odd sizes", []int64{1, 2, 3, 1 << 20, 77, 1<<20 - 1}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var fh FileHasher
+			for i, n := range tt.pieces {
+				n = min(n, int64(len(data))-fh.Len())
+				if i%2 == 0 {
+					fh.Write(data[fh.Len() : fh.Len()+n])
+				} else if err := fh.HashTo(bytes.NewReader(data), fh.Len()+n); err != nil {
+					t.Fatal(err)
+				}
+			}
+			fh.Write(data[fh.Len():]) // the rest, if any
+			crc, sha := fh.Sum()
+			if crc != wantCRC || sha != wantSHA || fh.Len() != int64(len(data)) {
+				t.Errorf("sums differ from one pass (len %d)", fh.Len())
+			}
+		})
+	}
+}

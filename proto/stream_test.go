@@ -190,6 +190,61 @@ func TestChunkReaderBuffers(t *testing.T) {
 	}
 }
 
+// TestChunkReaderDetach: a handler that detaches a frame's buffer keeps it
+// past the next frame, and the reader does not give it back; the others
+// go back as before.
+func TestChunkReaderDetach(t *testing.T) {
+	var key proto.SessionKey
+	sealer, err := proto.NewSealer(&key, proto.ClientToServer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	opener, err := proto.NewOpener(&key, proto.ClientToServer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := [16]byte{2}
+	var stream []byte
+	for i := range 6 {
+		if stream, err = sealer.AppendFrame(stream, 1, &id, uint64(i*100), bytes.Repeat([]byte{byte(i)}, 100)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	l := &lender{}
+	cr := proto.NewChunkReader(bytes.NewReader(stream), 100)
+	cr.Buffers = l
+	var kept [][]byte
+	err = proto.ReadChunkFrames(cr, opener,
+		func(uint32) (*[16]byte, error) { return &id, nil },
+		func(h *proto.ChunkHeader, p []byte) error {
+			if h.Offset%200 == 0 { // frames 0, 2, 4
+				b := cr.Detach()
+				if b == nil || &b[0] != &p[0] {
+					t.Fatalf("Detach at %d = a buffer other than the frame's", h.Offset)
+				}
+				if cr.Detach() != nil {
+					t.Fatal("a second Detach returned a buffer")
+				}
+				kept = append(kept, p)
+			}
+			return nil
+		})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l.out != len(kept) || len(kept) != 3 {
+		t.Fatalf("%d buffers out after the stream, %d detached; want 3 and 3", l.out, len(kept))
+	}
+	for i, p := range kept {
+		if !bytes.Equal(p, bytes.Repeat([]byte{byte(2 * i)}, 100)) {
+			t.Errorf("detached frame %d was overwritten", 2*i)
+		}
+	}
+	if proto.NewChunkReader(bytes.NewReader(nil), 100).Detach() != nil {
+		t.Error("Detach without Buffers returned a buffer")
+	}
+}
+
 // linkStream is a data stream on an emulated link that sends what is
 // written to it the way quic-go schedules non-incremental streams: one
 // whole write at a time, lowest urgency first, then lowest stream ID.
