@@ -7,12 +7,14 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"path"
 	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/qbackup/qbackup/proto"
@@ -22,6 +24,8 @@ import (
 // beside its destination.
 type restoreSink struct {
 	f        *os.File
+	direct   *os.File    // f opened for direct I/O (openDirect), or nil
+	noDirect atomic.Bool // the file system refused a direct write
 	progress func(n int64)
 
 	mu      sync.Mutex
@@ -34,17 +38,22 @@ type restoreSink struct {
 	done    chan struct{} // closed once every byte is written, or on failure
 	err     error
 
-	// The file is hashed, and flushed to disk, as it arrives: a background
-	// hasher reads back the written prefix as it grows (from the page
-	// cache) and syncs the file about once a second, so that once the last
-	// chunk is written little is left to read, hash or flush. hashMu is
-	// held by whoever hashes; hashing, under mu, says the hasher runs; bg
-	// tracks it, so that the file outlives it.
+	// The file is hashed, and flushed to disk, as it arrives. Chunks
+	// arrive nearly in order, a few streams at a time, so the sink keeps
+	// each written chunk in memory (held, at most maxHeld of them) until
+	// the bytes before it are hashed, and a background hasher hashes the
+	// prefix from there; what it could not keep it reads back from the
+	// file. It syncs the file about once a second, so that once the last
+	// chunk is written little is left to hash or flush. hashMu is held by
+	// whoever hashes; hashing, under mu, says the hasher runs; bg tracks
+	// it, so that the file outlives it.
 	hashMu   sync.Mutex
 	hasher   proto.FileHasher
 	lastSync time.Time // guarded by hashMu
 	hashing  bool
 	hashed   int64 // hasher.Len(), guarded by mu
+	held     map[int64][]byte
+	bufs     *alignedBuffers // where held buffers go back to
 	bg       sync.WaitGroup
 
 	resumed *partialRestore // what a resumed sink holds part of, or nil
@@ -54,13 +63,18 @@ type restoreSink struct {
 // written (it starts once the written prefix is proto.HashStep ahead).
 const restoreSyncStep = time.Second
 
-func newRestoreSink(f *os.File, progress func(int64)) *restoreSink {
-	return &restoreSink{f: f, progress: progress, done: make(chan struct{})}
+// maxHeld is how many written chunks a sink keeps in memory to hash:
+// enough for the chunks of every data stream (8 by default) to finish out
+// of order twice over.
+const maxHeld = 16
+
+func newRestoreSink(f, direct *os.File, bufs *alignedBuffers, progress func(int64)) *restoreSink {
+	return &restoreSink{f: f, direct: direct, bufs: bufs, progress: progress, done: make(chan struct{})}
 }
 
 // resumeSink is a sink for the rest of the file p holds the front of.
-func resumeSink(p *partialRestore, progress func(int64)) *restoreSink {
-	k := newRestoreSink(p.f, progress)
+func resumeSink(p *partialRestore, bufs *alignedBuffers, progress func(int64)) *restoreSink {
+	k := newRestoreSink(p.f, p.direct, bufs, progress)
 	k.resumed = p
 	k.size = p.size
 	k.got = p.have.Clone()
@@ -78,6 +92,7 @@ func resumeSink(p *partialRestore, progress func(int64)) *restoreSink {
 type partialRestore struct {
 	tmp     string
 	f       *os.File
+	direct  *os.File // f for direct I/O, or nil
 	hasher  proto.FileHasher
 	have    proto.RangeSet
 	version uint32
@@ -102,10 +117,18 @@ func (p *partialRestore) haveRanges() []proto.Range {
 // dropPart removes what an interrupted attempt at t left, if anything.
 func (t *restoreTarget) dropPart() {
 	if p := t.part; p != nil {
-		p.f.Close()
+		p.close()
 		os.Remove(p.tmp)
 		t.part = nil
 	}
+}
+
+// close closes p's file.
+func (p *partialRestore) close() error {
+	if p.direct != nil {
+		p.direct.Close() // only written through: f's close says what matters
+	}
+	return p.f.Close()
 }
 
 // closedSink drops every chunk sent to it.
@@ -152,8 +175,9 @@ func (k *restoreSink) isClosed() bool {
 	return k.closed
 }
 
-// receive writes one decrypted chunk.
-func (k *restoreSink) receive(off uint64, p []byte) error {
+// receive writes one decrypted chunk. keep, if not nil, takes p's buffer
+// from the caller (it comes from k.bufs), to hold the chunk for hashing.
+func (k *restoreSink) receive(off uint64, p []byte, keep func() []byte) error {
 	n := uint64(len(p))
 	k.mu.Lock()
 	if k.closed {
@@ -169,7 +193,7 @@ func (k *restoreSink) receive(off uint64, p []byte) error {
 		return proto.Errorf(proto.CodeBadChunk, "server sent overlapping chunks: %v", err)
 	}
 	k.mu.Unlock()
-	_, err := k.f.WriteAt(p, int64(off))
+	err := k.write(p, int64(off))
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	if err != nil {
@@ -181,9 +205,17 @@ func (k *restoreSink) receive(off uint64, p []byte) error {
 	if k.progress != nil {
 		k.progress(int64(n))
 	}
+	if keep != nil && !k.closed && int64(off) >= k.hashed && len(k.held) < maxHeld {
+		if b := keep(); b != nil {
+			if k.held == nil {
+				k.held = make(map[int64][]byte, maxHeld)
+			}
+			k.held[int64(off)] = b[:n]
+		}
+	}
 	if k.written == k.size {
 		k.finishLocked(nil)
-	} else if !k.hashing && !k.closed && int64(k.wrote.Prefix())-k.hashed >= proto.HashStep {
+	} else if !k.hashing && !k.closed && k.hashableLocked() {
 		k.hashing = true
 		k.bg.Add(1)
 		go k.hashAhead()
@@ -191,8 +223,69 @@ func (k *restoreSink) receive(off uint64, p []byte) error {
 	return nil
 }
 
+// write writes p at off: straight to the disk when the sink has a direct
+// descriptor and p is aligned for it, through the page cache otherwise (the
+// last chunk of a file, a resumed range, a file system that refuses).
+func (k *restoreSink) write(p []byte, off int64) error {
+	if k.direct != nil && !k.noDirect.Load() && off%directAlign == 0 && len(p)%directAlign == 0 && aligned(p) {
+		_, err := k.direct.WriteAt(p, off)
+		if !errors.Is(err, syscall.EINVAL) {
+			return err
+		}
+		// The file system wants another alignment after all: the page
+		// cache it is, from here on (a write that failed with EINVAL
+		// wrote nothing).
+		k.noDirect.Store(true)
+	}
+	_, err := k.f.WriteAt(p, off)
+	return err
+}
+
+// hashableLocked reports whether the hasher has work: the chunk after the
+// hashed prefix is held, or the written prefix is a step ahead of it.
+func (k *restoreSink) hashableLocked() bool {
+	if _, ok := k.held[k.hashed]; ok {
+		return true
+	}
+	return int64(k.wrote.Prefix())-k.hashed >= proto.HashStep
+}
+
+// hashNext hashes what follows the hashed prefix, at most up to end: the
+// held chunk there, from memory, or else written bytes read back from the
+// file up to the next held chunk. It reports false if nothing there is
+// written. Called with hashMu held.
+func (k *restoreSink) hashNext(end int64) (bool, error) {
+	k.mu.Lock()
+	at := k.hasher.Len()
+	if b, ok := k.held[at]; ok && at+int64(len(b)) <= end {
+		delete(k.held, at)
+		k.mu.Unlock()
+		k.hasher.Write(b)
+		k.bufs.Put(b)
+		k.mu.Lock()
+		k.hashed = k.hasher.Len()
+		k.mu.Unlock()
+		return true, nil
+	}
+	stop := min(end, int64(k.wrote.Prefix()))
+	for off := range k.held {
+		if off > at && off < stop {
+			stop = off
+		}
+	}
+	k.mu.Unlock()
+	if stop <= at {
+		return false, nil
+	}
+	err := k.hasher.HashTo(k.f, stop)
+	k.mu.Lock()
+	k.hashed = k.hasher.Len()
+	k.mu.Unlock()
+	return true, err
+}
+
 // hashAhead hashes, and now and then syncs, the written prefix until it
-// catches up or the sink closes; checksums does the rest.
+// has nothing left to do or the sink closes; checksums does the rest.
 func (k *restoreSink) hashAhead() {
 	defer k.bg.Done()
 	k.hashMu.Lock()
@@ -202,14 +295,13 @@ func (k *restoreSink) hashAhead() {
 	}
 	for {
 		k.mu.Lock()
-		end := int64(k.wrote.Prefix())
-		if k.closed || end <= k.hashed {
+		if k.closed || !k.hashableLocked() {
 			k.hashing = false
 			k.mu.Unlock()
 			return
 		}
 		k.mu.Unlock()
-		err := k.hasher.HashTo(k.f, end)
+		_, err := k.hashNext(math.MaxInt64)
 		if err == nil && time.Since(k.lastSync) >= restoreSyncStep {
 			// A failed sync must fail the restore: after it, a later
 			// fsync may report success for pages that were never written.
@@ -218,28 +310,43 @@ func (k *restoreSink) hashAhead() {
 			}
 			k.lastSync = time.Now()
 		}
-		k.mu.Lock()
-		k.hashed = k.hasher.Len()
 		if err != nil {
+			k.mu.Lock()
 			k.finishLocked(err)
 			k.hashing = false
 			k.mu.Unlock()
 			return
 		}
-		k.mu.Unlock()
 	}
 }
 
 // checksums returns the cksum and SHA-256 of the whole file, once every
-// byte is written: usually only the last steps are left to read.
+// byte is written: usually only the last chunks are left to hash.
 func (k *restoreSink) checksums() (uint32, [32]byte, error) {
 	k.hashMu.Lock()
 	defer k.hashMu.Unlock()
-	if err := k.hasher.HashTo(k.f, int64(k.size)); err != nil {
-		return 0, [32]byte{}, err
+	for k.hasher.Len() < int64(k.size) {
+		ok, err := k.hashNext(int64(k.size))
+		if err != nil {
+			return 0, [32]byte{}, err
+		}
+		if !ok {
+			return 0, [32]byte{}, fmt.Errorf("%s: %d of %d bytes written", k.f.Name(), k.hasher.Len(), k.size)
+		}
 	}
 	crc, sha := k.hasher.Sum()
 	return crc, sha, nil
+}
+
+// dropHeld gives back the buffers of the chunks held for hashing, once no
+// chunk can arrive: they are on disk, and a resume reads them back.
+func (k *restoreSink) dropHeld() {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	for off, b := range k.held {
+		k.bufs.Put(b)
+		delete(k.held, off)
+	}
 }
 
 // RestoreOptions says what to restore and where.
@@ -383,7 +490,7 @@ func (s *Session) restoreOnce(ctx context.Context, t *restoreTarget, keep bool, 
 	resuming := p != nil
 	if resuming {
 		req = &proto.RestoreResume{Req: c.req, Name: t.name, Version: p.version, SHA256: p.sha, Have: p.haveRanges()}
-		sink = resumeSink(p, progress)
+		sink = resumeSink(p, s.restoreBufs, progress)
 		fp.Add(int64(p.have.Total()))
 	} else {
 		var rnd [6]byte
@@ -394,8 +501,8 @@ func (s *Session) restoreOnce(ctx context.Context, t *restoreTarget, keep bool, 
 			s.endCall(c)
 			return 0, err
 		}
-		p = &partialRestore{tmp: tmp, f: f}
-		sink = newRestoreSink(f, progress)
+		p = &partialRestore{tmp: tmp, f: f, direct: openDirect(tmp)}
+		sink = newRestoreSink(f, p.direct, s.restoreBufs, progress)
 		req = &proto.RestoreRequest{Req: c.req, Name: t.name, Version: uint32(t.version)}
 	}
 	f, tmp := p.f, p.tmp
@@ -415,6 +522,7 @@ func (s *Session) restoreOnce(ctx context.Context, t *restoreTarget, keep bool, 
 		sound := sink.err == nil || sink.err == errSessionClosed // no write or sync failed
 		sink.mu.Unlock()
 		sink.bg.Wait() // the hasher reads f, which closes next
+		sink.dropHeld()
 		// endCall also knows a transfer whose RestoreReady we never read.
 		if xfer := s.endCall(c); xfer != 0 {
 			status := uint8(0)
@@ -436,7 +544,7 @@ func (s *Session) restoreOnce(ctx context.Context, t *restoreTarget, keep bool, 
 			t.part = p
 			return
 		}
-		f.Close()
+		p.close()
 		os.Remove(tmp) // gone already after a successful rename
 	}()
 	if err := s.send(req); err != nil {
@@ -486,7 +594,7 @@ func (s *Session) restoreOnce(ctx context.Context, t *restoreTarget, keep bool, 
 	if err := f.Sync(); err != nil {
 		return 0, err
 	}
-	if err := f.Close(); err != nil {
+	if err := p.close(); err != nil {
 		return 0, err
 	}
 	mtime := time.Unix(0, ready.ModTime)

@@ -272,7 +272,7 @@ func TestResumedSinkRefusesOtherContent(t *testing.T) {
 			defer f.Close()
 			p := &partialRestore{f: f, version: want.Version, size: want.Size, sha: sha}
 			p.have.Add(0, 1<<20)
-			k := resumeSink(p, func(int64) {})
+			k := resumeSink(p, nil, func(int64) {})
 			m := want
 			tt.edit(&m)
 			err = k.bind(&m)
@@ -280,7 +280,7 @@ func TestResumedSinkRefusesOtherContent(t *testing.T) {
 				t.Fatalf("bind: %v, want ok %v", err, tt.ok)
 			}
 			if !tt.ok {
-				if err := k.receive(1<<20, []byte("chunk")); err != nil || k.written != 1<<20 {
+				if err := k.receive(1<<20, []byte("chunk"), nil); err != nil || k.written != 1<<20 {
 					t.Errorf("a chunk after the refusal: %v, written %d; want it dropped", err, k.written)
 				}
 			}

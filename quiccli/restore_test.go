@@ -1,6 +1,7 @@
 package quiccli
 
 import (
+	"bytes"
 	"errors"
 	"io/fs"
 	"math/rand/v2"
@@ -14,7 +15,10 @@ import (
 
 // TestRestoreSinkHashesAhead: the sink hashes the written prefix in the
 // background while chunks still arrive (in any order), and the checksums
-// it ends with are those of the whole file.
+// it ends with are those of the whole file: read back from the file
+// (chunks it may not keep), from the chunks it holds in memory, or a mix
+// when more arrive out of order than it holds; through the page cache or
+// with direct I/O.
 func TestRestoreSinkHashesAhead(t *testing.T) {
 	const chunk = 1 << 20
 	for _, tc := range []struct {
@@ -28,70 +32,114 @@ func TestRestoreSinkHashesAhead(t *testing.T) {
 		{"shuffled, first chunk last", 3*proto.HashStep + 1, []int{0}},
 		{"smaller than a step", proto.HashStep - 1, nil},
 		{"exactly two steps", 2 * proto.HashStep, []int{5}},
+		{"more out of order than held", (maxHeld + 6) * chunk, []int{0, 1}},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			data := make([]byte, tc.size)
-			rand.NewChaCha8([32]byte{byte(tc.size), 7}).Read(data)
-			rng := rand.New(rand.NewPCG(uint64(tc.size), 7))
-			f, err := os.Create(filepath.Join(t.TempDir(), "out"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer f.Close()
-			var got int64
-			k := newRestoreSink(f, func(n int64) { got += n })
-			if err := k.bind(&proto.RestoreReady{Size: uint64(tc.size)}); err != nil {
-				t.Fatal(err)
-			}
-			n := (tc.size + chunk - 1) / chunk
-			order := rng.Perm(n)
-			if tc.name == "in order" {
-				for i := range order {
-					order[i] = i
-				}
-			}
-			if tc.last == nil {
-				tc.last = []int{n - 1}
-			}
-			held := map[int]bool{}
-			for _, i := range tc.last {
-				held[i] = true
-			}
-			put := func(i int) {
-				off := i * chunk
-				if err := k.receive(uint64(off), data[off:min(off+chunk, tc.size)]); err != nil {
+		for _, mode := range []string{"read back", "memory", "memory, direct"} {
+			t.Run(tc.name+"/"+mode, func(t *testing.T) {
+				data := make([]byte, tc.size)
+				rand.NewChaCha8([32]byte{byte(tc.size), 7}).Read(data)
+				rng := rand.New(rand.NewPCG(uint64(tc.size), 7))
+				name := filepath.Join(t.TempDir(), "out")
+				f, err := os.Create(name)
+				if err != nil {
 					t.Fatal(err)
 				}
-			}
-			for _, i := range order {
-				if !held[i] {
+				defer f.Close()
+				var direct *os.File
+				if mode == "memory, direct" {
+					if direct = openDirect(name); direct == nil {
+						t.Log("no direct I/O here: through the page cache")
+					} else {
+						defer direct.Close()
+					}
+				}
+				bufs := newAlignedBuffers(chunk + proto.TagSize)
+				var got int64
+				k := newRestoreSink(f, direct, bufs, func(n int64) { got += n })
+				if err := k.bind(&proto.RestoreReady{Size: uint64(tc.size)}); err != nil {
+					t.Fatal(err)
+				}
+				n := (tc.size + chunk - 1) / chunk
+				order := rng.Perm(n)
+				if tc.name == "in order" {
+					for i := range order {
+						order[i] = i
+					}
+				}
+				if tc.last == nil {
+					tc.last = []int{n - 1}
+				}
+				held := map[int]bool{}
+				for _, i := range tc.last {
+					held[i] = true
+				}
+				kept, allocated := 0, 0
+				put := func(i int) {
+					off := i * chunk
+					p := data[off:min(off+chunk, tc.size)]
+					var keep func() []byte
+					if mode != "read back" {
+						// As a data stream does: the chunk in a lent
+						// buffer, which the sink may keep.
+						if len(bufs.free) == 0 {
+							allocated++
+						}
+						b, _ := bufs.Get(len(p) + proto.TagSize)
+						copy(b, p)
+						p = b[:len(p)]
+						keep = func() []byte { kept++; r := b; b = nil; return r }
+						defer func() {
+							if b != nil {
+								bufs.Put(b)
+							}
+						}()
+					}
+					if err := k.receive(uint64(off), p, keep); err != nil {
+						t.Fatal(err)
+					}
+				}
+				for _, i := range order {
+					if !held[i] {
+						put(i)
+					}
+				}
+				k.bg.Wait() // let the hasher catch up with what it can see
+				k.mu.Lock()
+				hashed, prefix := k.hashed, int64(k.wrote.Prefix())
+				k.mu.Unlock()
+				wantAhead := tc.size >= proto.HashStep && prefix >= proto.HashStep
+				if wantAhead && hashed < prefix-proto.HashStep {
+					t.Errorf("hashed %d of a %d-byte written prefix in the background", hashed, prefix)
+				}
+				if mode == "read back" && !wantAhead && hashed != 0 {
+					t.Errorf("hashed %d bytes of a prefix of %d, under one step", hashed, prefix)
+				}
+				if mode != "read back" && hashed != prefix {
+					t.Errorf("hashed %d bytes of a prefix of %d held in memory", hashed, prefix)
+				}
+				for _, i := range tc.last {
 					put(i)
 				}
-			}
-			k.bg.Wait() // let the hasher catch up with what it can see
-			k.mu.Lock()
-			hashed, prefix := k.hashed, int64(k.wrote.Prefix())
-			k.mu.Unlock()
-			wantAhead := tc.size >= proto.HashStep && prefix >= proto.HashStep
-			if wantAhead && hashed < prefix-proto.HashStep {
-				t.Errorf("hashed %d of a %d-byte written prefix in the background", hashed, prefix)
-			}
-			if !wantAhead && hashed != 0 {
-				t.Errorf("hashed %d bytes of a prefix of %d, under one step", hashed, prefix)
-			}
-			for _, i := range tc.last {
-				put(i)
-			}
-			<-k.done
-			if k.err != nil || got != int64(tc.size) {
-				t.Fatalf("sink ended with %v after %d of %d bytes", k.err, got, tc.size)
-			}
-			crc, sha, err := k.checksums()
-			wantCRC, wantSHA, _ := proto.FileChecksums(strings.NewReader(string(data)), int64(tc.size))
-			if err != nil || crc != wantCRC || sha != wantSHA {
-				t.Errorf("checksums %d %x (%v), want %d %x", crc, sha[:4], err, wantCRC, wantSHA[:4])
-			}
-		})
+				<-k.done
+				if k.err != nil || got != int64(tc.size) {
+					t.Fatalf("sink ended with %v after %d of %d bytes", k.err, got, tc.size)
+				}
+				crc, sha, err := k.checksums()
+				wantCRC, wantSHA, _ := proto.FileChecksums(strings.NewReader(string(data)), int64(tc.size))
+				if err != nil || crc != wantCRC || sha != wantSHA {
+					t.Errorf("checksums %d %x (%v), want %d %x", crc, sha[:4], err, wantCRC, wantSHA[:4])
+				}
+				if onDisk, _ := os.ReadFile(name); !bytes.Equal(onDisk, data) {
+					t.Error("the file on disk differs from what was received")
+				}
+				if mode != "read back" {
+					// Every buffer back: the sink gave back all it kept.
+					if kept == 0 || len(k.held) != 0 || len(bufs.free) != min(allocated, alignedFree) {
+						t.Errorf("%d chunks kept, %d still held, %d of %d buffers given back", kept, len(k.held), len(bufs.free), allocated)
+					}
+				}
+			})
+		}
 	}
 }
 

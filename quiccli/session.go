@@ -29,7 +29,9 @@ type Session struct {
 	sealer    *proto.Sealer
 	opener    *proto.Opener
 	chunkSize int
-	streams   int
+	// restoreBufs lends the data streams of restores their chunk buffers.
+	restoreBufs *alignedBuffers
+	streams     int
 
 	ctx    context.Context
 	cancel context.CancelCauseFunc
@@ -274,6 +276,7 @@ func (s *Session) handshake(ctx context.Context, o dialOptions, priv *rsa.Privat
 	}
 	s.ClientID = w.ClientID
 	s.chunkSize = int(w.ChunkSize)
+	s.restoreBufs = newAlignedBuffers(s.chunkSize + proto.TagSize)
 	s.streams = max(1, int(w.Streams))
 	if o.Streams > 0 && o.Streams < s.streams {
 		s.streams = o.Streams
@@ -533,10 +536,12 @@ func (s *Session) readData(rs *quic.ReceiveStream) error {
 		cur = sink
 		return &sink.id, nil
 	}
+	cr := proto.NewChunkReader(rs, uint32(s.chunkSize))
+	cr.Buffers = s.restoreBufs
 	handle := func(h *proto.ChunkHeader, p []byte) error {
-		return cur.receive(h.Offset, p)
+		return cur.receive(h.Offset, p, cr.Detach)
 	}
-	err := proto.ReadChunkStream(rs, uint32(s.chunkSize), s.opener, resolve, handle)
+	err := proto.ReadChunkFrames(cr, s.opener, resolve, handle)
 	var serr *quic.StreamError
 	if errors.As(err, &serr) {
 		return nil
