@@ -50,11 +50,14 @@ type upload struct {
 	owner  *session
 	joined []joinRef
 
-	// The checksums are computed as the upload arrives: a hasher reads
-	// back the run of written bytes from the start as it grows (from the
-	// page cache, in the background), so that once the last chunk is
-	// written little is left to hash. hashMu is held by whoever hashes;
-	// hashing, under mu, says a background hasher runs.
+	// The checksums are computed as the upload arrives: a chunk that
+	// lands right after the hashed prefix, while nobody hashes, is hashed
+	// from memory by the stream that wrote it (all of a small file; a
+	// large file's chunks when they come in order), and a background
+	// hasher reads back the run of written bytes beyond (from the page
+	// cache) as it grows, so that once the last chunk is written little is
+	// left to hash. hashMu is held by whoever hashes; hashing, under mu,
+	// says a background hasher runs.
 	hashMu  sync.Mutex
 	hasher  proto.FileHasher
 	hashing bool  // guarded by mu
@@ -537,6 +540,15 @@ func (ss *session) receive(u *upload, off uint64, p []byte) error {
 	if _, err := u.up.WriteAt(p, int64(off)); err != nil {
 		ss.failUpload(u, storeErr(err))
 		return nil
+	}
+	if u.hashMu.TryLock() { // else the background hasher will read it back
+		if u.hasher.Len() == int64(off) {
+			u.hasher.Write(p)
+			u.mu.Lock()
+			u.hashed = u.hasher.Len()
+			u.mu.Unlock()
+		}
+		u.hashMu.Unlock()
 	}
 	u.mu.Lock()
 	if u.state != receiving {
