@@ -5,4 +5,4 @@ package quiccli
 import "os"
 
 // openDirect returns nil: direct I/O is used on Linux only.
-func openDirect(string) *os.File { return nil }
+func openDirect(*os.File) *os.File { return nil }

@@ -52,6 +52,7 @@ type restoreSink struct {
 	lastSync time.Time // guarded by hashMu
 	hashing  bool
 	hashed   int64 // hasher.Len(), guarded by mu
+	bgErr    error // why the background hasher failed, guarded by mu
 	held     map[int64][]byte
 	bufs     *alignedBuffers // where held buffers go back to
 	bg       sync.WaitGroup
@@ -65,7 +66,8 @@ const restoreSyncStep = time.Second
 
 // maxHeld is how many written chunks a sink keeps in memory to hash:
 // enough for the chunks of every data stream (8 by default) to finish out
-// of order twice over.
+// of order twice over. A session's sinks together hold at most
+// heldBudget bytes (alignedBuffers.hold).
 const maxHeld = 16
 
 func newRestoreSink(f, direct *os.File, bufs *alignedBuffers, progress func(int64)) *restoreSink {
@@ -205,12 +207,14 @@ func (k *restoreSink) receive(off uint64, p []byte, keep func() []byte) error {
 	if k.progress != nil {
 		k.progress(int64(n))
 	}
-	if keep != nil && !k.closed && int64(off) >= k.hashed && len(k.held) < maxHeld {
+	if keep != nil && !k.closed && int64(off) >= k.hashed && len(k.held) < maxHeld && k.bufs.hold() {
 		if b := keep(); b != nil {
 			if k.held == nil {
 				k.held = make(map[int64][]byte, maxHeld)
 			}
 			k.held[int64(off)] = b[:n]
+		} else {
+			k.bufs.unhold()
 		}
 	}
 	if k.written == k.size {
@@ -225,19 +229,27 @@ func (k *restoreSink) receive(off uint64, p []byte, keep func() []byte) error {
 
 // write writes p at off: straight to the disk when the sink has a direct
 // descriptor and p is aligned for it, through the page cache otherwise (the
-// last chunk of a file, a resumed range, a file system that refuses).
+// last chunk of a file, a chunk at an unaligned offset, a file system that
+// refuses).
 func (k *restoreSink) write(p []byte, off int64) error {
 	if k.direct != nil && !k.noDirect.Load() && off%directAlign == 0 && len(p)%directAlign == 0 && aligned(p) {
-		_, err := k.direct.WriteAt(p, off)
+		err := directWrite(k.direct, p, off)
 		if !errors.Is(err, syscall.EINVAL) {
 			return err
 		}
 		// The file system wants another alignment after all: the page
-		// cache it is, from here on (a write that failed with EINVAL
-		// wrote nothing).
+		// cache it is, from here on, and the whole chunk again through
+		// it (whatever of it the direct write may have written).
 		k.noDirect.Store(true)
 	}
 	_, err := k.f.WriteAt(p, off)
+	return err
+}
+
+// directWrite writes p at off through a direct descriptor (a variable, for
+// tests of a file system that refuses).
+var directWrite = func(f *os.File, p []byte, off int64) error {
+	_, err := f.WriteAt(p, off)
 	return err
 }
 
@@ -261,6 +273,7 @@ func (k *restoreSink) hashNext(end int64) (bool, error) {
 		delete(k.held, at)
 		k.mu.Unlock()
 		k.hasher.Write(b)
+		k.bufs.unhold()
 		k.bufs.Put(b)
 		k.mu.Lock()
 		k.hashed = k.hasher.Len()
@@ -312,6 +325,9 @@ func (k *restoreSink) hashAhead() {
 		}
 		if err != nil {
 			k.mu.Lock()
+			// Kept for checksums too: the last chunk may have closed the
+			// sink already, and a failed fsync may not fail the next.
+			k.bgErr = err
 			k.finishLocked(err)
 			k.hashing = false
 			k.mu.Unlock()
@@ -325,6 +341,12 @@ func (k *restoreSink) hashAhead() {
 func (k *restoreSink) checksums() (uint32, [32]byte, error) {
 	k.hashMu.Lock()
 	defer k.hashMu.Unlock()
+	k.mu.Lock()
+	err := k.bgErr
+	k.mu.Unlock()
+	if err != nil {
+		return 0, [32]byte{}, err
+	}
 	for k.hasher.Len() < int64(k.size) {
 		ok, err := k.hashNext(int64(k.size))
 		if err != nil {
@@ -344,6 +366,7 @@ func (k *restoreSink) dropHeld() {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	for off, b := range k.held {
+		k.bufs.unhold()
 		k.bufs.Put(b)
 		delete(k.held, off)
 	}
@@ -501,7 +524,7 @@ func (s *Session) restoreOnce(ctx context.Context, t *restoreTarget, keep bool, 
 			s.endCall(c)
 			return 0, err
 		}
-		p = &partialRestore{tmp: tmp, f: f, direct: openDirect(tmp)}
+		p = &partialRestore{tmp: tmp, f: f, direct: openDirect(f)}
 		sink = newRestoreSink(f, p.direct, s.restoreBufs, progress)
 		req = &proto.RestoreRequest{Req: c.req, Name: t.name, Version: uint32(t.version)}
 	}

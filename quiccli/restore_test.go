@@ -3,11 +3,13 @@ package quiccli
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io/fs"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/qbackup/qbackup/proto"
@@ -47,7 +49,7 @@ func TestRestoreSinkHashesAhead(t *testing.T) {
 				defer f.Close()
 				var direct *os.File
 				if mode == "memory, direct" {
-					if direct = openDirect(name); direct == nil {
+					if direct = openDirect(f); direct == nil {
 						t.Log("no direct I/O here: through the page cache")
 					} else {
 						defer direct.Close()
@@ -134,12 +136,172 @@ func TestRestoreSinkHashesAhead(t *testing.T) {
 				}
 				if mode != "read back" {
 					// Every buffer back: the sink gave back all it kept.
-					if kept == 0 || len(k.held) != 0 || len(bufs.free) != min(allocated, alignedFree) {
+					if kept == 0 || len(k.held) != 0 || len(bufs.free) != min(allocated, cap(bufs.free)) || bufs.held.Load() != 0 {
 						t.Errorf("%d chunks kept, %d still held, %d of %d buffers given back", kept, len(k.held), len(bufs.free), allocated)
 					}
 				}
 			})
 		}
+	}
+}
+
+// TestRestoreSinkDirectRefused: a file system that refuses a direct write
+// (EINVAL) gets that chunk and the rest through the page cache, and the
+// file comes out whole.
+func TestRestoreSinkDirectRefused(t *testing.T) {
+	name := filepath.Join(t.TempDir(), "out")
+	f, err := os.Create(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	direct := openDirect(f)
+	if direct == nil {
+		t.Skip("no direct I/O here")
+	}
+	defer direct.Close()
+	refused := 0
+	defer func(w func(*os.File, []byte, int64) error) { directWrite = w }(directWrite)
+	directWrite = func(*os.File, []byte, int64) error { refused++; return syscall.EINVAL }
+
+	const chunk = 1 << 20
+	data := make([]byte, 3*chunk+100)
+	rand.NewChaCha8([32]byte{9}).Read(data)
+	bufs := newAlignedBuffers(chunk + proto.TagSize)
+	k := newRestoreSink(f, direct, bufs, nil)
+	if err := k.bind(&proto.RestoreReady{Size: uint64(len(data))}); err != nil {
+		t.Fatal(err)
+	}
+	for off := 0; off < len(data); off += chunk {
+		b, _ := bufs.Get(chunk + proto.TagSize)
+		p := b[:copy(b, data[off:min(off+chunk, len(data))])]
+		if err := k.receive(uint64(off), p, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	<-k.done
+	crc, sha, err := k.checksums()
+	wantCRC, wantSHA, _ := proto.FileChecksums(bytes.NewReader(data), int64(len(data)))
+	if k.err != nil || err != nil || crc != wantCRC || sha != wantSHA {
+		t.Fatalf("sink ended with %v, checksums %v; want the file's", k.err, err)
+	}
+	if onDisk, _ := os.ReadFile(name); !bytes.Equal(onDisk, data) {
+		t.Error("the file on disk differs from what was received")
+	}
+	if refused != 1 || !k.noDirect.Load() {
+		t.Errorf("%d direct writes tried after a refusal (noDirect %v), want 1 in all", refused, k.noDirect.Load())
+	}
+}
+
+// TestOpenDirectSameFile: the direct descriptor is opened by name, so it
+// must still lead to the file the sink writes and hashes: a name replaced
+// by another file or by a symlink gets no direct descriptor.
+func TestOpenDirectSameFile(t *testing.T) {
+	tests := []struct {
+		name    string
+		replace func(t *testing.T, path, other string)
+		ok      bool
+	}{
+		{"untouched", func(*testing.T, string, string) {}, true},
+		{"replaced by a file", func(t *testing.T, path, other string) {
+			if err := os.Rename(other, path); err != nil {
+				t.Fatal(err)
+			}
+		}, false},
+		{"replaced by a symlink", func(t *testing.T, path, other string) {
+			os.Remove(path)
+			if err := os.Symlink(other, path); err != nil {
+				t.Fatal(err)
+			}
+		}, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			path, other := filepath.Join(dir, "tmp"), filepath.Join(dir, "other")
+			f, err := os.Create(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			if err := os.WriteFile(other, nil, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if probe := openDirect(f); probe == nil {
+				t.Skip("no direct I/O here")
+			} else {
+				probe.Close()
+			}
+			tt.replace(t, path, other)
+			d := openDirect(f)
+			if d != nil {
+				d.Close()
+			}
+			if (d != nil) != tt.ok {
+				t.Errorf("openDirect = %v, want a descriptor %v", d != nil, tt.ok)
+			}
+		})
+	}
+}
+
+// TestRestoreSinksShareHeldBudget: the sinks of a session hold at most the
+// session's budget of chunks between them, whatever order the server
+// sends them in, and still end with the right checksums.
+func TestRestoreSinksShareHeldBudget(t *testing.T) {
+	const chunk = 1 << 20
+	bufs := newAlignedBuffers(chunk + proto.TagSize)
+	bufs.maxHeld = 5 // for the test: two sinks, 8 chunks each out of order
+	dir := t.TempDir()
+	type file struct {
+		data []byte
+		name string
+		k    *restoreSink
+	}
+	var files []*file
+	for i := range 2 {
+		fl := &file{data: make([]byte, 9*chunk), name: filepath.Join(dir, fmt.Sprint(i))}
+		rand.NewChaCha8([32]byte{byte(i), 3}).Read(fl.data)
+		f, err := os.Create(fl.name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		fl.k = newRestoreSink(f, nil, bufs, nil)
+		if err := fl.k.bind(&proto.RestoreReady{Size: uint64(len(fl.data))}); err != nil {
+			t.Fatal(err)
+		}
+		files = append(files, fl)
+	}
+	put := func(fl *file, i int) {
+		b, _ := bufs.Get(chunk + proto.TagSize)
+		p := b[:copy(b, fl.data[i*chunk:(i+1)*chunk])]
+		keep := func() []byte { r := b; b = nil; return r }
+		if err := fl.k.receive(uint64(i*chunk), p, keep); err != nil {
+			t.Fatal(err)
+		}
+		if b != nil {
+			bufs.Put(b)
+		}
+	}
+	for i := 8; i >= 1; i-- { // every chunk but the first, last first
+		for _, fl := range files {
+			put(fl, i)
+			if h := bufs.held.Load(); h > bufs.maxHeld {
+				t.Fatalf("%d chunks held, budget %d", h, bufs.maxHeld)
+			}
+		}
+	}
+	for _, fl := range files {
+		put(fl, 0)
+		<-fl.k.done
+		crc, sha, err := fl.k.checksums()
+		wantCRC, wantSHA, _ := proto.FileChecksums(bytes.NewReader(fl.data), int64(len(fl.data)))
+		if err != nil || crc != wantCRC || sha != wantSHA {
+			t.Errorf("%s: checksums %v, want the file's", fl.name, err)
+		}
+	}
+	if h := bufs.held.Load(); h != 0 {
+		t.Errorf("%d chunks still counted as held after both files", h)
 	}
 }
 

@@ -52,12 +52,12 @@ type upload struct {
 
 	// The checksums are computed as the upload arrives: a chunk that
 	// lands right after the hashed prefix, while nobody hashes, is hashed
-	// from memory by the stream that wrote it (all of a small file; a
-	// large file's chunks when they come in order), and a background
-	// hasher reads back the run of written bytes beyond (from the page
-	// cache) as it grows, so that once the last chunk is written little is
-	// left to hash. hashMu is held by whoever hashes; hashing, under mu,
-	// says a background hasher runs.
+	// from memory by the stream that wrote it (all of a file of one
+	// chunk; a larger file's chunks while they come in order), and a
+	// background hasher reads back the run of written bytes beyond (from
+	// the page cache) as it grows, so that once the last chunk is written
+	// little is left to hash. hashMu is held by whoever hashes; hashing,
+	// under mu, says a background hasher runs.
 	hashMu  sync.Mutex
 	hasher  proto.FileHasher
 	hashing bool  // guarded by mu
