@@ -127,10 +127,10 @@ func (l *lender) Get(n int) ([]byte, error) {
 
 func (l *lender) Put([]byte) { l.out-- }
 
-// TestChunkReaderBuffers: with a BufferSource, every frame's buffer is
-// lent and given back, whether the stream ends cleanly, is cut in the
-// middle of a payload, fails authentication or is refused by the source.
-func TestChunkReaderBuffers(t *testing.T) {
+// sealedFrames returns a stream of n chunk frames of transfer 1 (frame i:
+// 100 bytes of value i at offset 100*i) and the opener for it.
+func sealedFrames(t *testing.T, id *[16]byte, n int) ([]byte, *proto.Opener) {
+	t.Helper()
 	var key proto.SessionKey
 	sealer, err := proto.NewSealer(&key, proto.ClientToServer)
 	if err != nil {
@@ -140,13 +140,21 @@ func TestChunkReaderBuffers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	id := [16]byte{1}
 	var stream []byte
-	for i := range 5 {
-		if stream, err = sealer.AppendFrame(stream, 1, &id, uint64(i*100), bytes.Repeat([]byte{byte(i)}, 100)); err != nil {
+	for i := range n {
+		if stream, err = sealer.AppendFrame(stream, 1, id, uint64(i*100), bytes.Repeat([]byte{byte(i)}, 100)); err != nil {
 			t.Fatal(err)
 		}
 	}
+	return stream, opener
+}
+
+// TestChunkReaderBuffers: with a BufferSource, every frame's buffer is
+// lent and given back, whether the stream ends cleanly, is cut in the
+// middle of a payload, fails authentication or is refused by the source.
+func TestChunkReaderBuffers(t *testing.T) {
+	id := [16]byte{1}
+	stream, opener := sealedFrames(t, &id, 5)
 	tampered := bytes.Clone(stream)
 	tampered[len(tampered)-1] ^= 1
 	refused := errors.New("over budget")
@@ -194,27 +202,13 @@ func TestChunkReaderBuffers(t *testing.T) {
 // past the next frame, and the reader does not give it back; the others
 // go back as before.
 func TestChunkReaderDetach(t *testing.T) {
-	var key proto.SessionKey
-	sealer, err := proto.NewSealer(&key, proto.ClientToServer)
-	if err != nil {
-		t.Fatal(err)
-	}
-	opener, err := proto.NewOpener(&key, proto.ClientToServer)
-	if err != nil {
-		t.Fatal(err)
-	}
 	id := [16]byte{2}
-	var stream []byte
-	for i := range 6 {
-		if stream, err = sealer.AppendFrame(stream, 1, &id, uint64(i*100), bytes.Repeat([]byte{byte(i)}, 100)); err != nil {
-			t.Fatal(err)
-		}
-	}
+	stream, opener := sealedFrames(t, &id, 6)
 	l := &lender{}
 	cr := proto.NewChunkReader(bytes.NewReader(stream), 100)
 	cr.Buffers = l
 	var kept [][]byte
-	err = proto.ReadChunkFrames(cr, opener,
+	err := proto.ReadChunkFrames(cr, opener,
 		func(uint32) (*[16]byte, error) { return &id, nil },
 		func(h *proto.ChunkHeader, p []byte) error {
 			if h.Offset%200 == 0 { // frames 0, 2, 4
