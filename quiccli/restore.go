@@ -51,10 +51,10 @@ type restoreSink struct {
 	hasher   proto.FileHasher
 	lastSync time.Time // guarded by hashMu
 	hashing  bool
-	hashed   int64 // hasher.Len(), guarded by mu
-	bgErr    error // why the background hasher failed, guarded by mu
-	held     map[int64][]byte
-	bufs     *alignedBuffers // where held buffers go back to
+	hashed   int64            // hasher.Len(), guarded by mu
+	bgErr    error            // why the background hasher failed, guarded by mu
+	held     map[int64][]byte // written chunks not hashed yet, by offset; guarded by mu
+	bufs     *alignedBuffers  // where held buffers go back to
 	bg       sync.WaitGroup
 
 	resumed *partialRestore // what a resumed sink holds part of, or nil
