@@ -13,7 +13,7 @@ import (
 
 // This file holds the two halves of a data stream that both ends share:
 // ChunkSender seals chunks and spreads them over a fixed set of streams;
-// ReadChunkStream reads one stream's frames and hands out the plaintext.
+// ReadChunkFrames reads one stream's frames and hands out the plaintext.
 // They see streams as io.Writer and io.Reader, so this package stays free
 // of QUIC.
 
@@ -330,17 +330,14 @@ func (s *ChunkSender) run() {
 	}
 }
 
-// ReadChunkStream reads chunk frames from a data stream whose type byte has
-// been read, until the stream ends. For each frame it asks resolve for the
-// transfer's durable ID (resolve returns an error for an unknown or closed
-// transfer, which ends the stream unless it is ErrSkipChunk), authenticates
-// and decrypts the chunk in place and passes its header and plaintext to
-// handle, which must keep neither. A clean end of stream returns nil.
-func ReadChunkStream(r io.Reader, maxLen uint32, opener *Opener, resolve func(xfer uint32) (*[16]byte, error), handle func(h *ChunkHeader, plaintext []byte) error) error {
-	return ReadChunkFrames(NewChunkReader(r, maxLen), opener, resolve, handle)
-}
-
-// ReadChunkFrames is ReadChunkStream reading from cr, which it closes.
+// ReadChunkFrames reads chunk frames with cr from a data stream whose type
+// byte has been read, until the stream ends, and closes cr. For each frame
+// it asks resolve for the transfer's durable ID (resolve returns an error
+// for an unknown or closed transfer, which ends the stream unless it is
+// ErrSkipChunk), authenticates and decrypts the chunk in place and passes
+// its header and plaintext to handle, which must keep neither, unless it
+// takes the plaintext's buffer with cr.Detach. A clean end of stream
+// returns nil.
 func ReadChunkFrames(cr *ChunkReader, opener *Opener, resolve func(xfer uint32) (*[16]byte, error), handle func(h *ChunkHeader, plaintext []byte) error) error {
 	defer cr.Close()
 	// handle gets a pointer to the reader's copy of the header: a header

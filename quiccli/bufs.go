@@ -28,15 +28,15 @@ const heldBudget = 32 << 20
 // heldBudget. It keeps free buffers for reuse, within heldBudget too, and
 // lets the rest go.
 type alignedBuffers struct {
-	size    int          // a buffer's length: a chunk and its tag
-	free    chan []byte  // buffers to reuse, at full length
-	held    atomic.Int64 // buffers held by sinks
-	maxHeld int64
+	size      int          // a buffer's length: a chunk and its tag
+	free      chan []byte  // buffers to reuse, at full length
+	held      atomic.Int64 // buffers held by sinks
+	holdLimit int64        // at most this many
 }
 
 func newAlignedBuffers(size int) *alignedBuffers {
 	n := max(1, heldBudget/size)
-	return &alignedBuffers{size: size, free: make(chan []byte, n), maxHeld: int64(n)}
+	return &alignedBuffers{size: size, free: make(chan []byte, n), holdLimit: int64(n)}
 }
 
 // Get returns a buffer of length n, aligned to directAlign.
@@ -69,7 +69,7 @@ func (a *alignedBuffers) hold() bool {
 	if a == nil {
 		return false
 	}
-	if a.held.Add(1) > a.maxHeld {
+	if a.held.Add(1) > a.holdLimit {
 		a.held.Add(-1)
 		return false
 	}

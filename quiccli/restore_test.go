@@ -250,7 +250,7 @@ func TestOpenDirectSameFile(t *testing.T) {
 func TestRestoreSinksShareHeldBudget(t *testing.T) {
 	const chunk = 1 << 20
 	bufs := newAlignedBuffers(chunk + proto.TagSize)
-	bufs.maxHeld = 5 // for the test: two sinks, 8 chunks each out of order
+	bufs.holdLimit = 5 // for the test: two sinks, 8 chunks each out of order
 	dir := t.TempDir()
 	type file struct {
 		data []byte
@@ -286,8 +286,8 @@ func TestRestoreSinksShareHeldBudget(t *testing.T) {
 	for i := 8; i >= 1; i-- { // every chunk but the first, last first
 		for _, fl := range files {
 			put(fl, i)
-			if h := bufs.held.Load(); h > bufs.maxHeld {
-				t.Fatalf("%d chunks held, budget %d", h, bufs.maxHeld)
+			if h := bufs.held.Load(); h > bufs.holdLimit {
+				t.Fatalf("%d chunks held, budget %d", h, bufs.holdLimit)
 			}
 		}
 	}
