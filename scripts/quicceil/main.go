@@ -4,8 +4,8 @@
 // TLS 1.3 encryption only), no checksums, no disk on the server side: the
 // server reads every unidirectional stream and discards the bytes.
 //
-//	quicceil server [-listen 127.0.0.1:0] [-once]
-//	quicceil client -addr HOST:PORT [-streams 8] [-chunk 1048576] [-mem] PATH...
+//	quicceil server [-listen 127.0.0.1:0] [-once] [-store DIR]
+//	quicceil client -addr HOST:PORT [-streams 8] [-chunk 1048576] [-mem] [-store] PATH...
 //
 // The server prints "listening ADDR" on stdout once it is ready. The client
 // sends every regular file under PATH... in pieces of at most -chunk bytes,
@@ -17,6 +17,16 @@
 // On the control stream (the one bidirectional stream) the client sends the
 // total as 8 bytes big-endian; the server answers with the same 8 bytes
 // once it has received that many on the data streams.
+//
+// With -store DIR on both sides the server also stores what it receives,
+// as the least a backup server must do: every piece carries a header
+// (file index, file size, offset, length: 24 bytes), the server writes
+// it at its offset into a file of DIR named by the index (pwrite, through
+// the page cache), and once every byte is there it makes them all
+// durable with one syncfs before it confirms. This is the ceiling for a
+// tool that keeps what it receives: on a machine where writing to the
+// disk is dear, it is what bounds qbackup, whose server stores every byte
+// (and fsyncs it) before it confirms.
 package main
 
 import (
@@ -101,7 +111,7 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: quicceil server [-listen ADDR] [-once] | quicceil client -addr ADDR [-streams N] [-chunk BYTES] [-mem] PATH...")
+	fmt.Fprintln(os.Stderr, "usage: quicceil server [-listen ADDR] [-once] [-store DIR] | quicceil client -addr ADDR [-streams N] [-chunk BYTES] [-mem] [-store] PATH...")
 	os.Exit(2)
 }
 
@@ -137,7 +147,15 @@ func server(args []string) error {
 	once := fl.Bool("once", false, "exit after the first connection")
 	chunk := fl.Int("chunk", defaultChunk, "chunk size the receive windows are sized for, as in qbackupd")
 	streams := fl.Int("streams", defaultStreams, "unidirectional streams a client may open at once")
+	storeDir := fl.String("store", "", "store what arrives in files in this directory, and sync them before confirming (the client must run with -store too)")
 	fl.Parse(args)
+	var st *store
+	if *storeDir != "" {
+		var err error
+		if st, err = openStore(*storeDir); err != nil {
+			return err
+		}
+	}
 
 	cert, err := selfSigned()
 	if err != nil {
@@ -156,19 +174,21 @@ func server(args []string) error {
 			return err
 		}
 		if *once {
-			return receive(conn)
+			return receive(conn, st)
 		}
 		go func() {
-			if err := receive(conn); err != nil {
+			if err := receive(conn, st); err != nil {
 				fmt.Fprintln(os.Stderr, "quicceil:", err)
 			}
 		}()
 	}
 }
 
-// receive discards every data stream of conn until the total the client
+// receive reads every data stream of conn until the total the client
 // announced has arrived, confirms it, and waits for the client to close.
-func receive(conn *quic.Conn) error {
+// With a store the bytes are written into it and synced before the
+// confirmation; without one they are discarded.
+func receive(conn *quic.Conn, st *store) error {
 	start := time.Now()
 	ctx := conn.Context()
 	ctrl, err := conn.AcceptStream(ctx)
@@ -197,6 +217,14 @@ func receive(conn *quic.Conn) error {
 			if err != nil {
 				return
 			}
+			if st != nil {
+				go func() {
+					if err := st.receive(rs, add); err != nil {
+						conn.CloseWithError(1, err.Error())
+					}
+				}()
+				continue
+			}
 			go func() {
 				buf := make([]byte, defaultChunk)
 				for {
@@ -213,6 +241,11 @@ func receive(conn *quic.Conn) error {
 	case <-done:
 	case <-ctx.Done():
 		return fmt.Errorf("connection ended after %d of %d bytes: %w", got.Load(), total, context.Cause(ctx))
+	}
+	if st != nil {
+		if err := st.sync(); err != nil {
+			return err
+		}
 	}
 	d := time.Since(start)
 	if _, err := ctrl.Write(hdr[:]); err != nil {
@@ -242,6 +275,7 @@ func client(args []string) error {
 	streams := fl.Int("streams", defaultStreams, "unidirectional streams")
 	chunk := fl.Int("chunk", defaultChunk, "largest piece written at once, in bytes")
 	mem := fl.Bool("mem", false, "read the files into memory before connecting")
+	framed := fl.Bool("store", false, "put a header on every piece, for a server that stores (server -store)")
 	fl.Parse(args)
 	if *addr == "" || fl.NArg() == 0 || *streams < 1 || *chunk < 1 {
 		usage()
@@ -317,7 +351,7 @@ func client(args []string) error {
 	errs := make(chan error, *streams)
 	for s := range min(*streams, len(pieces)) {
 		wg.Go(func() {
-			if err := sendPieces(ctx, conn, files, pieces, s, *streams, *chunk); err != nil {
+			if err := sendPieces(ctx, conn, files, pieces, s, *streams, *chunk, *framed); err != nil {
 				errs <- err
 			}
 		})
@@ -337,15 +371,22 @@ func client(args []string) error {
 	return nil
 }
 
-func sendPieces(ctx context.Context, conn *quic.Conn, files []srcFile, pieces []piece, first, step, chunk int) error {
+func sendPieces(ctx context.Context, conn *quic.Conn, files []srcFile, pieces []piece, first, step, chunk int, framed bool) error {
 	st, err := conn.OpenUniStreamSync(ctx)
 	if err != nil {
 		return err
 	}
 	buf := make([]byte, chunk)
+	var hdr [pieceHeaderSize]byte
 	for i := first; i < len(pieces); i += step {
 		p := pieces[i]
 		sf := &files[p.file]
+		if framed {
+			putPieceHeader(hdr[:], p.file, sf.size, p.off, p.n)
+			if _, err := st.Write(hdr[:]); err != nil {
+				return err
+			}
+		}
 		var b []byte
 		switch {
 		case sf.mem != nil:
