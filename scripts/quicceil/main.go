@@ -4,7 +4,7 @@
 // TLS 1.3 encryption only), no checksums, no disk on the server side: the
 // server reads every unidirectional stream and discards the bytes.
 //
-//	quicceil server [-listen 127.0.0.1:0] [-once] [-store DIR]
+//	quicceil server [-listen 127.0.0.1:0] [-once [-store DIR]]
 //	quicceil client -addr HOST:PORT [-streams 8] [-chunk 1048576] [-mem] [-store] PATH...
 //
 // The server prints "listening ADDR" on stdout once it is ready. The client
@@ -18,13 +18,13 @@
 // total as 8 bytes big-endian; the server answers with the same 8 bytes
 // once it has received that many on the data streams.
 //
-// With -store DIR on both sides the server also stores what it receives,
-// as the least a backup server must do: every piece carries a header
-// (file index, file size, offset, length: 24 bytes), the server writes
-// it at its offset into a file of DIR named by the index (pwrite, through
-// the page cache), and once every byte is there it makes them all
-// durable with one syncfs before it confirms. This is the ceiling for a
-// tool that keeps what it receives: on a machine where writing to the
+// With -store on both sides (and -once) the server also stores what it
+// receives, as the least a backup server must do: every piece carries a
+// header (file index, file size, offset, length: 24 bytes), the server
+// writes it at its offset into a file of DIR named by the index (pwrite,
+// through the page cache), and once every byte is there it makes them
+// all durable with one syncfs before it confirms. This is the ceiling for
+// a tool that keeps what it receives: on a machine where writing to the
 // disk is dear, it is what bounds qbackup, whose server stores every byte
 // (and fsyncs it) before it confirms.
 package main
@@ -38,6 +38,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/binary"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -147,10 +148,15 @@ func server(args []string) error {
 	once := fl.Bool("once", false, "exit after the first connection")
 	chunk := fl.Int("chunk", defaultChunk, "chunk size the receive windows are sized for, as in qbackupd")
 	streams := fl.Int("streams", defaultStreams, "unidirectional streams a client may open at once")
-	storeDir := fl.String("store", "", "store what arrives in files in this directory, and sync them before confirming (the client must run with -store too)")
+	storeDir := fl.String("store", "", "store what arrives in files in this directory, and sync them before confirming (with -once; the client must run with -store too)")
 	fl.Parse(args)
 	var st *store
 	if *storeDir != "" {
+		if !*once {
+			// Files are named by the client's index: a second client
+			// would write over the first one's.
+			return errors.New("-store needs -once")
+		}
 		var err error
 		if st, err = openStore(*storeDir); err != nil {
 			return err
