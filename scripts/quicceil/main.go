@@ -15,8 +15,9 @@
 // (handshake included on the client side) and a rate.
 //
 // On the control stream (the one bidirectional stream) the client sends the
-// total as 8 bytes big-endian; the server answers with the same 8 bytes
-// once it has received that many on the data streams.
+// total as 8 bytes big-endian, its top bit set with -store; the server
+// answers with the same 8 bytes once it has received that many on the
+// data streams.
 //
 // With -store on both sides (and -once) the server also stores what it
 // receives, as the least a backup server must do: every piece carries a
@@ -158,7 +159,7 @@ func server(args []string) error {
 			return errors.New("-store needs -once")
 		}
 		var err error
-		if st, err = openStore(*storeDir); err != nil {
+		if st, err = openStore(*storeDir, *chunk); err != nil {
 			return err
 		}
 	}
@@ -205,7 +206,13 @@ func receive(conn *quic.Conn, st *store) error {
 	if _, err := io.ReadFull(ctrl, hdr[:]); err != nil {
 		return err
 	}
-	total := int64(binary.BigEndian.Uint64(hdr[:]))
+	v := binary.BigEndian.Uint64(hdr[:])
+	if framed := v&storeBit != 0; framed != (st != nil) {
+		err := fmt.Errorf("the client runs with -store=%v, the server with -store=%v: both or neither", framed, st != nil)
+		conn.CloseWithError(1, err.Error())
+		return err
+	}
+	total := int64(v &^ storeBit)
 	var got atomic.Int64
 	done := make(chan struct{})
 	var doneOnce sync.Once
@@ -326,6 +333,9 @@ func client(args []string) error {
 		for off := int64(0); off < sf.size; off += int64(*chunk) {
 			pieces = append(pieces, piece{i, off, int(min(int64(*chunk), sf.size-off))})
 		}
+		if sf.size == 0 {
+			pieces = append(pieces, piece{i, 0, 0}) // so that a storing server creates it
+		}
 	}
 
 	start := time.Now()
@@ -347,7 +357,11 @@ func client(args []string) error {
 		return err
 	}
 	var hdr [8]byte
-	binary.BigEndian.PutUint64(hdr[:], uint64(total))
+	mode := uint64(0)
+	if *framed {
+		mode = storeBit
+	}
+	binary.BigEndian.PutUint64(hdr[:], uint64(total)|mode)
 	if _, err := ctrl.Write(hdr[:]); err != nil {
 		return err
 	}
@@ -370,7 +384,7 @@ func client(args []string) error {
 	if _, err := io.ReadFull(ctrl, hdr[:]); err != nil {
 		return fmt.Errorf("waiting for the server's confirmation: %w", err)
 	}
-	if got := int64(binary.BigEndian.Uint64(hdr[:])); got != total {
+	if got := int64(binary.BigEndian.Uint64(hdr[:]) &^ storeBit); got != total {
 		return fmt.Errorf("server confirmed %d bytes, sent %d", got, total)
 	}
 	report(fmt.Sprintf("sent %d files", len(files)), total, time.Since(start))

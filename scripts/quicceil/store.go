@@ -15,6 +15,12 @@ import (
 // and length (4), big-endian.
 const pieceHeaderSize = 24
 
+// storeBit, set in the total the client announces, says that its pieces
+// carry headers, for a server that stores. The two must agree: a server
+// that stores cannot parse bare pieces, and one that does not would count
+// the headers as data and confirm too early.
+const storeBit = 1 << 63
+
 func putPieceHeader(b []byte, file int, size, off int64, n int) {
 	binary.BigEndian.PutUint32(b[0:], uint32(file))
 	binary.BigEndian.PutUint64(b[4:], uint64(size))
@@ -27,6 +33,7 @@ func putPieceHeader(b []byte, file int, size, off int64, n int) {
 // closed by the one that completes it.
 type store struct {
 	dir   string
+	chunk int // the largest piece
 	mu    sync.Mutex
 	files map[uint32]*storeFile
 }
@@ -37,18 +44,18 @@ type storeFile struct {
 	got  int64 // bytes written, under store.mu
 }
 
-func openStore(dir string) (*store, error) {
+func openStore(dir string, chunk int) (*store, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
-	return &store{dir: dir, files: make(map[uint32]*storeFile)}, nil
+	return &store{dir: dir, chunk: chunk, files: make(map[uint32]*storeFile)}, nil
 }
 
 // receive reads framed pieces from r until it ends, writes each where its
 // header says, and counts its bytes with add.
 func (s *store) receive(r io.Reader, add func(int)) error {
 	var hdr [pieceHeaderSize]byte
-	buf := make([]byte, defaultChunk)
+	buf := make([]byte, s.chunk)
 	for {
 		if _, err := io.ReadFull(r, hdr[:]); err != nil {
 			if err == io.EOF {

