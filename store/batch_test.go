@@ -2,6 +2,7 @@ package store
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"sync"
@@ -157,4 +158,42 @@ func BenchmarkCommitSmall(b *testing.B) {
 		}
 	})
 	b.ReportMetric(float64(b.N)/float64(s.batches.Load()), "commits/txn")
+}
+
+// BenchmarkLatest looks up the newest version of a file, as every upload
+// request of a tree does, with a context that can be cancelled, as a
+// session's is (point: such lookups run without it).
+func BenchmarkLatest(b *testing.B) {
+	s, err := Open(b.Context(), b.TempDir())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	c, _, err := s.RegisterClient(b.Context(), "c", newKeyNoT())
+	if err != nil {
+		b.Fatal(err)
+	}
+	data := randBytes(1024)
+	crc, sha := sums(data)
+	const files = 100
+	for i := range files {
+		u, err := s.NewUpload(b.Context(), c.ID, fmt.Sprintf("d/f%d", i), int64(len(data)), time.Unix(1, 0), 0o644)
+		if err != nil {
+			b.Fatal(err)
+		}
+		u.WriteAt(data, 0)
+		if _, _, err := u.Commit(b.Context(), crc, sha); err != nil {
+			b.Fatal(err)
+		}
+	}
+	names := make([]string, 2*files) // half stored, half not (a new file)
+	for i := range names {
+		names[i] = fmt.Sprintf("d/f%d", i)
+	}
+	for i := 0; b.Loop(); i++ {
+		_, err := s.Latest(b.Context(), c.ID, names[i%len(names)])
+		if err != nil && !errors.Is(err, ErrNotFound) {
+			b.Fatal(err)
+		}
+	}
 }

@@ -1201,6 +1201,36 @@ func TestCommitCancelled(t *testing.T) {
 	}
 }
 
+// TestLookupsCancelled: the lookups that run without their caller's
+// cancellation (point) still fail at once for a context that has ended.
+func TestLookupsCancelled(t *testing.T) {
+	s := openStore(t, t.TempDir())
+	c := register(t, s, "laptop")
+	fv, _ := put(t, s, c.ID, "f", []byte("x"), time.Unix(1, 0), 0o644)
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	for _, tt := range []struct {
+		name string
+		call func() error
+	}{
+		{"Latest", func() error { _, err := s.Latest(ctx, c.ID, "f"); return err }},
+		{"Version", func() error { _, err := s.Version(ctx, c.ID, "f", 1); return err }},
+		{"OpenVersion", func() error {
+			f, err := s.OpenVersion(ctx, c.ID, fv)
+			if err == nil {
+				f.Close()
+			}
+			return err
+		}},
+		{"Client", func() error { _, err := s.Client(ctx, c.ID); return err }},
+		{"ResumeUpload", func() error { _, _, err := s.ResumeUpload(ctx, c.ID, "g", 1, time.Unix(1, 0), nil); return err }},
+	} {
+		if err := tt.call(); !errors.Is(err, context.Canceled) {
+			t.Errorf("%s with an ended context: %v, want context.Canceled", tt.name, err)
+		}
+	}
+}
+
 func TestNoSpaceMapping(t *testing.T) {
 	tests := []struct {
 		desc string

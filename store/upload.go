@@ -117,7 +117,7 @@ func (s *Store) checkClient(ctx context.Context, id ClientID) error {
 		return nil
 	}
 	var n int
-	if err := s.db.QueryRowContext(ctx, "SELECT count(*) FROM clients WHERE id = ?", id[:]).Scan(&n); err != nil {
+	if err := s.db.QueryRowContext(point(ctx), "SELECT count(*) FROM clients WHERE id = ?", id[:]).Scan(&n); err != nil {
 		return wrapDB("look up client", err)
 	}
 	if n == 0 {
@@ -181,7 +181,7 @@ func (s *Store) ResumeUpload(ctx context.Context, id ClientID, name string, size
 	// commit holds while it waits for the disk. (An upload of the name
 	// created meanwhile could not have been resumed anyway.)
 	var any int
-	err := s.db.QueryRowContext(ctx, "SELECT count(*) FROM uploads WHERE client_id = ? AND name = ?", id[:], name).Scan(&any)
+	err := s.db.QueryRowContext(point(ctx), "SELECT count(*) FROM uploads WHERE client_id = ? AND name = ?", id[:], name).Scan(&any)
 	if err != nil {
 		return nil, nil, wrapDB("look up uploads", err)
 	}
