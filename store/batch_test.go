@@ -181,7 +181,9 @@ func BenchmarkLatest(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		u.WriteAt(data, 0)
+		if _, err := u.WriteAt(data, 0); err != nil {
+			b.Fatal(err)
+		}
 		if _, _, err := u.Commit(b.Context(), crc, sha); err != nil {
 			b.Fatal(err)
 		}

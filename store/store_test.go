@@ -1215,6 +1215,7 @@ func TestLookupsCancelled(t *testing.T) {
 	}{
 		{"Latest", func() error { _, err := s.Latest(ctx, c.ID, "f"); return err }},
 		{"Version", func() error { _, err := s.Version(ctx, c.ID, "f", 1); return err }},
+		{"Versions", func() error { _, err := s.Versions(ctx, c.ID, "f"); return err }},
 		{"OpenVersion", func() error {
 			f, err := s.OpenVersion(ctx, c.ID, fv)
 			if err == nil {
