@@ -733,6 +733,10 @@ func TestMigrateV1(t *testing.T) {
 	if err := s.IntegrityCheck(ctx); err != nil {
 		t.Error(err)
 	}
+	if bytes, n, err := s.Usage(ctx, client); err != nil || bytes != int64(len(data)) || n != 1 {
+		t.Errorf("Usage after migration = %d bytes, %d versions, %v; want %d, 1", bytes, n, err, len(data))
+	}
+	checkUsage(t, s)
 	fv, err := s.Latest(ctx, client, "a/b")
 	if err != nil {
 		t.Fatalf("Latest after migration: %v", err)

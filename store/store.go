@@ -131,7 +131,7 @@ const (
 
 // schemaVersion is stored in PRAGMA user_version. Version 0 is an empty
 // database; migrations[v] takes the schema from version v to v+1.
-const schemaVersion = 3
+const schemaVersion = 4
 
 var migrations = [schemaVersion]string{
 	// 0 -> 1: the initial schema.
@@ -196,6 +196,32 @@ CREATE TABLE invites (
 	note    TEXT    NOT NULL DEFAULT ''
 );
 ALTER TABLE clients ADD COLUMN invite TEXT;
+`,
+	// 3 -> 4: what each client has stored, kept by triggers on files, so
+	// that a quota check reads one row instead of summing every version
+	// the client has (0.4-0.7 s for 100,000 versions, once per upload
+	// request: a first backup of a large tree took time quadratic in its
+	// size). versions counts file versions, bytes sums their sizes.
+	`
+CREATE TABLE usage (
+	client_id BLOB    PRIMARY KEY REFERENCES clients(id),
+	bytes     INTEGER NOT NULL,
+	versions  INTEGER NOT NULL
+);
+INSERT INTO usage (client_id, bytes, versions)
+	SELECT client_id, sum(size), count(*) FROM files GROUP BY client_id;
+CREATE TRIGGER usage_insert AFTER INSERT ON files BEGIN
+	INSERT INTO usage (client_id, bytes, versions) VALUES (NEW.client_id, NEW.size, 1)
+		ON CONFLICT (client_id) DO UPDATE SET bytes = bytes + excluded.bytes, versions = versions + 1;
+END;
+CREATE TRIGGER usage_delete AFTER DELETE ON files BEGIN
+	UPDATE usage SET bytes = bytes - OLD.size, versions = versions - 1 WHERE client_id = OLD.client_id;
+END;
+CREATE TRIGGER usage_update AFTER UPDATE OF client_id, size ON files BEGIN
+	UPDATE usage SET bytes = bytes - OLD.size, versions = versions - 1 WHERE client_id = OLD.client_id;
+	INSERT INTO usage (client_id, bytes, versions) VALUES (NEW.client_id, NEW.size, 1)
+		ON CONFLICT (client_id) DO UPDATE SET bytes = bytes + excluded.bytes, versions = versions + 1;
+END;
 `,
 }
 
@@ -1015,11 +1041,17 @@ func (s *Store) deleteUpload(ctx context.Context, id []byte, rel string) error {
 // Usage reports what the client has stored: the sum of the sizes of all
 // its file versions and how many versions there are. Uploads not yet
 // committed are not counted. An unknown client has stored nothing.
+//
+// It reads the usage table, which triggers on files keep (schema version
+// 4), so it costs the same however much the client has stored.
 func (s *Store) Usage(ctx context.Context, id ClientID) (bytes int64, files int, err error) {
-	err = s.db.QueryRowContext(ctx,
-		"SELECT coalesce(sum(size), 0), count(*) FROM files WHERE client_id = ?", id[:]).Scan(&bytes, &files)
+	err = s.db.QueryRowContext(point(ctx),
+		"SELECT bytes, versions FROM usage WHERE client_id = ?", id[:]).Scan(&bytes, &files)
+	if errors.Is(err, sql.ErrNoRows) {
+		return 0, 0, nil // nothing stored yet
+	}
 	if err != nil {
-		return 0, 0, wrapDB("sum file sizes", err)
+		return 0, 0, wrapDB("read usage", err)
 	}
 	return bytes, files, nil
 }
