@@ -113,6 +113,7 @@ func TestGroupCommit(t *testing.T) {
 	if err := s.IntegrityCheck(ctx); err != nil {
 		t.Fatal(err)
 	}
+	checkUsage(t, s) // with a commit that failed in the batch
 }
 
 func dataOf(t *testing.T, u *Upload) []byte {

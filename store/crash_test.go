@@ -50,6 +50,7 @@ func TestCrashKill(t *testing.T) {
 			t.Fatalf("round %d: Open after kill: %v", round, err)
 		}
 		checkConsistent(t, s)
+		checkUsage(t, s)
 		n := checkCheckpoints(t, s)
 		t.Logf("round %d: recovered %+v, %d checkpointed uploads", round, s.Recovered(), n)
 		s.Close()

@@ -692,19 +692,46 @@ func TestMigrateV1(t *testing.T) {
 	if err := os.WriteFile(full, data, 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// A second client with two versions of a file, and a third with none,
+	// for the usage table's backfill (schema version 4).
+	client2 := ClientID{0xc2}
+	var more []struct {
+		sql  string
+		args []any
+	}
+	for v, b := range [][]byte{[]byte("two, first"), []byte("two, second!")} {
+		rel2, err := versionPath(client2, "x", v+1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		full2 := filepath.Join(dir, filepath.FromSlash(rel2))
+		if err := os.MkdirAll(filepath.Dir(full2), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(full2, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		c2, s2 := sums(b)
+		more = append(more, struct {
+			sql  string
+			args []any
+		}{"INSERT INTO files VALUES (?, 'x', ?, ?, 5, 420, ?, ?, 6, ?, 1)", []any{client2[:], v + 1, len(b), int64(c2), s2[:], rel2}})
+	}
 	upID := [16]byte{15: 7}
 	if err := os.WriteFile(filepath.Join(dir, filepath.FromSlash(tempPath(upID))), []byte("partial..."), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	const created = 1_600_000_000_000_000_000
-	for _, q := range []struct {
+	for _, q := range append([]struct {
 		sql  string
 		args []any
 	}{
 		{"INSERT INTO clients VALUES (?, 'old', x'00', 1, 2)", []any{client[:]}},
+		{"INSERT INTO clients VALUES (?, 'two', x'01', 1, 2)", []any{client2[:]}},
+		{"INSERT INTO clients VALUES (?, 'none', x'02', 1, 2)", []any{[]byte{0xc3, 15: 0}}},
 		{"INSERT INTO files VALUES (?, 'a/b', 1, ?, 5, 420, ?, ?, 6, ?, 1)", []any{client[:], len(data), int64(crc), sha[:], rel}},
 		{"INSERT INTO uploads VALUES (?, ?, 'c', 10, ?, 420, ?, ?, NULL)", []any{upID[:], client[:], resumeMtime.UnixNano(), tempPath(upID), created}},
-	} {
+	}, more...) {
 		if _, err := db.Exec(q.sql, q.args...); err != nil {
 			t.Fatalf("%s: %v", q.sql, err)
 		}
@@ -733,8 +760,14 @@ func TestMigrateV1(t *testing.T) {
 	if err := s.IntegrityCheck(ctx); err != nil {
 		t.Error(err)
 	}
-	if bytes, n, err := s.Usage(ctx, client); err != nil || bytes != int64(len(data)) || n != 1 {
-		t.Errorf("Usage after migration = %d bytes, %d versions, %v; want %d, 1", bytes, n, err, len(data))
+	for _, u := range []struct {
+		id    ClientID
+		bytes int64
+		n     int
+	}{{client, int64(len(data)), 1}, {client2, 10 + 12, 2}, {ClientID{0xc3}, 0, 0}} {
+		if bytes, n, err := s.Usage(ctx, u.id); err != nil || bytes != u.bytes || n != u.n {
+			t.Errorf("Usage(%x) after migration = %d bytes, %d versions, %v; want %d, %d", u.id[:1], bytes, n, err, u.bytes, u.n)
+		}
 	}
 	checkUsage(t, s)
 	fv, err := s.Latest(ctx, client, "a/b")

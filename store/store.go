@@ -204,7 +204,7 @@ ALTER TABLE clients ADD COLUMN invite TEXT;
 	// size). versions counts file versions, bytes sums their sizes.
 	`
 CREATE TABLE usage (
-	client_id BLOB    PRIMARY KEY REFERENCES clients(id),
+	client_id BLOB    PRIMARY KEY REFERENCES clients(id) ON DELETE CASCADE,
 	bytes     INTEGER NOT NULL,
 	versions  INTEGER NOT NULL
 );

@@ -96,6 +96,8 @@ func TestUsageTriggers(t *testing.T) {
 		{"mtime changed (commitSame)", "UPDATE files SET mtime_ns = 9 WHERE client_id = ?", []any{b.ID[:]}},
 		{"a version deleted", "DELETE FROM files WHERE client_id = ? AND name = 'x'", []any{b.ID[:]}},
 		{"every version of a client deleted", "DELETE FROM files WHERE client_id = ?", []any{a.ID[:]}},
+		// Its usage row (0, 0) must not keep the client from going.
+		{"a client without versions deleted", "DELETE FROM clients WHERE id = ?", []any{a.ID[:]}},
 	} {
 		if _, err := s.db.Exec(tt.sql, tt.args...); err != nil {
 			t.Fatalf("%s: %v", tt.name, err)
