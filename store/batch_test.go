@@ -124,18 +124,25 @@ func dataOf(t *testing.T, u *Upload) []byte {
 	return b
 }
 
-// BenchmarkCommitSmall commits small uploads from 32 goroutines at once,
-// as a client sending a tree does; the group commit lets them share fsyncs.
-func BenchmarkCommitSmall(b *testing.B) {
+// benchStore opens a store in a temp dir, closed when b ends, with one
+// client registered.
+func benchStore(b *testing.B) (*Store, Client) {
 	s, err := Open(b.Context(), b.TempDir())
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer s.Close()
+	b.Cleanup(func() { s.Close() })
 	c, _, err := s.RegisterClient(b.Context(), "c", newKeyNoT())
 	if err != nil {
 		b.Fatal(err)
 	}
+	return s, c
+}
+
+// BenchmarkCommitSmall commits small uploads from 32 goroutines at once,
+// as a client sending a tree does; the group commit lets them share fsyncs.
+func BenchmarkCommitSmall(b *testing.B) {
+	s, c := benchStore(b)
 	data := randBytes(16 << 10)
 	crc, sha := sums(data)
 	var n sync.Mutex
@@ -165,15 +172,7 @@ func BenchmarkCommitSmall(b *testing.B) {
 // request of a tree does, with a context that can be cancelled, as a
 // session's is (point: such lookups run without it).
 func BenchmarkLatest(b *testing.B) {
-	s, err := Open(b.Context(), b.TempDir())
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer s.Close()
-	c, _, err := s.RegisterClient(b.Context(), "c", newKeyNoT())
-	if err != nil {
-		b.Fatal(err)
-	}
+	s, c := benchStore(b)
 	data := randBytes(1024)
 	crc, sha := sums(data)
 	const files = 100

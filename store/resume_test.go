@@ -678,54 +678,44 @@ func TestMigrateV1(t *testing.T) {
 	if _, err := db.Exec(schemaV1); err != nil {
 		t.Fatal(err)
 	}
-	client := ClientID{0xc1}
-	data := []byte("version one")
-	crc, sha := sums(data)
-	rel, err := versionPath(client, "a/b", 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	full := filepath.Join(dir, filepath.FromSlash(rel))
-	if err := os.MkdirAll(filepath.Dir(full), 0o700); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(full, data, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	// A second client with two versions of a file, and a third with none,
-	// for the usage table's backfill (schema version 4).
-	client2 := ClientID{0xc2}
-	var more []struct {
-		sql  string
-		args []any
-	}
-	for v, b := range [][]byte{[]byte("two, first"), []byte("two, second!")} {
-		rel2, err := versionPath(client2, "x", v+1)
+	// writeVersion puts a version's file where versionPath says.
+	writeVersion := func(client ClientID, name string, v int, data []byte) string {
+		rel, err := versionPath(client, name, v)
 		if err != nil {
 			t.Fatal(err)
 		}
-		full2 := filepath.Join(dir, filepath.FromSlash(rel2))
-		if err := os.MkdirAll(filepath.Dir(full2), 0o700); err != nil {
+		full := filepath.Join(dir, filepath.FromSlash(rel))
+		if err := os.MkdirAll(filepath.Dir(full), 0o700); err != nil {
 			t.Fatal(err)
 		}
-		if err := os.WriteFile(full2, b, 0o600); err != nil {
+		if err := os.WriteFile(full, data, 0o600); err != nil {
 			t.Fatal(err)
 		}
+		return rel
+	}
+	type stmt struct {
+		sql  string
+		args []any
+	}
+	client := ClientID{0xc1}
+	data := []byte("version one")
+	crc, sha := sums(data)
+	rel := writeVersion(client, "a/b", 1, data)
+	// A second client with two versions of a file, and a third with none,
+	// for the usage table's backfill (schema version 4).
+	client2 := ClientID{0xc2}
+	var more []stmt
+	for v, b := range [][]byte{[]byte("two, first"), []byte("two, second!")} {
+		rel2 := writeVersion(client2, "x", v+1, b)
 		c2, s2 := sums(b)
-		more = append(more, struct {
-			sql  string
-			args []any
-		}{"INSERT INTO files VALUES (?, 'x', ?, ?, 5, 420, ?, ?, 6, ?, 1)", []any{client2[:], v + 1, len(b), int64(c2), s2[:], rel2}})
+		more = append(more, stmt{"INSERT INTO files VALUES (?, 'x', ?, ?, 5, 420, ?, ?, 6, ?, 1)", []any{client2[:], v + 1, len(b), int64(c2), s2[:], rel2}})
 	}
 	upID := [16]byte{15: 7}
 	if err := os.WriteFile(filepath.Join(dir, filepath.FromSlash(tempPath(upID))), []byte("partial..."), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	const created = 1_600_000_000_000_000_000
-	for _, q := range append([]struct {
-		sql  string
-		args []any
-	}{
+	for _, q := range append([]stmt{
 		{"INSERT INTO clients VALUES (?, 'old', x'00', 1, 2)", []any{client[:]}},
 		{"INSERT INTO clients VALUES (?, 'two', x'01', 1, 2)", []any{client2[:]}},
 		{"INSERT INTO clients VALUES (?, 'none', x'02', 1, 2)", []any{[]byte{0xc3, 15: 0}}},

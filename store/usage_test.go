@@ -155,15 +155,7 @@ func TestPending(t *testing.T) {
 // BenchmarkUsage reads what a client with 20,000 stored versions uses, as
 // a server with quotas does for every upload request.
 func BenchmarkUsage(b *testing.B) {
-	s, err := Open(b.Context(), b.TempDir())
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer s.Close()
-	c, _, err := s.RegisterClient(b.Context(), "c", newKeyNoT())
-	if err != nil {
-		b.Fatal(err)
-	}
+	s, c := benchStore(b)
 	tx, err := s.db.Begin()
 	if err != nil {
 		b.Fatal(err)
