@@ -587,17 +587,25 @@ func TestFileChecksums(t *testing.T) {
 	}
 }
 
-// TestFileHasherSteps: hashing a file in steps of any size gives what one
-// pass gives, and a file shorter than asked is an error.
-func TestFileHasherSteps(t *testing.T) {
+// hasherData returns 3 MiB and a bit of bytes (byte i is i*mul + i>>shift)
+// and their checksums in one pass.
+func hasherData(t *testing.T, mul, shift int) ([]byte, uint32, [32]byte) {
+	t.Helper()
 	data := make([]byte, 3<<20+12345)
 	for i := range data {
-		data[i] = byte(i*7 + i>>11)
+		data[i] = byte(i*mul + i>>shift)
 	}
-	wantCRC, wantSHA, err := FileChecksums(bytes.NewReader(data), int64(len(data)))
+	crc, sha, err := FileChecksums(bytes.NewReader(data), int64(len(data)))
 	if err != nil {
 		t.Fatal(err)
 	}
+	return data, crc, sha
+}
+
+// TestFileHasherSteps: hashing a file in steps of any size gives what one
+// pass gives, and a file shorter than asked is an error.
+func TestFileHasherSteps(t *testing.T) {
+	data, wantCRC, wantSHA := hasherData(t, 7, 11)
 	for _, step := range []int64{1, 4095, 1 << 20, 1<<20 + 1, 5 << 20} {
 		var fh FileHasher
 		for end := int64(0); end < int64(len(data)); {
@@ -627,14 +635,7 @@ func TestFileHasherSteps(t *testing.T) {
 // TestFileHasherWrite: bytes hashed from memory and bytes read back mix in
 // any order and give what one pass gives.
 func TestFileHasherWrite(t *testing.T) {
-	data := make([]byte, 3<<20+12345)
-	for i := range data {
-		data[i] = byte(i*13 + i>>9)
-	}
-	wantCRC, wantSHA, err := FileChecksums(bytes.NewReader(data), int64(len(data)))
-	if err != nil {
-		t.Fatal(err)
-	}
+	data, wantCRC, wantSHA := hasherData(t, 13, 9)
 	tests := []struct {
 		name   string
 		pieces []int64 // lengths; even pieces from memory, odd ones read back
