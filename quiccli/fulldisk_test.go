@@ -383,18 +383,21 @@ func fullDiskChild(t *testing.T, mnt string) {
 	fill(rest, 0)
 	// An empty upload needs no data blocks: its temp file may be made
 	// (NewUpload writes nothing to the database), but its commit needs
-	// SQLite to write.
+	// SQLite to write. SQLite may still find room in pages its log already
+	// holds, so the commit may also succeed; then the version must be
+	// there like any other. (That SQLite's own failures are ErrNoSpace is
+	// shown by the empty small files above, failedEmpty.)
 	up, err := srv.Store.NewUpload(ctx, cid, "probe", 0, time.Now(), 0o600)
 	if err == nil {
 		crc, sha, _ := proto.FileChecksums(bytes.NewReader(nil), 0)
-		_, _, err = up.Commit(ctx, crc, sha)
-		if err == nil {
-			t.Errorf("commit of an empty file on a full disk succeeded")
+		if _, _, err = up.Commit(ctx, crc, sha); err == nil {
+			want["probe"] = nil
+		} else {
+			up.Discard(ctx)
 		}
-		up.Discard(ctx)
 	}
 	if err != nil && !errors.Is(err, store.ErrNoSpace) {
-		t.Errorf("empty upload on a full disk: %v, want store.ErrNoSpace", err)
+		t.Errorf("empty upload on a full disk: %v, want store.ErrNoSpace or success", err)
 	}
 	report("NewUpload and Commit of an empty file with 0 bytes free: %v", err)
 	if err := srv.Store.IntegrityCheck(ctx); err != nil {
