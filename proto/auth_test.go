@@ -432,7 +432,7 @@ func TestRegisterFlow(t *testing.T) {
 
 func TestAuthConstants(t *testing.T) {
 	got := []any{proto.ExporterLabel, proto.ExporterLen, proto.MinRSABits, proto.MaxRSABits, proto.DefaultRSABits, proto.ALPN, proto.Version}
-	want := []any{"EXPORTER-qbackup/1 auth", 32, 2048, 8192, 3072, "qbackup/1", 1}
+	want := []any{"EXPORTER-qbackup/1 auth", 32, 2048, 8192, 3072, "qbackup/1", 2}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("(ExporterLabel, ExporterLen, MinRSABits, MaxRSABits, DefaultRSABits, ALPN, Version) = %v, want %v", got, want)
 	}

@@ -2,6 +2,7 @@ package proto
 
 import (
 	"encoding/binary"
+	"fmt"
 	"unicode/utf8"
 )
 
@@ -126,4 +127,48 @@ func (d *decoder) finish() error {
 		d.err = &ParseError{What: d.what, Err: errTrailing}
 	}
 	return d.err
+}
+
+// name16 reads a uint16-length-prefixed name of at most MaxNameLen
+// bytes. Names are byte strings (§12.1): the decoder checks only the
+// length; whether a name is valid is the receiver's question
+// (ValidateName), answered per request rather than for the connection.
+func (d *decoder) name16(field string) string {
+	v := d.field16(MaxNameLen, field)
+	if d.err != nil {
+		return ""
+	}
+	return string(v)
+}
+
+// mode reads a mode field: permission, setuid, setgid and sticky bits.
+func (d *decoder) mode() uint32 {
+	m := d.u32("mode")
+	if d.err == nil && m&^ModeMask != 0 {
+		d.fail(fmt.Errorf("%#o has bits beyond %#o", m, ModeMask), "mode")
+	}
+	return m
+}
+
+// kind reads an entry kind.
+func (d *decoder) kind() Kind {
+	k := Kind(d.u8("kind"))
+	if d.err == nil && k > maxKind {
+		d.fail(fmt.Errorf("unknown kind %d", k), "kind")
+	}
+	return k
+}
+
+// checkSize checks an entry's size against the protocol's bounds for its
+// kind.
+func (d *decoder) checkSize(k Kind, size uint64) {
+	switch {
+	case d.err != nil:
+	case size > MaxFileSize:
+		d.fail(errTooLong, "size")
+	case k == KindSymlink && (size == 0 || size > MaxSymlinkLen):
+		d.fail(fmt.Errorf("symbolic link target of %d bytes, not 1 to %d", size, MaxSymlinkLen), "size")
+	case !k.HasContent() && size != 0:
+		d.fail(fmt.Errorf("%v of %d bytes: only files and symbolic links have content", k, size), "size")
+	}
 }

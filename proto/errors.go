@@ -29,6 +29,7 @@ const (
 	CodeBadChunk           ErrorCode = 0xe  // a chunk that fails authentication or lies outside its transfer
 	CodeShutdown           ErrorCode = 0xf  // the server is shutting down
 	CodeBadKey             ErrorCode = 0x10 // the public key is unusable (type, size)
+	CodeDamaged            ErrorCode = 0x11 // the stored copy does not match its checksums
 )
 
 var codeNames = map[ErrorCode]string{
@@ -49,6 +50,7 @@ var codeNames = map[ErrorCode]string{
 	CodeBadChunk:           "bad chunk",
 	CodeShutdown:           "server shutting down",
 	CodeBadKey:             "bad public key",
+	CodeDamaged:            "damaged on the server",
 }
 
 func (c ErrorCode) String() string {

@@ -371,17 +371,21 @@ const (
 	FlagHashed uint8 = 1 << 0
 )
 
-// UploadRequest asks to store a file. The server answers UploadReady or
-// ErrorMessage with the same Req.
+// UploadRequest asks to store an entry: a file, a directory, a symbolic
+// link (its content is the target) or a special file. The server answers
+// UploadReady or ErrorMessage with the same Req.
 //
 //	req     uint32: chosen by the client, unique among its open requests
-//	name    uint16 length + UTF-8, 1..MaxNameLen
-//	size    uint64, ..MaxFileSize
+//	name    uint16 length + bytes, ..MaxNameLen (ValidateName)
+//	size    uint64, ..MaxFileSize; 0 for a kind without content,
+//	        1..MaxSymlinkLen for a symbolic link
 //	modTime int64: Unix nanoseconds
-//	mode    uint32: permission bits
+//	mode    uint32: permission bits, setuid, setgid, sticky (..ModeMask)
 //	flags   uint8
 //	crc     uint32: cksum value, valid with FlagHashed
 //	sha256  [32]byte: valid with FlagHashed
+//	kind    uint8: a Kind
+//	meta    uint16 length + metadata record (ParseMeta), ..MaxMetaLen
 type UploadRequest struct {
 	Req     uint32
 	Name    string
@@ -391,6 +395,8 @@ type UploadRequest struct {
 	Flags   uint8
 	CRC     uint32
 	SHA256  [32]byte
+	Kind    Kind
+	Meta    []byte
 }
 
 func (*UploadRequest) Type() MsgType { return TypeUploadRequest }
@@ -402,20 +408,22 @@ func (m *UploadRequest) appendPayload(b []byte) []byte {
 	b = appendU32(b, m.Mode)
 	b = appendU8(b, m.Flags)
 	b = appendU32(b, m.CRC)
-	return append(b, m.SHA256[:]...)
+	b = append(b, m.SHA256[:]...)
+	b = appendU8(b, uint8(m.Kind))
+	return appendBytes16(b, m.Meta)
 }
 func (m *UploadRequest) decode(d *decoder) {
 	m.Req = d.u32("req")
-	m.Name = d.string16(MaxNameLen, "name")
+	m.Name = d.name16("name")
 	m.Size = d.u64("size")
 	m.ModTime = int64(d.u64("modTime"))
-	m.Mode = d.u32("mode")
+	m.Mode = d.mode()
 	m.Flags = d.u8("flags")
 	m.CRC = d.u32("crc")
 	d.fixed(m.SHA256[:], "sha256")
-	if d.err == nil && m.Size > MaxFileSize {
-		d.fail(errTooLong, "size")
-	}
+	m.Kind = d.kind()
+	m.Meta = d.bytes16(MaxMetaLen, "meta")
+	d.checkSize(m.Kind, m.Size)
 }
 
 // Range is a byte range [Off, Off+Len) of a file.
@@ -622,7 +630,7 @@ const (
 // or lie below it ("" lists all). The server answers ListEntry* then ListEnd.
 //
 //	req    uint32
-//	prefix uint16 length + UTF-8, ..MaxNameLen
+//	prefix uint16 length + bytes, ..MaxNameLen
 //	flags  uint8
 type ListRequest struct {
 	Req    uint32
@@ -638,23 +646,34 @@ func (m *ListRequest) appendPayload(b []byte) []byte {
 }
 func (m *ListRequest) decode(d *decoder) {
 	m.Req = d.u32("req")
-	m.Prefix = d.string16(MaxNameLen, "prefix")
+	m.Prefix = d.name16("prefix")
 	m.Flags = d.u8("flags")
 }
+
+// ListEntry flags.
+const (
+	// EntryVerified says the client confirmed the checksums at upload.
+	EntryVerified uint8 = 1 << 0
+	// EntryDamaged says the stored copy no longer matches its checksums
+	// (found by the server's check); the version cannot be restored.
+	EntryDamaged uint8 = 1 << 1
+)
 
 // ListEntry describes one stored version.
 //
 //	req      uint32
-//	name     uint16 length + UTF-8
+//	name     uint16 length + bytes
 //	version  uint32
 //	versions uint32: how many versions the name has
 //	size     uint64
 //	modTime  int64: Unix nanoseconds
-//	mode     uint32
+//	mode     uint32: ..ModeMask
 //	crc      uint32
 //	sha256   [32]byte
 //	storedAt int64: Unix nanoseconds
-//	verified uint8: 1 if the checksum was confirmed by the client
+//	flags    uint8: EntryVerified, EntryDamaged; other bits 0
+//	kind     uint8: a Kind
+//	meta     uint16 length + metadata record, ..MaxMetaLen
 type ListEntry struct {
 	Req      uint32
 	Name     string
@@ -667,6 +686,9 @@ type ListEntry struct {
 	SHA256   [32]byte
 	StoredAt int64
 	Verified bool
+	Damaged  bool
+	Kind     Kind
+	Meta     []byte
 }
 
 func (*ListEntry) Type() MsgType { return TypeListEntry }
@@ -681,30 +703,37 @@ func (m *ListEntry) appendPayload(b []byte) []byte {
 	b = appendU32(b, m.CRC)
 	b = append(b, m.SHA256[:]...)
 	b = appendU64(b, uint64(m.StoredAt))
-	v := uint8(0)
+	var flags uint8
 	if m.Verified {
-		v = 1
+		flags |= EntryVerified
 	}
-	return appendU8(b, v)
+	if m.Damaged {
+		flags |= EntryDamaged
+	}
+	b = appendU8(b, flags)
+	b = appendU8(b, uint8(m.Kind))
+	return appendBytes16(b, m.Meta)
 }
 func (m *ListEntry) decode(d *decoder) {
 	m.Req = d.u32("req")
-	m.Name = d.string16(MaxNameLen, "name")
+	m.Name = d.name16("name")
 	m.Version = d.u32("version")
 	m.Versions = d.u32("versions")
 	m.Size = d.u64("size")
 	m.ModTime = int64(d.u64("modTime"))
-	m.Mode = d.u32("mode")
+	m.Mode = d.mode()
 	m.CRC = d.u32("crc")
 	d.fixed(m.SHA256[:], "sha256")
 	m.StoredAt = int64(d.u64("storedAt"))
-	switch d.u8("verified") {
-	case 0:
-	case 1:
-		m.Verified = true
-	default:
-		d.fail(errors.New("not 0 or 1"), "verified")
+	flags := d.u8("flags")
+	if d.err == nil && flags&^(EntryVerified|EntryDamaged) != 0 {
+		d.fail(fmt.Errorf("unknown bits %#x", flags), "flags")
 	}
+	m.Verified = flags&EntryVerified != 0
+	m.Damaged = flags&EntryDamaged != 0
+	m.Kind = d.kind()
+	m.Meta = d.bytes16(MaxMetaLen, "meta")
+	d.checkSize(m.Kind, m.Size)
 }
 
 // ListEnd ends a listing.
@@ -729,7 +758,7 @@ func (m *ListEnd) decode(d *decoder) {
 // then sends the file's chunks on its own data streams.
 //
 //	req     uint32
-//	name    uint16 length + UTF-8, 1..MaxNameLen
+//	name    uint16 length + bytes, ..MaxNameLen
 //	version uint32: 0 for the latest
 type RestoreRequest struct {
 	Req     uint32
@@ -745,7 +774,7 @@ func (m *RestoreRequest) appendPayload(b []byte) []byte {
 }
 func (m *RestoreRequest) decode(d *decoder) {
 	m.Req = d.u32("req")
-	m.Name = d.string16(MaxNameLen, "name")
+	m.Name = d.name16("name")
 	m.Version = d.u32("version")
 }
 
@@ -756,7 +785,7 @@ func (m *RestoreRequest) decode(d *decoder) {
 // never joins the bytes of two versions.
 //
 //	req     uint32
-//	name    uint16 length + UTF-8, 1..MaxNameLen
+//	name    uint16 length + bytes, ..MaxNameLen
 //	version uint32: not 0
 //	sha256  [32]byte
 //	count   uint16: ranges the client has, ..MaxResumeRanges
@@ -780,7 +809,7 @@ func (m *RestoreResume) appendPayload(b []byte) []byte {
 }
 func (m *RestoreResume) decode(d *decoder) {
 	m.Req = d.u32("req")
-	m.Name = d.string16(MaxNameLen, "name")
+	m.Name = d.name16("name")
 	m.Version = d.u32("version")
 	if d.err == nil && m.Version == 0 {
 		d.fail(errors.New("0: a resume names its version"), "version")
@@ -789,18 +818,20 @@ func (m *RestoreResume) decode(d *decoder) {
 	m.Have = d.ranges(MaxResumeRanges, true)
 }
 
-// RestoreReady describes the file about to be sent.
+// RestoreReady describes the entry about to be sent.
 //
 //	req        uint32
 //	xfer       uint32
 //	transferID [16]byte: random, bound into every chunk
-//	name       uint16 length + UTF-8
+//	name       uint16 length + bytes
 //	version    uint32
 //	size       uint64
 //	modTime    int64
-//	mode       uint32
+//	mode       uint32: ..ModeMask
 //	crc        uint32: the stored cksum value
 //	sha256     [32]byte
+//	kind       uint8: a Kind
+//	meta       uint16 length + metadata record, ..MaxMetaLen
 type RestoreReady struct {
 	Req        uint32
 	Xfer       uint32
@@ -812,6 +843,8 @@ type RestoreReady struct {
 	Mode       uint32
 	CRC        uint32
 	SHA256     [32]byte
+	Kind       Kind
+	Meta       []byte
 }
 
 func (*RestoreReady) Type() MsgType { return TypeRestoreReady }
@@ -825,29 +858,39 @@ func (m *RestoreReady) appendPayload(b []byte) []byte {
 	b = appendU64(b, uint64(m.ModTime))
 	b = appendU32(b, m.Mode)
 	b = appendU32(b, m.CRC)
-	return append(b, m.SHA256[:]...)
+	b = append(b, m.SHA256[:]...)
+	b = appendU8(b, uint8(m.Kind))
+	return appendBytes16(b, m.Meta)
 }
 func (m *RestoreReady) decode(d *decoder) {
 	m.Req = d.u32("req")
 	m.Xfer = d.u32("xfer")
 	d.fixed(m.TransferID[:], "transferID")
-	m.Name = d.string16(MaxNameLen, "name")
+	m.Name = d.name16("name")
 	m.Version = d.u32("version")
 	m.Size = d.u64("size")
 	m.ModTime = int64(d.u64("modTime"))
-	m.Mode = d.u32("mode")
+	m.Mode = d.mode()
 	m.CRC = d.u32("crc")
 	d.fixed(m.SHA256[:], "sha256")
-	if d.err == nil && m.Size > MaxFileSize {
-		d.fail(errTooLong, "size")
-	}
+	m.Kind = d.kind()
+	m.Meta = d.bytes16(MaxMetaLen, "meta")
+	d.checkSize(m.Kind, m.Size)
 }
+
+// RestoreDone status values.
+const (
+	DoneVerified uint8 = 0 // received, and the checksums matched
+	DoneFailed   uint8 = 1 // given up: cancelled, or a local failure
+	DoneMismatch uint8 = 2 // every byte received, but the checksums did not match
+)
 
 // RestoreDone tells the server the client has finished with a restore
 // transfer (received and verified, or given up) so it can release it.
+// DoneMismatch tells the server its copy may be damaged.
 //
 //	xfer   uint32
-//	status uint8: 0 verified, 1 failed
+//	status uint8: DoneVerified, DoneFailed or DoneMismatch
 type RestoreDone struct {
 	Xfer   uint32
 	Status uint8
@@ -860,7 +903,7 @@ func (m *RestoreDone) appendPayload(b []byte) []byte {
 func (m *RestoreDone) decode(d *decoder) {
 	m.Xfer = d.u32("xfer")
 	m.Status = d.u8("status")
-	if d.err == nil && m.Status > 1 {
+	if d.err == nil && m.Status > DoneMismatch {
 		d.fail(fmt.Errorf("unknown status %d", m.Status), "status")
 	}
 }

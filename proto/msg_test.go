@@ -131,9 +131,14 @@ func messageCases() []msgCase {
 		{"Error/zero", &proto.ErrorMessage{}},
 
 		{"UploadRequest/typical", &proto.UploadRequest{Req: 1, Name: "home/me/notes.txt", Size: 12345, ModTime: mtime, Mode: 0o644, Flags: proto.FlagHashed, CRC: 0xdeadbeef, SHA256: sum32(13)}},
-		{"UploadRequest/max", &proto.UploadRequest{Req: math.MaxUint32, Name: maxName, Size: proto.MaxFileSize, ModTime: math.MaxInt64, Mode: math.MaxUint32, Flags: math.MaxUint8, CRC: math.MaxUint32, SHA256: allOnes32()}},
+		{"UploadRequest/max", &proto.UploadRequest{Req: math.MaxUint32, Name: maxName, Size: proto.MaxFileSize, ModTime: math.MaxInt64, Mode: proto.ModeMask, Flags: math.MaxUint8, CRC: math.MaxUint32, SHA256: allOnes32(), Meta: pattern(proto.MaxMetaLen, 20)}},
 		{"UploadRequest/maxUTF8", &proto.UploadRequest{Req: 2, Name: maxNameUTF8, Size: 1, ModTime: 1}},
 		{"UploadRequest/min", &proto.UploadRequest{Name: "a", ModTime: math.MinInt64}},
+		// Names are bytes: Latin-1, control characters, backslashes.
+		{"UploadRequest/bytes", &proto.UploadRequest{Req: 3, Name: "caf\xe9/a\\b\nc\x01", Size: 4, Mode: 0o4755}},
+		{"UploadRequest/dir", &proto.UploadRequest{Req: 4, Name: "docs", Kind: proto.KindDir, Mode: 0o1777, Meta: []byte{1, 0, 2, 0xaa, 0xbb}}},
+		{"UploadRequest/symlink", &proto.UploadRequest{Req: 5, Name: "link", Kind: proto.KindSymlink, Size: proto.MaxSymlinkLen, Mode: 0o777}},
+		{"UploadRequest/device", &proto.UploadRequest{Req: 6, Name: "dev/null", Kind: proto.KindBlock, Mode: 0o666}},
 
 		{"UploadCommit/zero", &proto.UploadCommit{}},
 		{"UploadCommit/max", &proto.UploadCommit{Xfer: math.MaxUint32}},
@@ -151,7 +156,8 @@ func messageCases() []msgCase {
 		{"RestoreRequest/max", &proto.RestoreRequest{Req: math.MaxUint32, Name: maxNameUTF8, Version: math.MaxUint32}},
 
 		{"RestoreDone/zero", &proto.RestoreDone{}},
-		{"RestoreDone/max", &proto.RestoreDone{Xfer: math.MaxUint32, Status: 1}},
+		{"RestoreDone/failed", &proto.RestoreDone{Xfer: math.MaxUint32, Status: proto.DoneFailed}},
+		{"RestoreDone/max", &proto.RestoreDone{Xfer: math.MaxUint32, Status: proto.DoneMismatch}},
 
 		{"RestoreResume/none", &proto.RestoreResume{Req: 5, Name: "a/b", Version: 2, SHA256: [32]byte{1, 31: 2}}},
 		{"RestoreResume/typical", &proto.RestoreResume{Req: 5, Name: "a/b", Version: 2, SHA256: [32]byte{1, 31: 2},
@@ -177,15 +183,18 @@ func messageCases() []msgCase {
 		{"UploadResult/max", &proto.UploadResult{Xfer: math.MaxUint32, Status: proto.ResultDiscarded, Version: math.MaxUint32, StoredAt: math.MinInt64}},
 
 		{"ListEntry/typical", &proto.ListEntry{Req: 3, Name: "home/me/notes.txt", Version: 2, Versions: 5, Size: 12345, ModTime: mtime, Mode: 0o600, CRC: 0xcafef00d, SHA256: sum32(17), StoredAt: mtime + 1, Verified: true}},
-		{"ListEntry/max", &proto.ListEntry{Req: math.MaxUint32, Name: maxName, Version: math.MaxUint32, Versions: math.MaxUint32, Size: math.MaxUint64, ModTime: math.MinInt64, Mode: math.MaxUint32, CRC: math.MaxUint32, SHA256: allOnes32(), StoredAt: math.MaxInt64}},
+		{"ListEntry/max", &proto.ListEntry{Req: math.MaxUint32, Name: maxName, Version: math.MaxUint32, Versions: math.MaxUint32, Size: proto.MaxFileSize, ModTime: math.MinInt64, Mode: proto.ModeMask, CRC: math.MaxUint32, SHA256: allOnes32(), StoredAt: math.MaxInt64, Verified: true, Damaged: true, Meta: pattern(proto.MaxMetaLen, 21)}},
 		{"ListEntry/zero", &proto.ListEntry{}},
+		{"ListEntry/damaged", &proto.ListEntry{Req: 3, Name: "x\xff", Version: 1, Versions: 1, Size: 1, Damaged: true}},
+		{"ListEntry/fifo", &proto.ListEntry{Req: 3, Name: "pipe", Version: 1, Versions: 1, Kind: proto.KindFIFO, Mode: 0o600, Verified: true}},
 
 		{"ListEnd/zero", &proto.ListEnd{}},
 		{"ListEnd/max", &proto.ListEnd{Req: math.MaxUint32, Count: math.MaxUint32}},
 
 		{"RestoreReady/typical", &proto.RestoreReady{Req: 8, Xfer: 9, TransferID: id16(18), Name: "a/b", Version: 2, Size: 1 << 30, ModTime: mtime, Mode: 0o755, CRC: 1, SHA256: sum32(19)}},
-		{"RestoreReady/max", &proto.RestoreReady{Req: math.MaxUint32, Xfer: math.MaxUint32, TransferID: allOnes16(), Name: maxName, Version: math.MaxUint32, Size: proto.MaxFileSize, ModTime: math.MaxInt64, Mode: math.MaxUint32, CRC: math.MaxUint32, SHA256: allOnes32()}},
+		{"RestoreReady/max", &proto.RestoreReady{Req: math.MaxUint32, Xfer: math.MaxUint32, TransferID: allOnes16(), Name: maxName, Version: math.MaxUint32, Size: proto.MaxFileSize, ModTime: math.MaxInt64, Mode: proto.ModeMask, CRC: math.MaxUint32, SHA256: allOnes32(), Meta: pattern(proto.MaxMetaLen, 22)}},
 		{"RestoreReady/zero", &proto.RestoreReady{}},
+		{"RestoreReady/symlink", &proto.RestoreReady{Req: 8, Xfer: 9, Name: "a/\xe9", Version: 1, Size: 7, Kind: proto.KindSymlink, Mode: 0o777, Meta: []byte{1, 0, 0}}},
 	}
 }
 
@@ -386,10 +395,14 @@ func badPayloads() []badPayload {
 	ready := func(rs ...proto.Range) []byte {
 		return enc(&proto.UploadReady{Req: 1, Xfer: 2, UploadID: id16(1), Missing: rs})
 	}
-	listEntry := func(verified uint8) []byte {
+	listEntry := func(flags uint8) []byte {
 		b := enc(&proto.ListEntry{Req: 1, Name: "a"})
-		b[len(b)-1] = verified
+		b[len(b)-4] = flags // before kind and the meta length
 		return b
+	}
+	// request is an UploadRequest for "a" up to its kind.
+	request := func() *wire {
+		return new(wire).u32(1).str("a").u64(0).u64(0).u32(0).u8(0).u32(0).raw(make([]byte, 32))
 	}
 	const bad = "a\xffb" // invalid UTF-8
 	return []badPayload{
@@ -412,21 +425,31 @@ func badPayloads() []badPayload {
 		// AppendMessage repairs invalid UTF-8 too, so this one is by hand as well.
 		{"Error/messageUTF8", proto.TypeError, new(wire).u32(1).u16(1).str(bad).b, "Error.message"},
 		{"UploadRequest/name", proto.TypeUploadRequest, enc(&proto.UploadRequest{Name: over(proto.MaxNameLen)}), "UploadRequest.name"},
-		{"UploadRequest/nameUTF8", proto.TypeUploadRequest, enc(&proto.UploadRequest{Name: bad}), "UploadRequest.name"},
 		{"UploadRequest/size", proto.TypeUploadRequest, enc(&proto.UploadRequest{Name: "a", Size: proto.MaxFileSize + 1}), "UploadRequest.size"},
 		{"UploadRequest/size64", proto.TypeUploadRequest, enc(&proto.UploadRequest{Name: "a", Size: math.MaxUint64}), "UploadRequest.size"},
+		{"UploadRequest/mode", proto.TypeUploadRequest, enc(&proto.UploadRequest{Name: "a", Mode: 0o10000}), "UploadRequest.mode"},
+		{"UploadRequest/modeType", proto.TypeUploadRequest, enc(&proto.UploadRequest{Name: "a", Mode: 0o100644}), "UploadRequest.mode"},
+		{"UploadRequest/kind", proto.TypeUploadRequest, request().u8(7).u16(0).b, "UploadRequest.kind"},
+		{"UploadRequest/kind0xff", proto.TypeUploadRequest, request().u8(0xff).u16(0).b, "UploadRequest.kind"},
+		{"UploadRequest/noKind", proto.TypeUploadRequest, request().b, "UploadRequest.kind"},
+		{"UploadRequest/noMeta", proto.TypeUploadRequest, request().u8(0).b, "UploadRequest.meta"},
+		{"UploadRequest/meta", proto.TypeUploadRequest, enc(&proto.UploadRequest{Name: "a", Meta: pattern(proto.MaxMetaLen+1, 1)}), "UploadRequest.meta"},
+		{"UploadRequest/dirSize", proto.TypeUploadRequest, enc(&proto.UploadRequest{Name: "a", Kind: proto.KindDir, Size: 1}), "UploadRequest.size"},
+		{"UploadRequest/fifoSize", proto.TypeUploadRequest, enc(&proto.UploadRequest{Name: "a", Kind: proto.KindFIFO, Size: 4096}), "UploadRequest.size"},
+		{"UploadRequest/symlinkEmpty", proto.TypeUploadRequest, enc(&proto.UploadRequest{Name: "a", Kind: proto.KindSymlink}), "UploadRequest.size"},
+		{"UploadRequest/symlinkLong", proto.TypeUploadRequest, enc(&proto.UploadRequest{Name: "a", Kind: proto.KindSymlink, Size: proto.MaxSymlinkLen + 1}), "UploadRequest.size"},
 		{"ListRequest/prefix", proto.TypeListRequest, enc(&proto.ListRequest{Prefix: over(proto.MaxNameLen)}), "ListRequest.prefix"},
-		{"ListRequest/prefixUTF8", proto.TypeListRequest, enc(&proto.ListRequest{Prefix: bad}), "ListRequest.prefix"},
 		{"RestoreRequest/name", proto.TypeRestoreRequest, enc(&proto.RestoreRequest{Name: over(proto.MaxNameLen)}), "RestoreRequest.name"},
-		{"RestoreRequest/nameUTF8", proto.TypeRestoreRequest, enc(&proto.RestoreRequest{Name: bad}), "RestoreRequest.name"},
 		{"ListEntry/name", proto.TypeListEntry, enc(&proto.ListEntry{Name: over(proto.MaxNameLen)}), "ListEntry.name"},
-		{"ListEntry/nameUTF8", proto.TypeListEntry, enc(&proto.ListEntry{Name: bad}), "ListEntry.name"},
-		{"ListEntry/verified2", proto.TypeListEntry, listEntry(2), "ListEntry.verified"},
-		{"ListEntry/verified0xff", proto.TypeListEntry, listEntry(0xff), "ListEntry.verified"},
+		{"ListEntry/flags4", proto.TypeListEntry, listEntry(4), "ListEntry.flags"},
+		{"ListEntry/flags0xff", proto.TypeListEntry, listEntry(0xff), "ListEntry.flags"},
+		{"ListEntry/size", proto.TypeListEntry, enc(&proto.ListEntry{Name: "a", Size: proto.MaxFileSize + 1}), "ListEntry.size"},
+		{"ListEntry/mode", proto.TypeListEntry, enc(&proto.ListEntry{Name: "a", Mode: math.MaxUint32}), "ListEntry.mode"},
+		{"ListEntry/socketSize", proto.TypeListEntry, enc(&proto.ListEntry{Name: "a", Kind: proto.KindSocket, Size: 1}), "ListEntry.size"},
 		{"UploadReady/status", proto.TypeUploadReady, new(wire).u32(1).u32(2).raw(make([]byte, 16)).u8(3).u32(0).u16(0).b, "UploadReady.status"},
 		{"UploadJoin/short", proto.TypeUploadJoin, new(wire).u32(1).raw(make([]byte, 15)).b, "UploadJoin.uploadID"},
 		{"UploadResult/status", proto.TypeUploadResult, new(wire).u32(1).u8(3).u32(0).u64(0).b, "UploadResult.status"},
-		{"RestoreDone/status", proto.TypeRestoreDone, new(wire).u32(1).u8(2).b, "RestoreDone.status"},
+		{"RestoreDone/status", proto.TypeRestoreDone, new(wire).u32(1).u8(3).b, "RestoreDone.status"},
 		{"RestoreResume/version0", proto.TypeRestoreResume, enc(&proto.RestoreResume{Name: "a"}), "RestoreResume.version"},
 		{"RestoreResume/name", proto.TypeRestoreResume, enc(&proto.RestoreResume{Name: over(proto.MaxNameLen), Version: 1}), "RestoreResume.name"},
 		{"RestoreResume/short", proto.TypeRestoreResume, new(wire).u32(1).u16(1).raw([]byte("a")).u32(1).raw(make([]byte, 31)).b, "RestoreResume.sha256"},
@@ -437,7 +460,9 @@ func badPayloads() []badPayload {
 		{"RestoreResume/unordered", proto.TypeRestoreResume, resume().u16(2).u64(10).u64(5).u64(0).u64(5).b, "RestoreResume.ranges"},
 		{"RestoreResume/beyond", proto.TypeRestoreResume, resume().u16(1).u64(proto.MaxFileSize).u64(1).b, "RestoreResume.ranges"},
 		{"RestoreReady/name", proto.TypeRestoreReady, enc(&proto.RestoreReady{Name: over(proto.MaxNameLen)}), "RestoreReady.name"},
-		{"RestoreReady/nameUTF8", proto.TypeRestoreReady, enc(&proto.RestoreReady{Name: bad}), "RestoreReady.name"},
+		{"RestoreReady/kind", proto.TypeRestoreReady, enc(&proto.RestoreReady{Kind: 9}), "RestoreReady.kind"},
+		{"RestoreReady/charDevSize", proto.TypeRestoreReady, enc(&proto.RestoreReady{Kind: proto.KindCharDev, Size: 2}), "RestoreReady.size"},
+		{"RestoreReady/meta", proto.TypeRestoreReady, enc(&proto.RestoreReady{Meta: pattern(proto.MaxMetaLen+1, 2)}), "RestoreReady.meta"},
 		{"RestoreReady/size", proto.TypeRestoreReady, enc(&proto.RestoreReady{Size: proto.MaxFileSize + 1}), "RestoreReady.size"},
 		{"RestoreReady/size64", proto.TypeRestoreReady, enc(&proto.RestoreReady{Size: math.MaxUint64}), "RestoreReady.size"},
 		{"UploadReady/empty", proto.TypeUploadReady, ready(proto.Range{Off: 0, Len: 0}), "UploadReady.ranges"},
@@ -824,7 +849,8 @@ func TestErrorCodeString(t *testing.T) {
 		{proto.CodeBadChunk, "bad chunk"},
 		{proto.CodeShutdown, "server shutting down"},
 		{proto.CodeBadKey, "bad public key"},
-		{0x11, "error code 0x11"},
+		{proto.CodeDamaged, "damaged on the server"},
+		{0x12, "error code 0x12"},
 		{0xffff, "error code 0xffff"},
 	}
 	for _, tt := range tests {

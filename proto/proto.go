@@ -12,7 +12,7 @@
 //	  |   Register{name, pubkey, sig(ekm)}             |
 //	  |   or Reconnect{clientID, sig(ekm)}             |
 //	  |<--------------- Welcome{clientID, RSA-OAEP(K)} |
-//	  |   UploadRequest{req, name, size, mtime, ...}   |
+//	  |   UploadRequest{req, name, kind, size, meta...}|
 //	  |<------- UploadReady{req, xfer, id, missing...} |
 //	  |== uni streams: ChunkFrame{xfer, off, len} ===> |  sealed with K
 //	  |<------------- UploadChecksum{xfer, crc, sha}   |
@@ -26,13 +26,17 @@
 // Version history:
 //
 //	1: first version.
+//	2: names are byte strings; entries have a kind (directories, symbolic
+//	   links, special files) and a metadata record; mode carries setuid,
+//	   setgid and sticky; ListEntry flags say damaged; RestoreDone says
+//	   a checksum mismatch; error code 0x11 (damaged).
 package proto
 
 // ALPN is the TLS application protocol both ends require.
 const ALPN = "qbackup/1"
 
 // Version is the protocol version carried in Register and Reconnect.
-const Version = 1
+const Version = 2
 
 // Limits every decoder enforces before it allocates.
 const (

@@ -1763,10 +1763,10 @@ func (fc *fzConn) garbage(i int, a byte) {
 	case 6:
 		what, b = "trailing byte", withTrailingByte(&proto.ListRequest{Req: 0xfff0})
 	case 7:
-		what, b = "name not UTF-8", proto.AppendMessage(nil, &proto.UploadRequest{Req: 0xfff1, Name: "fz/\xff", Size: 1})
+		what, b = "unknown entry kind", proto.AppendMessage(nil, &proto.UploadRequest{Req: 0xfff1, Name: "fz/\xff", Kind: 0x7f})
 	case 8:
 		what, b = "status out of range", proto.AppendMessage(nil, &proto.RestoreDone{Xfer: 2})
-		b[len(b)-1] = 2
+		b[len(b)-1] = 3
 	default:
 		what, fin = "truncated frame, then FIN", true
 		b = proto.AppendMessage(nil, &proto.ListRequest{Req: 0xfff2, Prefix: "fz"})

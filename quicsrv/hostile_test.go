@@ -156,7 +156,8 @@ func TestHandshakeHostile(t *testing.T) {
 		}},
 		{"Register with a 65-byte name", proto.CodeProtocol, sendRegister(strings.Repeat("n", 65), bad, func(*proto.Register) {})},
 		{"Register with a name that is not UTF-8", proto.CodeProtocol, sendRegister("bad\xffname", bad, func(*proto.Register) {})},
-		{"Register with version 2", proto.CodeVersion, sendRegister(badName, bad, func(m *proto.Register) { m.Version = 2 })},
+		{"Register with version 1 (an older client)", proto.CodeVersion, sendRegister(badName, bad, func(m *proto.Register) { m.Version = 1 })},
+		{"Register with the next version", proto.CodeVersion, sendRegister(badName, bad, func(m *proto.Register) { m.Version = proto.Version + 1 })},
 		{"Register with version 0", proto.CodeVersion, sendRegister(badName, bad, func(m *proto.Register) { m.Version = 0 })},
 		{"Register with a flipped signature bit", proto.CodeBadProof, sendRegister(badName, bad, func(m *proto.Register) { m.Signature[17] ^= 0x20 })},
 		{"Register with no signature", proto.CodeBadProof, sendRegister(badName, bad, func(m *proto.Register) { m.Signature = nil })},
@@ -194,10 +195,10 @@ func TestHandshakeHostile(t *testing.T) {
 			c.send(c.reconnectMsg(w.id, w.bad)) // mallory claims to be good
 			return c
 		}},
-		{"Reconnect with version 2", proto.CodeVersion, func(t *testing.T, w *world) *rawClient {
+		{"Reconnect with the next version", proto.CodeVersion, func(t *testing.T, w *world) *rawClient {
 			c := dialRaw(t, w.srv)
 			m := c.reconnectMsg(w.id, w.key)
-			m.Version = 2
+			m.Version = proto.Version + 1
 			c.send(m)
 			return c
 		}},

@@ -49,6 +49,10 @@ func (ss *session) startRestore(req uint32, name string, version uint32, have []
 	if err != nil {
 		return err
 	}
+	if fv.Damaged {
+		return proto.Errorf(proto.CodeDamaged, "version %d of %q no longer matches its checksums on the server (found %s); send the file again to heal it, or restore another version",
+			fv.Version, proto.Quote(name), fv.CheckedAt.UTC().Format("2006-01-02 15:04 UTC"))
+	}
 	size := uint64(fv.Size)
 	send := []proto.Range{{Off: 0, Len: size}}
 	if sha != nil {
@@ -101,6 +105,8 @@ func (ss *session) startRestore(req uint32, name string, version uint32, have []
 		Mode:       fv.Mode,
 		CRC:        fv.CRC,
 		SHA256:     fv.SHA256,
+		Kind:       proto.Kind(fv.Kind),
+		Meta:       fv.Meta,
 	})
 	if err != nil {
 		return err

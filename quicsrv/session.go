@@ -475,7 +475,9 @@ func requestNumber(m proto.Message) (uint32, bool) {
 func storeErr(err error) error {
 	switch {
 	case errors.Is(err, store.ErrInvalidName):
-		return proto.Errorf(proto.CodeInvalidName, "%v", err)
+		return proto.Errorf(proto.CodeInvalidName, "%s", strings.TrimPrefix(err.Error(), store.ErrInvalidName.Error()+": "))
+	case errors.Is(err, syscall.ENAMETOOLONG):
+		return proto.Errorf(proto.CodeInvalidName, "the name is too long for the server's file system once stored; it cannot keep this one")
 	case errors.Is(err, store.ErrNotFound):
 		return proto.Errorf(proto.CodeNotFound, "no such file or version")
 	case errors.Is(err, store.ErrNoSpace):
@@ -546,6 +548,9 @@ func (ss *session) list(m *proto.ListRequest) error {
 			SHA256:   fv.SHA256,
 			StoredAt: fv.StoredAt.UnixNano(),
 			Verified: fv.Verified,
+			Damaged:  fv.Damaged,
+			Kind:     proto.Kind(fv.Kind),
+			Meta:     fv.Meta,
 		})
 	}
 	for _, sum := range sums {

@@ -1,6 +1,7 @@
 package quicsrv
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -253,13 +254,20 @@ func (ss *session) requestFailed(req uint32, err error) {
 }
 
 func (ss *session) startUpload(m *proto.UploadRequest) error {
-	if err := store.ValidateName(m.Name); err != nil {
-		return err
+	if err := proto.ValidateName(m.Name); err != nil {
+		return proto.Errorf(proto.CodeInvalidName, "%s", strings.TrimPrefix(err.Error(), proto.ErrInvalidName.Error()+": "))
 	}
 	latest, err := ss.srv.Store.Latest(ss.ctx, ss.client.ID, m.Name)
 	switch {
 	case err == nil:
 		if unchanged(latest, m) {
+			if !sameAttrs(latest, m) {
+				// The content is there; what changed is its metadata
+				// (chmod, chown, an xattr): record it, send nothing.
+				if err := ss.srv.Store.UpdateAttrs(ss.ctx, ss.client.ID, m.Name, latest.Version, time.Unix(0, m.ModTime), m.Mode, m.Meta); err != nil {
+					return err
+				}
+			}
 			return ss.answer(&proto.UploadReady{Req: m.Req, Status: proto.ReadyUnchanged, Version: uint32(latest.Version)})
 		}
 	case !errors.Is(err, store.ErrNotFound):
@@ -388,6 +396,7 @@ func (ss *session) openUpload(m *proto.UploadRequest) (*upload, error) {
 		} else {
 			now := time.Now()
 			u := &upload{id: up.ID(), name: m.Name, size: m.Size, up: up, got: done.Clone(), done: *done, written: done.Total(), lastSync: now, lastData: now, owner: ss}
+			up.SetAttrs(m.Mode, uint8(m.Kind), m.Meta)
 			if ss.srv.claim(u) {
 				ss.log.Info("resuming upload", "name", m.Name, "have", u.written, "size", m.Size)
 				return u, nil
@@ -401,23 +410,31 @@ func (ss *session) openUpload(m *proto.UploadRequest) (*upload, error) {
 	if err != nil {
 		return nil, err
 	}
+	up.SetAttrs(m.Mode, uint8(m.Kind), m.Meta)
 	now := time.Now()
 	u := &upload{id: up.ID(), name: m.Name, size: m.Size, up: up, lastSync: now, lastData: now, owner: ss}
 	ss.srv.claim(u) // a new random ID: nobody has it
 	return u, nil
 }
 
-// unchanged reports whether the stored version already holds what the
-// request describes: same size and checksums when the client hashed the
-// file, same size and modification time otherwise (rsync's quick check).
+// unchanged reports whether the stored version already holds the content
+// the request describes: same kind and size, and same checksums when the
+// client hashed the file, same modification time otherwise (rsync's quick
+// check). A damaged version never holds it: the upload heals it.
 func unchanged(fv store.FileVersion, m *proto.UploadRequest) bool {
-	if !fv.Verified || uint64(fv.Size) != m.Size {
+	if !fv.Verified || fv.Damaged || proto.Kind(fv.Kind) != m.Kind || uint64(fv.Size) != m.Size {
 		return false
 	}
 	if m.Flags&proto.FlagHashed != 0 {
 		return fv.CRC == m.CRC && fv.SHA256 == m.SHA256
 	}
 	return fv.ModTime.UnixNano() == m.ModTime
+}
+
+// sameAttrs reports whether the stored version records the request's
+// modification time, mode and metadata.
+func sameAttrs(fv store.FileVersion, m *proto.UploadRequest) bool {
+	return fv.ModTime.UnixNano() == m.ModTime && fv.Mode == m.Mode && bytes.Equal(fv.Meta, m.Meta)
 }
 
 // acceptData serves the data streams the client opens.

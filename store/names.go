@@ -9,15 +9,17 @@ import (
 	"strings"
 	"unicode"
 	"unicode/utf8"
+
+	"github.com/qbackup/qbackup/proto"
 )
 
 // Limits on names.
 const (
 	// MaxNameLen is the maximum length in bytes of a stored file name.
-	MaxNameLen = 4096
+	MaxNameLen = proto.MaxNameLen
 	// MaxComponentLen is the maximum length in bytes of one '/'-separated
 	// component of a stored file name.
-	MaxComponentLen = 255
+	MaxComponentLen = proto.MaxComponentLen
 	// MaxClientNameLen is the maximum length in bytes of a client name.
 	MaxClientNameLen = 64
 )
@@ -31,38 +33,13 @@ const (
 	versionSuffixReserve = 21
 )
 
-// ValidateName reports whether name is acceptable as a stored file name. Names
-// come from untrusted clients. A valid name is valid UTF-8, 1 to MaxNameLen
-// bytes long, and consists of '/'-separated components, each 1 to
-// MaxComponentLen bytes long and neither "." nor "..". Names must not contain
-// control characters (bytes below 0x20, and 0x7f) or backslashes. The error
-// wraps ErrInvalidName and names the reason.
+// ValidateName reports whether name is acceptable as a stored file name:
+// proto.ValidateName, whose rules are the protocol's (names are byte
+// strings, as on Linux). The error wraps ErrInvalidName and names the
+// reason.
 func ValidateName(name string) error {
-	switch {
-	case name == "":
-		return fmt.Errorf("%w: empty", ErrInvalidName)
-	case len(name) > MaxNameLen:
-		return fmt.Errorf("%w: %d bytes long, more than %d", ErrInvalidName, len(name), MaxNameLen)
-	case !utf8.ValidString(name):
-		return fmt.Errorf("%w: not valid UTF-8", ErrInvalidName)
-	}
-	for i := 0; i < len(name); i++ {
-		switch c := name[i]; {
-		case c < 0x20 || c == 0x7f:
-			return fmt.Errorf("%w: control character %#02x at byte %d", ErrInvalidName, c, i)
-		case c == '\\':
-			return fmt.Errorf("%w: backslash at byte %d", ErrInvalidName, i)
-		}
-	}
-	for i, comp := range strings.Split(name, "/") {
-		switch {
-		case comp == "":
-			return fmt.Errorf("%w: empty component %d (leading, trailing or double '/')", ErrInvalidName, i+1)
-		case comp == "." || comp == "..":
-			return fmt.Errorf("%w: component %d is %q", ErrInvalidName, i+1, comp)
-		case len(comp) > MaxComponentLen:
-			return fmt.Errorf("%w: component %d is %d bytes long, more than %d", ErrInvalidName, i+1, len(comp), MaxComponentLen)
-		}
+	if err := proto.ValidateName(name); err != nil {
+		return fmt.Errorf("%w: %s", ErrInvalidName, strings.TrimPrefix(err.Error(), proto.ErrInvalidName.Error()+": "))
 	}
 	return nil
 }
@@ -104,9 +81,10 @@ func validatePrefix(prefix string) (string, error) {
 
 // escapeByte reports whether byte c of a name component is written as %XX
 // on disk. '%' (the escape character) and ';' (the version separator) are
-// what make the mapping injective; '/', '\\' and control characters cannot
-// occur in valid names and are escaped only as defence in depth. Bytes of
-// multi-byte UTF-8 sequences are kept as they are.
+// what make the mapping injective; '/' and NUL cannot occur in valid names
+// and are escaped only as defence in depth; '\\' and control characters
+// are escaped so that the store's own tree stays easy to read and to copy
+// with any tool. Other bytes (UTF-8 or not) are kept as they are.
 func escapeByte(c byte) bool {
 	return c == '%' || c == ';' || c == '/' || c == '\\' || c < 0x20 || c == 0x7f
 }

@@ -131,7 +131,7 @@ const (
 
 // schemaVersion is stored in PRAGMA user_version. Version 0 is an empty
 // database; migrations[v] takes the schema from version v to v+1.
-const schemaVersion = 4
+const schemaVersion = 5
 
 var migrations = [schemaVersion]string{
 	// 0 -> 1: the initial schema.
@@ -223,6 +223,18 @@ CREATE TRIGGER usage_update AFTER UPDATE OF client_id, size ON files BEGIN
 		ON CONFLICT (client_id) DO UPDATE SET bytes = bytes + excluded.bytes, versions = versions + 1;
 END;
 `,
+	// 4 -> 5: entries of every kind and their metadata, and damage. kind
+	// is a proto.Kind (0: a file, what every earlier version is); meta the
+	// client's metadata record, stored as sent; damaged is 1 once a check
+	// found the stored file no longer matching its checksums, until a
+	// send heals it; checked_at is when a check last read the version
+	// (unix nanoseconds, 0: never).
+	`
+ALTER TABLE files ADD COLUMN kind INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE files ADD COLUMN meta BLOB NOT NULL DEFAULT x'';
+ALTER TABLE files ADD COLUMN damaged INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE files ADD COLUMN checked_at INTEGER NOT NULL DEFAULT 0;
+`,
 }
 
 // ClientID identifies a registered client. It is random, never derived from
@@ -263,6 +275,13 @@ type FileVersion struct {
 	SHA256   [32]byte
 	StoredAt time.Time
 	Verified bool
+	Kind     uint8  // a proto.Kind: file, directory, symbolic link...
+	Meta     []byte // the client's metadata record, as sent
+	// Damaged says a check found the stored file no longer matching CRC
+	// and SHA256 (MarkChecked); CheckedAt is when a check last read it
+	// (zero: never).
+	Damaged   bool
+	CheckedAt time.Time
 }
 
 // FileSummary is one entry of List: the latest version of a file and how
@@ -796,20 +815,20 @@ func (s *Store) Client(ctx context.Context, id ClientID) (Client, error) {
 	return c, nil
 }
 
-const fileColumns = "name, version, size, mtime_ns, mode, crc, sha256, stored_at, verified"
+const fileColumns = "name, version, size, mtime_ns, mode, crc, sha256, stored_at, verified, kind, meta, damaged, checked_at"
 
 type scanner interface{ Scan(dest ...any) error }
 
 // scanFile scans the columns of fileColumns, followed by extra.
 func scanFile(r scanner, extra ...any) (FileVersion, error) {
 	var (
-		fv            FileVersion
-		mtime, stored int64
-		mode, crc     int64
-		sha           []byte
-		verified      bool
+		fv                     FileVersion
+		mtime, stored, checked int64
+		mode, crc, kind        int64
+		sha                    []byte
 	)
-	dest := append([]any{&fv.Name, &fv.Version, &fv.Size, &mtime, &mode, &crc, &sha, &stored, &verified}, extra...)
+	dest := append([]any{&fv.Name, &fv.Version, &fv.Size, &mtime, &mode, &crc, &sha, &stored, &fv.Verified,
+		&kind, &fv.Meta, &fv.Damaged, &checked}, extra...)
 	if err := r.Scan(dest...); err != nil {
 		return FileVersion{}, err
 	}
@@ -821,7 +840,13 @@ func scanFile(r scanner, extra ...any) (FileVersion, error) {
 	fv.Mode = uint32(mode)
 	fv.CRC = uint32(crc)
 	fv.StoredAt = time.Unix(0, stored)
-	fv.Verified = verified
+	fv.Kind = uint8(kind)
+	if len(fv.Meta) == 0 {
+		fv.Meta = nil
+	}
+	if checked != 0 {
+		fv.CheckedAt = time.Unix(0, checked)
+	}
 	return fv, nil
 }
 
@@ -908,7 +933,8 @@ func (s *Store) List(ctx context.Context, id ClientID, prefix string) ([]FileSum
 	}
 	args = append(args, id[:])
 	rows, err := s.db.QueryContext(ctx, `
-		SELECT f.name, f.version, f.size, f.mtime_ns, f.mode, f.crc, f.sha256, f.stored_at, f.verified, g.n
+		SELECT f.name, f.version, f.size, f.mtime_ns, f.mode, f.crc, f.sha256, f.stored_at, f.verified,
+			f.kind, f.meta, f.damaged, f.checked_at, g.n
 		FROM (SELECT name, max(version) AS v, count(*) AS n FROM files WHERE `+where+` GROUP BY name) AS g
 		JOIN files AS f ON f.client_id = ? AND f.name = g.name AND f.version = g.v
 		ORDER BY f.name`, args...)
@@ -929,6 +955,32 @@ func (s *Store) List(ctx context.Context, id ClientID, prefix string) ([]FileSum
 		return nil, wrapDB("list files", err)
 	}
 	return out, nil
+}
+
+// UpdateAttrs records a new modification time, mode and metadata record
+// for a stored version whose content is unchanged (a chmod, chown or
+// xattr change). It returns ErrNotFound if there is no such version.
+func (s *Store) UpdateAttrs(ctx context.Context, id ClientID, name string, version int, mtime time.Time, mode uint32, meta []byte) error {
+	if err := ValidateName(name); err != nil {
+		return err
+	}
+	mtimeNS := mtime.UnixNano()
+	if !time.Unix(0, mtimeNS).Equal(mtime) {
+		return fmt.Errorf("store: modification time %v cannot be stored (years 1678 to 2261 only)", mtime)
+	}
+	if err := s.lockWrite(ctx); err != nil {
+		return err
+	}
+	defer s.unlockWrite()
+	res, err := s.db.ExecContext(ctx, "UPDATE files SET mtime_ns = ?, mode = ?, meta = ? WHERE client_id = ? AND name = ? AND version = ?",
+		mtimeNS, int64(mode), metaValue(meta), id[:], name, version)
+	if err != nil {
+		return wrapDB("update version", err)
+	}
+	if n, err := res.RowsAffected(); err == nil && n == 0 {
+		return fmt.Errorf("%w: %q version %d", ErrNotFound, name, version)
+	}
+	return nil
 }
 
 // OpenVersion opens the stored file of the version fv.Name, fv.Version of the

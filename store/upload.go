@@ -12,6 +12,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -37,6 +38,8 @@ type Upload struct {
 	size   int64
 	mtime  int64 // unix nanoseconds
 	mode   uint32
+	kind   uint8
+	meta   []byte
 	temp   string // temp file, relative to the store directory
 
 	mu   sync.RWMutex // read-locked by WriteAt/ReadAt/Checkpoint, locked by Commit/Discard/Release/Close
@@ -52,6 +55,8 @@ type Upload struct {
 	// in the order of the calls. It is taken before mu.
 	ckMu      sync.Mutex
 	dirSynced bool // tmp/ was fsynced since this Upload was made; under ckMu
+
+	healed bool // Commit replaced a damaged version's file; set under mu
 }
 
 // NewUpload starts receiving version data for the client's file name: size
@@ -480,14 +485,26 @@ func (u *Upload) finish() {
 	u.s.mu.Unlock()
 }
 
+// SetAttrs sets what Commit records beside the content: the mode, the
+// kind (a proto.Kind) and the client's metadata record. Until it is
+// called an upload records the mode it was made with, kind 0 (a file) and
+// no metadata; a resumed upload records what its latest request said.
+func (u *Upload) SetAttrs(mode uint32, kind uint8, meta []byte) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.mode, u.kind, u.meta = mode, kind, bytes.Clone(meta)
+}
+
 // Commit stores the uploaded data, whose checksums the caller computed, as
-// a version of the file. If the latest version has the same size, CRC and
-// SHA-256, no version is added: that version's modification time and mode
-// are set to the upload's and it is returned with created false. Otherwise
-// the data becomes version latest+1 (verified) and created is true. Either
-// way the upload is finished; after an error it is left as it was (unless
-// the error is ErrUploadDone), so Commit can be retried or the upload
-// discarded.
+// a version of the file. If the latest version has the same kind, size,
+// CRC and SHA-256, no version is added: that version's modification time,
+// mode and metadata are set to the upload's and it is returned with
+// created false; if that version was marked damaged, the upload's file
+// takes the place of its stored file, which heals it (Healed reports it).
+// Otherwise the data becomes version latest+1 (verified) and created is
+// true. Either way the upload is finished; after an error it is left as
+// it was (unless the error is ErrUploadDone), so Commit can be retried or
+// the upload discarded.
 func (u *Upload) Commit(ctx context.Context, crc uint32, sha [32]byte) (fv FileVersion, created bool, err error) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
@@ -549,22 +566,27 @@ func (u *Upload) commitIn(ctx context.Context, tx *sql.Tx, b *batch, op *batchOp
 	}
 
 	var (
-		latest     int
-		lsize      int64
-		lcrc       int64
-		lsha       []byte
-		haveLatest = true
+		latest      int
+		lsize       int64
+		lcrc, lkind int64
+		lsha        []byte
+		ldamaged    bool
+		lpath       string
+		haveLatest  = true
 	)
 	err := tx.QueryRowContext(ctx,
-		"SELECT version, size, crc, sha256 FROM files WHERE client_id = ? AND name = ? ORDER BY version DESC LIMIT 1",
-		u.client[:], u.name).Scan(&latest, &lsize, &lcrc, &lsha)
+		"SELECT version, size, crc, sha256, kind, damaged, path FROM files WHERE client_id = ? AND name = ? ORDER BY version DESC LIMIT 1",
+		u.client[:], u.name).Scan(&latest, &lsize, &lcrc, &lsha, &lkind, &ldamaged, &lpath)
 	if errors.Is(err, sql.ErrNoRows) {
 		haveLatest = false
 	} else if err != nil {
 		return FileVersion{}, false, wrapDB("look up latest version", err)
 	}
 
-	if haveLatest && lsize == u.size && uint32(lcrc) == crc && bytes.Equal(lsha, sha[:]) {
+	if haveLatest && lsize == u.size && uint32(lcrc) == crc && bytes.Equal(lsha, sha[:]) && uint8(lkind) == u.kind {
+		if ldamaged {
+			return u.commitHeal(ctx, tx, b, op, latest, lpath)
+		}
 		return u.commitSame(ctx, tx, op, latest)
 	}
 
@@ -614,10 +636,11 @@ func (u *Upload) commitIn(ctx context.Context, tx *sql.Tx, b *batch, op *batchOp
 		StoredAt: time.Unix(0, now),
 		Verified: true,
 	}
+	fv.Kind, fv.Meta = u.kind, bytes.Clone(u.meta)
 	if _, err := tx.ExecContext(ctx, `
-		INSERT INTO files (client_id, name, version, size, mtime_ns, mode, crc, sha256, stored_at, path, verified)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)`,
-		u.client[:], u.name, next, u.size, u.mtime, int64(u.mode), int64(crc), sha[:], now, rel); err != nil {
+		INSERT INTO files (client_id, name, version, size, mtime_ns, mode, crc, sha256, stored_at, path, verified, kind, meta)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?)`,
+		u.client[:], u.name, next, u.size, u.mtime, int64(u.mode), int64(crc), sha[:], now, rel, int64(u.kind), metaValue(u.meta)); err != nil {
 		undo()
 		return FileVersion{}, false, wrapDB("insert version", err)
 	}
@@ -633,23 +656,11 @@ func (u *Upload) commitIn(ctx context.Context, tx *sql.Tx, b *batch, op *batchOp
 // commitSame finishes commitIn when the upload equals the latest version.
 func (u *Upload) commitSame(ctx context.Context, tx *sql.Tx, op *batchOp, version int) (FileVersion, bool, error) {
 	s := u.s
-	if _, err := tx.ExecContext(ctx,
-		"UPDATE files SET mtime_ns = ?, mode = ? WHERE client_id = ? AND name = ? AND version = ?",
-		u.mtime, int64(u.mode), u.client[:], u.name, version); err != nil {
-		return FileVersion{}, false, wrapDB("update version", err)
+	fv, err := u.updateSame(ctx, tx, version, "")
+	if err != nil {
+		return FileVersion{}, false, err
 	}
 	rowed := u.rowed.Load()
-	if rowed {
-		if _, err := tx.ExecContext(ctx, "DELETE FROM uploads WHERE id = ?", u.id[:]); err != nil {
-			return FileVersion{}, false, wrapDB("delete upload", err)
-		}
-	}
-	fv, err := scanFile(tx.QueryRowContext(ctx,
-		"SELECT "+fileColumns+" FROM files WHERE client_id = ? AND name = ? AND version = ?",
-		u.client[:], u.name, version))
-	if err != nil {
-		return FileVersion{}, false, wrapDB("read version", err)
-	}
 	// The row is gone once the batch commits, so a failure to remove the
 	// temp file leaves a stray one, which Open removes.
 	op.after = func() { s.root.Remove(filepath.FromSlash(u.temp)) }
@@ -657,24 +668,114 @@ func (u *Upload) commitSame(ctx context.Context, tx *sql.Tx, op *batchOp, versio
 		if !rowed {
 			// Nothing but the version's time and mode changed: if they are
 			// the upload's, the commit's effect is there either way.
-			var mt, mode int64
-			err := db.QueryRowContext(ctx, "SELECT mtime_ns, mode FROM files WHERE client_id = ? AND name = ? AND version = ?",
-				u.client[:], u.name, version).Scan(&mt, &mode)
-			if err != nil && !errors.Is(err, sql.ErrNoRows) {
-				return false, fmt.Errorf("%w: %w", errCommitUnknown, err)
-			}
-			return err == nil && mt == u.mtime && mode == int64(u.mode), nil
+			return u.sameRecorded(ctx, db, version, false)
 		}
-		err := db.QueryRowContext(ctx, "SELECT 1 FROM uploads WHERE id = ?", u.id[:]).Scan(new(int))
-		if errors.Is(err, sql.ErrNoRows) {
-			return true, nil
-		}
-		if err != nil {
-			return false, fmt.Errorf("%w: %w", errCommitUnknown, err)
-		}
-		return false, nil
+		return u.rowGone(ctx, db)
 	}
 	return fv, false, nil
+}
+
+// updateSame records, within tx, that version holds the upload's content:
+// its modification time, mode and metadata become the upload's, and, with
+// healed set (the time as text of a number), its damaged mark is cleared.
+// It also deletes the upload's row and returns the version as it now is.
+func (u *Upload) updateSame(ctx context.Context, tx *sql.Tx, version int, healed string) (FileVersion, error) {
+	q := "UPDATE files SET mtime_ns = ?, mode = ?, meta = ? WHERE client_id = ? AND name = ? AND version = ?"
+	if healed != "" {
+		q = "UPDATE files SET mtime_ns = ?, mode = ?, meta = ?, damaged = 0, checked_at = " + healed +
+			" WHERE client_id = ? AND name = ? AND version = ?"
+	}
+	if _, err := tx.ExecContext(ctx, q, u.mtime, int64(u.mode), metaValue(u.meta), u.client[:], u.name, version); err != nil {
+		return FileVersion{}, wrapDB("update version", err)
+	}
+	if u.rowed.Load() {
+		if _, err := tx.ExecContext(ctx, "DELETE FROM uploads WHERE id = ?", u.id[:]); err != nil {
+			return FileVersion{}, wrapDB("delete upload", err)
+		}
+	}
+	fv, err := scanFile(tx.QueryRowContext(ctx,
+		"SELECT "+fileColumns+" FROM files WHERE client_id = ? AND name = ? AND version = ?",
+		u.client[:], u.name, version))
+	if err != nil {
+		return FileVersion{}, wrapDB("read version", err)
+	}
+	return fv, nil
+}
+
+// sameRecorded reports, for the committed probe of an upload without a
+// row, whether version records the upload's time, mode and metadata (and,
+// with healed, no damage): then the commit's effect is there either way.
+func (u *Upload) sameRecorded(ctx context.Context, db *sql.DB, version int, healed bool) (bool, error) {
+	var mt, mode int64
+	var meta []byte
+	var damaged bool
+	err := db.QueryRowContext(ctx, "SELECT mtime_ns, mode, meta, damaged FROM files WHERE client_id = ? AND name = ? AND version = ?",
+		u.client[:], u.name, version).Scan(&mt, &mode, &meta, &damaged)
+	if err != nil && !errors.Is(err, sql.ErrNoRows) {
+		return false, fmt.Errorf("%w: %w", errCommitUnknown, err)
+	}
+	return err == nil && mt == u.mtime && mode == int64(u.mode) && bytes.Equal(meta, u.meta) && !(healed && damaged), nil
+}
+
+// rowGone is the committed probe of an upload with a row: the commit
+// deleted it.
+func (u *Upload) rowGone(ctx context.Context, db *sql.DB) (bool, error) {
+	err := db.QueryRowContext(ctx, "SELECT 1 FROM uploads WHERE id = ?", u.id[:]).Scan(new(int))
+	if errors.Is(err, sql.ErrNoRows) {
+		return true, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("%w: %w", errCommitUnknown, err)
+	}
+	return false, nil
+}
+
+// commitHeal finishes commitIn when the upload equals the latest version
+// and that version is marked damaged: the upload's file, whose checksums
+// are the version's, replaces the damaged one (a rename over it), and the
+// mark is cleared. Should the batch not commit, the version's file is
+// good all the same and only the mark stays; the next send or check
+// clears it.
+func (u *Upload) commitHeal(ctx context.Context, tx *sql.Tx, b *batch, op *batchOp, version int, rel string) (FileVersion, bool, error) {
+	s := u.s
+	if err := checkInClientDir(u.client, rel); err != nil {
+		return FileVersion{}, false, err
+	}
+	if err := s.root.Rename(filepath.FromSlash(u.temp), filepath.FromSlash(rel)); err != nil {
+		return FileVersion{}, false, wrapIO("replace damaged version", err)
+	}
+	s.dirs.drop(path.Dir(rel)) // renamed over by path: no held handle assumed fresh
+	b.dirs[path.Dir(rel)] = true
+	b.dirs[tmpDir] = true
+	if u.size <= syncFSMax && haveSyncFS {
+		b.syncFS = true
+	}
+	op.undo = u.closeFile // the temp file is gone: only Discard is left
+	fv, err := u.updateSame(ctx, tx, version, strconv.FormatInt(time.Now().UnixNano(), 10))
+	if err != nil {
+		return FileVersion{}, false, err
+	}
+	rowed := u.rowed.Load()
+	op.committed = func(ctx context.Context, db *sql.DB) (bool, error) {
+		if !rowed {
+			return u.sameRecorded(ctx, db, version, true)
+		}
+		return u.rowGone(ctx, db)
+	}
+	u.healed = true
+	return fv, false, nil
+}
+
+// Healed reports whether Commit replaced a damaged stored file.
+func (u *Upload) Healed() bool { return u.healed }
+
+// metaValue is what the meta column holds for a metadata record: never
+// NULL.
+func metaValue(meta []byte) []byte {
+	if meta == nil {
+		return []byte{}
+	}
+	return meta
 }
 
 // Discard abandons the upload: it closes and removes the temp file and
