@@ -77,21 +77,38 @@ func (c *sendCmd) Run(e *env) error {
 		conns = n
 	}
 	rep := NewReporter(e.out, e.errOut, c.Progress == "bars" || (c.Progress == "auto" && e.terminal), "sending")
+	defer context.AfterFunc(e.ctx, rep.Interrupt)()
 	res, err := e.client.SendResilient(e.ctx, c.Server, c.Name,
 		SendOptions{Paths: c.Paths, Checksum: c.Checksum, Files: c.Files, Connections: conns, AutoConnections: auto},
 		ReconnectOptions{Attempts: c.Retries, MaxWait: c.RetryMax}, rep)
+	if e.ctx.Err() != nil {
+		rep.Interrupt() // AfterFunc's goroutine may not have run yet
+	}
 	rep.Close()
 	if err != nil {
 		return err
 	}
 	rate := float64(res.Bytes) / max(res.Elapsed.Seconds(), 1e-9)
 	fmt.Fprintf(e.out, "%d sent, %d unchanged, %d failed", res.Sent, res.Unchanged, res.Failed)
-	if res.Skipped > 0 {
-		fmt.Fprintf(e.out, ", %d skipped", res.Skipped)
+	if res.Changed > 0 {
+		fmt.Fprintf(e.out, ", %d changed while read", res.Changed)
+	}
+	if res.Incomplete > 0 {
+		fmt.Fprintf(e.out, ", %d incomplete", res.Incomplete)
+	}
+	if res.Interrupted+res.NotStarted > 0 {
+		fmt.Fprintf(e.out, ", %d interrupted, %d not started", res.Interrupted, res.NotStarted)
 	}
 	fmt.Fprintf(e.out, "; %s in %s (%s/s)\n", formatBytes(res.Bytes), res.Elapsed.Round(time.Millisecond), formatBytes(int64(rate)))
-	if !res.OK() {
+	switch {
+	case e.ctx.Err() != nil:
+		return errInterrupted
+	case res.Failed > 0:
 		return fmt.Errorf("%s not stored; first: %v", plural(res.Failed, "file"), res.FirstErr)
+	case res.Interrupted+res.NotStarted > 0:
+		return fmt.Errorf("the send ended before every entry was stored (%v); run the same command again to resume", res.FirstErr)
+	case res.Incomplete > 0:
+		return &exitError{code: ExitIncomplete, err: fmt.Errorf("%s stored without part of their metadata, or vanished before they were read; see the warnings above", plural(res.Incomplete, "file"))}
 	}
 	return nil
 }
@@ -112,16 +129,49 @@ func (c *lsCmd) Run(e *env) error {
 		return err
 	}
 	tw := tabwriter.NewWriter(e.out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "NAME\tSIZE\tVERSION\tVERSIONS\tSTORED\tCKSUM\tVERIFIED")
+	fmt.Fprintln(tw, "MODE\tNAME\tSIZE\tVERSION\tVERSIONS\tSTORED\tCKSUM\tVERIFIED")
 	for _, en := range entries {
 		verified := "no"
-		if en.Verified {
+		switch {
+		case en.Damaged:
+			verified = "DAMAGED"
+		case en.Verified:
 			verified = "yes"
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%s\t%d\t%s\n", en.Name, en.Size, en.Version, en.Versions,
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%s\t%d\t%s\n", modeString(en.Kind, en.Mode), proto.Quote(en.Name), en.Size, en.Version, en.Versions,
 			time.Unix(0, en.StoredAt).Local().Format("2006-01-02 15:04:05"), en.CRC, verified)
 	}
 	return tw.Flush()
+}
+
+// modeString shows a kind and mode as ls -l does: "drwxr-xr-x".
+func modeString(k proto.Kind, mode uint32) string {
+	t := map[proto.Kind]byte{proto.KindFile: '-', proto.KindDir: 'd', proto.KindSymlink: 'l', proto.KindFIFO: 'p',
+		proto.KindSocket: 's', proto.KindCharDev: 'c', proto.KindBlock: 'b'}[k]
+	if t == 0 {
+		t = '?'
+	}
+	b := []byte{t}
+	for i, c := range "rwxrwxrwx" {
+		if mode&(1<<(8-i)) != 0 {
+			b = append(b, byte(c))
+		} else {
+			b = append(b, '-')
+		}
+	}
+	special := func(bit uint32, at int, set, unset byte) {
+		if mode&bit != 0 {
+			if b[at] == 'x' {
+				b[at] = set
+			} else {
+				b[at] = unset
+			}
+		}
+	}
+	special(proto.ModeSetuid, 3, 's', 'S')
+	special(proto.ModeSetgid, 6, 's', 'S')
+	special(proto.ModeSticky, 9, 't', 'T')
+	return string(b)
 }
 
 type restoreCmd struct {
@@ -136,19 +186,41 @@ type restoreCmd struct {
 
 func (c *restoreCmd) Run(e *env) error {
 	rep := NewReporter(e.out, e.errOut, c.Progress == "bars" || (c.Progress == "auto" && e.terminal), "restoring")
+	defer context.AfterFunc(e.ctx, rep.Interrupt)()
 	res, err := e.client.RestoreResilient(e.ctx,
 		RestoreOptions{Name: strings.TrimSuffix(c.Name, "/"), Version: c.Version, Output: c.Output, Overwrite: c.Overwrite},
 		ReconnectOptions{Attempts: c.Retries, MaxWait: c.RetryMax}, rep)
+	if e.ctx.Err() != nil {
+		rep.Interrupt()
+	}
 	rep.Close()
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(e.out, "%d restored, %d failed; %s\n", res.Files, res.Failed, formatBytes(res.Bytes))
-	if res.Failed > 0 {
-		if res.Failed == 1 && res.Files == 0 {
-			return res.FirstErr
-		}
+	fmt.Fprintf(e.out, "%d restored, %d identical, %d failed", res.Restored, res.Identical, res.Failed)
+	if res.Skipped > 0 {
+		fmt.Fprintf(e.out, ", %d skipped", res.Skipped)
+	}
+	if res.Incomplete > 0 {
+		fmt.Fprintf(e.out, ", %d incomplete", res.Incomplete)
+	}
+	if res.NotStarted > 0 {
+		fmt.Fprintf(e.out, ", %d not restored yet", res.NotStarted)
+	}
+	fmt.Fprintf(e.out, "; %s\n", formatBytes(res.Bytes))
+	switch {
+	case e.ctx.Err() != nil:
+		return errInterrupted
+	case res.NoSpace != nil:
+		return fmt.Errorf("stopped: %v; free space there and run the same command again to finish (what is restored already is kept and skipped)", res.NoSpace)
+	case res.Failed == 1 && res.Restored+res.Identical == 0:
+		return res.FirstErr
+	case res.Failed > 0:
 		return fmt.Errorf("%s not restored; first: %v", plural(res.Failed, "file"), res.FirstErr)
+	case res.Skipped == 1 && res.Restored+res.Identical+res.Incomplete == 0:
+		return &exitError{code: ExitIncomplete, err: res.FirstSkip}
+	case res.Skipped+res.Incomplete > 0:
+		return &exitError{code: ExitIncomplete, err: fmt.Errorf("%s skipped or restored without part of their metadata; see the warnings above", plural(res.Skipped+res.Incomplete, "file"))}
 	}
 	return nil
 }
@@ -195,8 +267,10 @@ func (c *cksumCmd) Run(e *env) error {
 // errSilent fails a command whose errors were already printed.
 var errSilent = errors.New("")
 
-// Main runs the command line and returns the exit status: 0 when
-// everything worked, 1 when something failed, 2 for a usage error.
+// Main runs the command line and returns the exit status: ExitOK when
+// everything worked, ExitFailed when something failed, ExitUsage for a
+// usage error, ExitIncomplete when something was skipped, ExitInterrupted
+// when ctx ended first.
 func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	var c cli
 	exit := -1
@@ -210,7 +284,7 @@ func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io
 	)
 	if err != nil {
 		fmt.Fprintf(stderr, "qbackup: %v\n", err)
-		return 2
+		return ExitUsage
 	}
 	kctx, err := parser.Parse(args)
 	if exit >= 0 {
@@ -218,7 +292,7 @@ func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io
 	}
 	if err != nil {
 		fmt.Fprintf(stderr, "qbackup: %v\n", err)
-		return 2
+		return ExitUsage
 	}
 	home := c.Home
 	if home == "" {
@@ -235,16 +309,47 @@ func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io
 		e.terminal = true
 	}
 	if err := kctx.Run(e); err != nil {
-		if !errors.Is(err, errSilent) {
-			if ctx.Err() != nil {
-				err = fmt.Errorf("interrupted: %v", err)
+		var ee *exitError
+		switch {
+		case errors.Is(ctx.Err(), context.Canceled): // a signal, as cmd/qbackup wires it
+			if errors.Is(err, errInterrupted) {
+				fmt.Fprintf(stderr, "qbackup: interrupted; run the same command again to resume\n")
+			} else {
+				fmt.Fprintf(stderr, "qbackup: interrupted: %v\n", err)
 			}
+			return ExitInterrupted
+		case errors.As(err, &ee):
+			fmt.Fprintf(stderr, "qbackup: %v\n", ee.err)
+			return ee.code
+		case !errors.Is(err, errSilent):
 			fmt.Fprintf(stderr, "qbackup: %v\n", err)
 		}
-		return 1
+		return ExitFailed
 	}
-	return 0
+	return ExitOK
 }
+
+// Exit statuses of qbackup (README, "Exit status").
+const (
+	ExitOK          = 0   // everything asked for was done
+	ExitFailed      = 1   // something failed: see the messages
+	ExitUsage       = 2   // the command line was wrong
+	ExitIncomplete  = 3   // done, but some entries, or part of their metadata, were skipped
+	ExitInterrupted = 130 // interrupted (SIGINT, SIGTERM): run the same command again
+)
+
+// exitError carries an exit status other than ExitFailed.
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e *exitError) Error() string { return e.err.Error() }
+func (e *exitError) Unwrap() error { return e.err }
+
+// errInterrupted ends a command that was interrupted after it said what
+// it had done.
+var errInterrupted = errors.New("interrupted")
 
 // stallOption maps --stall to Client.Stall, where 0 means the default and
 // a negative value means never.

@@ -139,10 +139,10 @@ func checkFailure(t *testing.T, r cliResult, code int, want ...string) string {
 }
 
 // summaryRE matches send's last line.
-var summaryRE = regexp.MustCompile(`(?m)^(\d+) sent, (\d+) unchanged, (\d+) failed(?:, (\d+) skipped)?; \d+(?:\.\d)? (?:B|[KMGTP]iB) in \S+ \(\d+(?:\.\d)? (?:B|[KMGTP]iB)/s\)$`)
+var summaryRE = regexp.MustCompile(`(?m)^(\d+) sent, (\d+) unchanged, (\d+) failed(?:, (\d+) changed while read)?(?:, (\d+) incomplete)?(?:, (\d+) interrupted, (\d+) not started)?; \d+(?:\.\d)? (?:B|[KMGTP]iB) in \S+ \(\d+(?:\.\d)? (?:B|[KMGTP]iB)/s\)$`)
 
 // sendCounts are the numbers in send's summary line.
-type sendCounts struct{ sent, unchanged, failed, skipped int }
+type sendCounts struct{ sent, unchanged, failed, changed, incomplete, interrupted, notStarted int }
 
 func parseSummary(t *testing.T, stdout string) sendCounts {
 	t.Helper()
@@ -154,7 +154,7 @@ func parseSummary(t *testing.T, stdout string) sendCounts {
 		t.Errorf("the summary %q is not the last line of stdout:\n%s", m[0][0], stdout)
 	}
 	n := func(s string) int { v, _ := strconv.Atoi(s); return v }
-	return sendCounts{n(m[0][1]), n(m[0][2]), n(m[0][3]), n(m[0][4])}
+	return sendCounts{n(m[0][1]), n(m[0][2]), n(m[0][3]), n(m[0][4]), n(m[0][5]), n(m[0][6]), n(m[0][7])}
 }
 
 // coreutilsCksum is the path of cksum(1); tests that compare with it skip
@@ -273,7 +273,7 @@ func assertSameTree(t *testing.T, got, want string) {
 
 // lsRow is one row of ls.
 type lsRow struct {
-	name, size, version, versions, stored, cksum, verified string
+	mode, name, size, version, versions, stored, cksum, verified string
 }
 
 var lsColumns = regexp.MustCompile(` {2,}`)
@@ -282,17 +282,17 @@ var lsColumns = regexp.MustCompile(` {2,}`)
 func parseLs(t *testing.T, stdout string) []lsRow {
 	t.Helper()
 	lines := strings.Split(strings.TrimSuffix(stdout, "\n"), "\n")
-	wantHeader := []string{"NAME", "SIZE", "VERSION", "VERSIONS", "STORED", "CKSUM", "VERIFIED"}
+	wantHeader := []string{"MODE", "NAME", "SIZE", "VERSION", "VERSIONS", "STORED", "CKSUM", "VERIFIED"}
 	if got := strings.Fields(lines[0]); strings.Join(got, " ") != strings.Join(wantHeader, " ") {
 		t.Fatalf("ls header = %q, want the columns %v", lines[0], wantHeader)
 	}
 	var rows []lsRow
 	for _, l := range lines[1:] {
 		c := lsColumns.Split(strings.TrimRight(l, " "), -1)
-		if len(c) != 7 {
-			t.Fatalf("ls row %q has %d columns, want 7", l, len(c))
+		if len(c) != 8 {
+			t.Fatalf("ls row %q has %d columns, want 8", l, len(c))
 		}
-		rows = append(rows, lsRow{c[0], c[1], c[2], c[3], c[4], c[5], c[6]})
+		rows = append(rows, lsRow{c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]})
 	}
 	return rows
 }
@@ -715,18 +715,20 @@ func TestCLISendFailures(t *testing.T) {
 		checkFailure(t, r, 1, "1 file not stored")
 	})
 
-	t.Run("symlinks are skipped, not failed", func(t *testing.T) {
+	t.Run("symlinks are backed up as links", func(t *testing.T) {
 		tree := filepath.Join(dir, "tree")
 		writeRandom(t, filepath.Join(tree, "real"), 10, 3)
 		if err := os.Symlink("real", filepath.Join(tree, "link")); err != nil {
 			t.Skip(err)
 		}
 		r := u.ok("send", tree)
-		if got := parseSummary(t, r.stdout); got != (sendCounts{sent: 1, skipped: 1}) {
-			t.Errorf("summary %+v, want 1 sent, 1 skipped", got)
+		if got := parseSummary(t, r.stdout); got != (sendCounts{sent: 3}) {
+			t.Errorf("summary %+v, want 3 sent (tree, link, real)", got)
 		}
-		if !strings.Contains(r.stderr, "warning: skipping "+filepath.Join(tree, "link")+": symbolic link") {
-			t.Errorf("stderr does not warn about the symlink:\n%s", r.stderr)
+		out := filepath.Join(t.TempDir(), "out")
+		u.ok("restore", "tree", "-o", out)
+		if target, err := os.Readlink(filepath.Join(out, "link")); err != nil || target != "real" {
+			t.Errorf("restored link: %q, %v; want a link to \"real\"", target, err)
 		}
 	})
 
@@ -751,17 +753,17 @@ func TestCLISendProgressLines(t *testing.T) {
 		result string
 		counts sendCounts
 	}{
-		{[]string{"send", "--progress=lines", src}, `stored v1`, sendCounts{sent: 4}},
-		{[]string{"send", "--progress", "lines", src}, `unchanged`, sendCounts{unchanged: 4}},
-		{[]string{"send", src}, `unchanged`, sendCounts{unchanged: 4}}, // auto: not a terminal
+		{[]string{"send", "--progress=lines", src}, `stored v1`, sendCounts{sent: 6}}, // and data, data/sub
+		{[]string{"send", "--progress", "lines", src}, `unchanged`, sendCounts{unchanged: 6}},
+		{[]string{"send", src}, `unchanged`, sendCounts{unchanged: 6}}, // auto: not a terminal
 	} {
 		r := u.ok(tc.args...)
 		lines := strings.Split(strings.TrimSuffix(r.stdout, "\n"), "\n")
-		if want := fmt.Sprintf("sending %d files, ", len(sizes)); !strings.HasPrefix(lines[0], want) {
+		if want := fmt.Sprintf("sending %d files, ", entriesOf(sizes)+1); !strings.HasPrefix(lines[0], want) {
 			t.Errorf("%v: first line %q, want %q...", tc.args, lines[0], want)
 		}
-		if len(lines) != len(sizes)+2 {
-			t.Errorf("%v: %d lines, want a header, one line per file (%d) and a summary:\n%s", tc.args, len(lines), len(sizes), r.stdout)
+		if len(lines) != entriesOf(sizes)+1+2 {
+			t.Errorf("%v: %d lines, want a header, one line per file and directory (%d) and a summary:\n%s", tc.args, len(lines), entriesOf(sizes)+1, r.stdout)
 		}
 		for name, size := range sizes {
 			re := regexp.MustCompile(`(?m)^` + tc.result + ` +data/` + regexp.QuoteMeta(name) + ` \(` + regexp.QuoteMeta(formatBytes(int64(size))) + `\)$`)
@@ -803,12 +805,21 @@ func TestCLILs(t *testing.T) {
 	r := u.ok("ls")
 	checkClean(t, "stdout", r.stdout)
 	rows := parseLs(t, r.stdout)
-	if len(rows) != len(sizes) {
-		t.Fatalf("ls lists %d rows, want %d:\n%s", len(rows), len(sizes), r.stdout)
+	if len(rows) != entriesOf(sizes)+1 {
+		t.Fatalf("ls lists %d rows, want %d (and data, data/sub):\n%s", len(rows), entriesOf(sizes)+1, r.stdout)
 	}
 	var names []string
 	for _, row := range rows {
 		names = append(names, row.name)
+		if row.name == "data" || row.name == "data/sub" {
+			if !strings.HasPrefix(row.mode, "d") || row.size != "0" {
+				t.Errorf("ls row %+v: want a directory of size 0", row)
+			}
+			continue
+		}
+		if !strings.HasPrefix(row.mode, "-") {
+			t.Errorf("ls row %+v: mode does not say a regular file", row)
+		}
 		rel, ok := strings.CutPrefix(row.name, "data/")
 		size, known := sizes[rel]
 		if !ok || !known {
@@ -833,7 +844,7 @@ func TestCLILs(t *testing.T) {
 		prefix string
 		want   []string
 	}{
-		{"data/sub", []string{"data/sub/big.bin", "data/sub/x"}},
+		{"data/sub", []string{"data/sub", "data/sub/big.bin", "data/sub/x"}},
 		{"data/one", []string{"data/one"}},
 		{"data/on", nil},
 		{"nothing", nil},
@@ -902,15 +913,15 @@ func TestCLIRestore(t *testing.T) {
 	v2 := writeRandom(t, f, 120000, 2)
 	u.ok("send", f)
 	out := t.TempDir()
-	restoredRE := regexp.MustCompile(`(?m)^(\d+) restored, (\d+) failed; \S+ (?:B|[KMGTP]iB)$`)
+	restoredRE := regexp.MustCompile(`(?m)^(\d+) restored, (\d+) identical, (\d+) failed; \S+ (?:B|[KMGTP]iB)$`)
 
 	t.Run("one file", func(t *testing.T) {
 		dest := filepath.Join(out, "big")
 		r := u.ok("restore", "data/big", "-o", dest)
 		big, _ := os.ReadFile(filepath.Join(src, "big"))
 		assertSameFile(t, dest, big)
-		if m := restoredRE.FindStringSubmatch(r.stdout); m == nil || m[1] != "1" || m[2] != "0" {
-			t.Errorf("stdout %q, want \"1 restored, 0 failed; ...\"", r.stdout)
+		if m := restoredRE.FindStringSubmatch(r.stdout); m == nil || m[1] != "1" || m[2] != "0" || m[3] != "0" {
+			t.Errorf("stdout %q, want \"1 restored, 0 identical, 0 failed; ...\"", r.stdout)
 		}
 		if !regexp.MustCompile(`(?m)^restored +data/big \(3\.0 MiB\)$`).MatchString(r.stdout) {
 			t.Errorf("stdout does not report data/big restored:\n%s", r.stdout)
@@ -922,8 +933,8 @@ func TestCLIRestore(t *testing.T) {
 			dest := filepath.Join(out, fmt.Sprintf("tree%d", i))
 			r := u.ok("restore", name, "-o", dest)
 			assertSameTree(t, dest, src)
-			if m := restoredRE.FindStringSubmatch(r.stdout); m == nil || m[1] != "10" || m[2] != "0" {
-				t.Errorf("restore %s: stdout %q, want \"10 restored, 0 failed; ...\"", name, r.stdout)
+			if m := restoredRE.FindStringSubmatch(r.stdout); m == nil || m[1] != "13" || m[2] != "0" || m[3] != "0" {
+				t.Errorf("restore %s: stdout %q, want \"13 restored (10 files, 3 directories), 0 identical, 0 failed; ...\"", name, r.stdout)
 			}
 		}
 		dest := filepath.Join(out, "sub")
@@ -958,7 +969,7 @@ func TestCLIRestore(t *testing.T) {
 			t.Fatal(err)
 		}
 		r := u.run("restore", "f.bin", "-o", dest)
-		checkFailure(t, r, 1)
+		checkFailure(t, r, ExitIncomplete)
 		if !strings.Contains(r.stdout+r.stderr, "--overwrite") {
 			t.Errorf("restore onto an existing file does not mention --overwrite:\n%v", r)
 		}
@@ -972,7 +983,7 @@ func TestCLIRestore(t *testing.T) {
 	t.Run("the error line says why", func(t *testing.T) {
 		dest := filepath.Join(t.TempDir(), "f")
 		os.WriteFile(dest, []byte("precious"), 0o644)
-		checkFailure(t, u.run("restore", "f.bin", "-o", dest), 1, "already exists", "--overwrite")
+		checkFailure(t, u.run("restore", "f.bin", "-o", dest), ExitIncomplete, "exists and differs", "--overwrite")
 		msg := checkFailure(t, u.run("restore", "f.bin", "--version", "7", "-o", filepath.Join(t.TempDir(), "x")), 1, "version 7")
 		if strings.Contains(msg, "proto:") {
 			t.Errorf("error %q names the Go package proto", msg)
@@ -1007,12 +1018,27 @@ func TestCLIRestoreToCurrentDirectory(t *testing.T) {
 	u.ok("restore", "docs")
 	assertSameFile(t, filepath.Join(cwd, "docs", "a.txt"), a)
 	assertSameFile(t, filepath.Join(cwd, "docs", "deep", "b.txt"), b)
-	// Again: everything exists now.
-	r := u.run("restore", "docs")
-	checkFailure(t, r, 1)
-	if n := strings.Count(r.stdout, "already exists; use --overwrite"); n != 2 {
-		t.Errorf("restoring docs again reports %d existing files, want 2:\n%s", n, r.stdout)
+	// Again: everything is there as stored, so nothing is fetched and
+	// the restore succeeds.
+	r := u.ok("restore", "docs")
+	if n := strings.Count(r.stdout, "identical "); n != 4 || !strings.Contains(r.stdout, "0 restored, 4 identical, 0 failed") {
+		t.Errorf("restoring docs again reports %d identical files, want 4 (2 files, 2 directories):\n%s", n, r.stdout)
 	}
+	// A file that differs is kept without --overwrite (exit 3), and
+	// replaced with it.
+	if err := os.WriteFile(filepath.Join(cwd, "docs", "a.txt"), []byte("mine"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r = u.run("restore", "docs")
+	checkFailure(t, r, ExitIncomplete, "skipped")
+	if !strings.Contains(r.stderr, "it exists and differs from the stored file; use --overwrite") {
+		t.Errorf("restore over a changed file: stderr %q does not say why it was kept", r.stderr)
+	}
+	if got, _ := os.ReadFile(filepath.Join(cwd, "docs", "a.txt")); string(got) != "mine" {
+		t.Errorf("a changed file was replaced without --overwrite")
+	}
+	u.ok("restore", "docs", "--overwrite")
+	assertSameFile(t, filepath.Join(cwd, "docs", "a.txt"), a)
 }
 
 // ---------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"os"
+	"path"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -67,6 +68,7 @@ type nopReporter struct{}
 func (nopReporter) Start(int, int64)                {}
 func (nopReporter) File(string, int64) FileProgress { return nopFile{} }
 func (nopReporter) Warn(string, ...any)             {}
+func (nopReporter) Interrupt()                      {}
 func (nopReporter) Close()                          {}
 
 type nopFile struct{}
@@ -113,6 +115,22 @@ func makeTree(t *testing.T, root string) map[string][]byte {
 	}
 	return want
 }
+
+// dirsOf returns the directories a send of the stored names records: every
+// parent of each name, up to the top.
+func dirsOf[V any](names map[string]V) map[string]bool {
+	dirs := map[string]bool{}
+	for name := range names {
+		for d := path.Dir(name); d != "."; d = path.Dir(d) {
+			dirs[d] = true
+		}
+	}
+	return dirs
+}
+
+// entriesOf is how many entries a send of the stored names records: the
+// files and their directories.
+func entriesOf[V any](names map[string]V) int { return len(names) + len(dirsOf(names)) }
 
 func sendPaths(t *testing.T, ctx context.Context, s *Session, opts SendOptions) *SendResult {
 	t.Helper()
@@ -162,18 +180,25 @@ func TestEndToEndBackupListRestore(t *testing.T) {
 	want := makeTree(t, src)
 	s := connect(t, ctx, c)
 	res := sendPaths(t, ctx, s, SendOptions{Paths: []string{src}})
-	if res.Sent != len(want) || res.Failed != 0 || res.Unchanged != 0 {
-		t.Fatalf("first send: sent %d, unchanged %d, failed %d; want %d, 0, 0", res.Sent, res.Unchanged, res.Failed, len(want))
+	if res.Sent != entriesOf(want) || res.Failed != 0 || res.Unchanged != 0 {
+		t.Fatalf("first send: sent %d, unchanged %d, failed %d; want %d, 0, 0", res.Sent, res.Unchanged, res.Failed, entriesOf(want))
 	}
 
 	entries, err := s.List(ctx, "", false)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(entries) != len(want) {
-		t.Fatalf("ls lists %d files, want %d", len(entries), len(want))
+	if len(entries) != entriesOf(want) {
+		t.Fatalf("ls lists %d entries, want %d", len(entries), entriesOf(want))
 	}
+	dirs := dirsOf(want)
 	for _, e := range entries {
+		if dirs[e.Name] {
+			if e.Kind != proto.KindDir || e.Size != 0 || !e.Verified {
+				t.Errorf("ls %q: kind %v, size %d, verified %v; want a verified directory", e.Name, e.Kind, e.Size, e.Verified)
+			}
+			continue
+		}
 		data, ok := want[e.Name]
 		if !ok {
 			t.Errorf("ls lists %q, which was never sent", e.Name)
@@ -212,8 +237,8 @@ func TestEndToEndBackupListRestore(t *testing.T) {
 	// A second send sends nothing: quick check, then content check.
 	for _, checksum := range []bool{false, true} {
 		res = sendPaths(t, ctx, s, SendOptions{Paths: []string{src}, Checksum: checksum})
-		if res.Unchanged != len(want) || res.Sent != 0 || res.Failed != 0 || res.Bytes != 0 {
-			t.Errorf("send again (checksum=%v): unchanged %d, sent %d, failed %d, bytes %d; want %d, 0, 0, 0", checksum, res.Unchanged, res.Sent, res.Failed, res.Bytes, len(want))
+		if res.Unchanged != entriesOf(want) || res.Sent != 0 || res.Failed != 0 || res.Bytes != 0 {
+			t.Errorf("send again (checksum=%v): unchanged %d, sent %d, failed %d, bytes %d; want %d, 0, 0, 0", checksum, res.Unchanged, res.Sent, res.Failed, res.Bytes, entriesOf(want))
 		}
 	}
 }
@@ -267,74 +292,129 @@ func TestNewVersionAndRestoreOld(t *testing.T) {
 	}
 }
 
-func TestResendAfterChecksumMismatch(t *testing.T) {
+// TestChangedWhileReadIsStoredAsRead: a file that changes while it is
+// sent is stored as it was read, in one attempt, with checksums of exactly
+// those bytes, and marked changed (as restic, borg and tar do), whether the
+// client hashed it beforehand (-c) or not, and however it changed.
+func TestChangedWhileReadIsStoredAsRead(t *testing.T) {
 	ctx := testContext(t)
 	srv := startServer(t)
 	c := newClient(t)
 	register(t, ctx, c, srv, "alice")
-	path := filepath.Join(t.TempDir(), "moving.bin")
-	writeRandom(t, path, 10*testChunk, 7)
-	var final []byte
-	var mu sync.Mutex
-	// The first attempt sees the file change after its first chunk: the
-	// hash taken beforehand (--checksum) no longer matches what the server
-	// reassembles, so the client must resend.
-	hook := func(name string, attempt int, off int64) {
-		mu.Lock()
-		defer mu.Unlock()
-		if attempt == 1 && off == testChunk {
-			final = writeRandom(t, path, 10*testChunk, 8)
-		}
-	}
 	s := connect(t, ctx, c)
-	fp := &recordingFile{}
-	st, err := s.sendFile(ctx, sendItem{path: path, name: "moving.bin"}, SendOptions{Checksum: true, testHookChunkRead: hook}, fp, new(atomic.Int64))
-	if err != nil {
-		t.Fatalf("send: %v", err)
+	tests := []struct {
+		name     string
+		checksum bool
+		at       int64 // the file changes once this much is read
+		change   func(path string, old []byte) []byte
+	}{
+		{"rewritten, hashed first", true, testChunk, func(path string, old []byte) []byte {
+			return writeRandom(t, path, len(old), 8)
+		}},
+		{"rewritten in place, new mtime", false, 2 * testChunk, func(path string, old []byte) []byte {
+			b := writeRandom(t, path, len(old), 2)
+			later := time.Now().Add(time.Second)
+			os.Chtimes(path, later, later)
+			return b
+		}},
+		{"a log that grows", false, testChunk, func(path string, old []byte) []byte {
+			f, err := os.OpenFile(path, os.O_APPEND|os.O_WRONLY, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			more := bytes.Repeat([]byte("log line\n"), 1000)
+			f.Write(more)
+			return append(append([]byte(nil), old...), more...)
+		}},
 	}
-	if st.Attempts != 2 || fp.retries != 1 {
-		t.Errorf("attempts %d, retries reported %d; want 2 and 1", st.Attempts, fp.retries)
-	}
-	out := filepath.Join(t.TempDir(), "out")
-	restoreAll(t, ctx, s, "moving.bin", out)
-	got, _ := os.ReadFile(out)
-	if !bytes.Equal(got, final) {
-		t.Errorf("restored bytes are not the file's final content")
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			name := fmt.Sprintf("moving-%d.bin", i)
+			path := filepath.Join(t.TempDir(), name)
+			old := writeRandom(t, path, 6*testChunk, uint64(i+1))
+			var now []byte
+			hook := func(_ string, attempt int, off int64) {
+				if attempt == 1 && off == tt.at {
+					now = tt.change(path, old)
+				}
+			}
+			fp := &recordingFile{}
+			st, err := s.sendFile(ctx, sendItem{path: path, name: name}, SendOptions{Checksum: tt.checksum, testHookChunkRead: hook}, fp, new(atomic.Int64))
+			if err != nil {
+				t.Fatalf("send: %v", err)
+			}
+			if st.Attempts != 1 || fp.retries != 0 || !st.Changed {
+				t.Errorf("attempts %d, retries %d, changed %v; want 1, 0, true", st.Attempts, fp.retries, st.Changed)
+			}
+			if !strings.Contains(describe(st), "changed while read") {
+				t.Errorf("result %q does not say the file changed", describe(st))
+			}
+			// What was read: the old bytes before the change, the new ones
+			// after it, up to the size the file had when it was opened.
+			read := append(append([]byte(nil), old[:tt.at]...), now[tt.at:len(old)]...)
+			out := filepath.Join(t.TempDir(), "out")
+			restoreAll(t, ctx, s, name, out)
+			if got, _ := os.ReadFile(out); !bytes.Equal(got, read) {
+				t.Errorf("restored %d bytes, not the %d bytes that were read", len(got), len(read))
+			}
+		})
 	}
 	assertNoTempFiles(t, srv)
 }
 
-func TestChangeWhileReadingWithoutChecksumFlag(t *testing.T) {
+// TestShrinkWhileReading: a file that shrinks under the reader cannot give
+// the size it announced: it is read once more, whole; if it shrinks again,
+// it is padded with zeros to its new announced size, as tar does, and
+// marked changed. Never more than two reads.
+func TestShrinkWhileReading(t *testing.T) {
 	ctx := testContext(t)
 	srv := startServer(t)
 	c := newClient(t)
 	register(t, ctx, c, srv, "alice")
-	path := filepath.Join(t.TempDir(), "log.bin")
-	writeRandom(t, path, 6*testChunk, 1)
-	var final []byte
-	hook := func(name string, attempt int, off int64) {
-		if attempt == 1 && off == 2*testChunk {
-			// Same size, new bytes and a new mtime behind the reader.
-			final = writeRandom(t, path, 6*testChunk, 2)
-			later := time.Now().Add(time.Second)
-			os.Chtimes(path, later, later)
-		}
-	}
 	s := connect(t, ctx, c)
-	st, err := s.sendFile(ctx, sendItem{path: path, name: "log.bin"}, SendOptions{testHookChunkRead: hook}, &recordingFile{}, new(atomic.Int64))
-	if err != nil {
-		t.Fatalf("send: %v", err)
+	for _, again := range []bool{false, true} {
+		t.Run(fmt.Sprintf("shrinks again %v", again), func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "shrinking.bin")
+			writeRandom(t, path, 6*testChunk, 1)
+			var second []byte
+			attempts := map[int]bool{}
+			hook := func(_ string, attempt int, off int64) {
+				if off != testChunk {
+					return
+				}
+				attempts[attempt] = true
+				switch {
+				case attempt == 1:
+					second = writeRandom(t, path, 4*testChunk, 2)
+				case attempt == 2 && again:
+					if err := os.Truncate(path, 3*testChunk); err != nil {
+						t.Fatal(err)
+					}
+					second = append(second[:3*testChunk], make([]byte, testChunk)...)
+				}
+			}
+			fp := &recordingFile{}
+			st, err := s.sendFile(ctx, sendItem{path: path, name: "shrinking.bin"}, SendOptions{testHookChunkRead: hook}, fp, new(atomic.Int64))
+			if err != nil {
+				t.Fatalf("send: %v", err)
+			}
+			if st.Attempts != 2 || !st.Changed || len(attempts) != 2 {
+				t.Errorf("attempts %d (%v), changed %v; want 2 reads and changed", st.Attempts, attempts, st.Changed)
+			}
+			out := filepath.Join(t.TempDir(), "out")
+			restoreAll(t, ctx, s, "shrinking.bin", out)
+			if got, _ := os.ReadFile(out); !bytes.Equal(got, second) {
+				t.Errorf("restored %d bytes, want the %d bytes of the second read", len(got), len(second))
+			}
+		})
 	}
-	if st.Attempts != 2 {
-		t.Errorf("attempts = %d, want 2 (the torn first read must not be stored)", st.Attempts)
-	}
-	out := filepath.Join(t.TempDir(), "out")
-	restoreAll(t, ctx, s, "log.bin", out)
-	if got, _ := os.ReadFile(out); !bytes.Equal(got, final) {
-		t.Errorf("restored bytes are not the file's final content")
-	}
+	assertNoTempFiles(t, srv)
 }
 
+// TestFourthFailureGivesUp: checksums that do not match although the file
+// did not change (damage between the client's hash and the server's disk)
+// are sent again up to three times, then the file fails.
 func TestFourthFailureGivesUp(t *testing.T) {
 	ctx := testContext(t)
 	srv := startServer(t)
@@ -343,15 +423,13 @@ func TestFourthFailureGivesUp(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "restless.bin")
 	writeRandom(t, path, 4*testChunk, 1)
 	attempts := map[int]bool{}
-	hook := func(name string, attempt int, off int64) {
-		if off == testChunk {
-			attempts[attempt] = true
-			writeRandom(t, path, 4*testChunk, uint64(100+attempt))
-		}
+	corrupt := func(_ string, attempt int, b []byte) {
+		attempts[attempt] = true
+		b[0] ^= 1 // after the client hashed it
 	}
 	s := connect(t, ctx, c)
 	fp := &recordingFile{}
-	_, err := s.sendFile(ctx, sendItem{path: path, name: "restless.bin"}, SendOptions{Checksum: true, testHookChunkRead: hook}, fp, new(atomic.Int64))
+	_, err := s.sendFile(ctx, sendItem{path: path, name: "restless.bin"}, SendOptions{testHookCorrupt: corrupt}, fp, new(atomic.Int64))
 	if !errors.Is(err, errMismatch) {
 		t.Fatalf("send error = %v, want a checksum mismatch", err)
 	}
@@ -626,12 +704,9 @@ func TestRestoreRefusesToOverwrite(t *testing.T) {
 	sendPaths(t, ctx, s, SendOptions{Paths: []string{path}})
 	out := filepath.Join(t.TempDir(), "out")
 	os.WriteFile(out, []byte("precious"), 0o644)
-	_, err := s.Restore(ctx, RestoreOptions{Name: "f", Output: out}, nopReporter{})
-	if err == nil {
-		res, _ := s.Restore(ctx, RestoreOptions{Name: "f", Output: out}, nopReporter{})
-		if res == nil || res.Failed == 0 {
-			t.Errorf("restore over an existing file succeeded without --overwrite")
-		}
+	res, err := s.Restore(ctx, RestoreOptions{Name: "f", Output: out}, nopReporter{})
+	if err != nil || res.Skipped != 1 || res.Restored != 0 {
+		t.Errorf("restore over an existing file without --overwrite: %+v, %v; want it skipped", res, err)
 	}
 	if got, _ := os.ReadFile(out); string(got) != "precious" {
 		t.Errorf("existing file was changed")

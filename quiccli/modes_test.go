@@ -119,9 +119,15 @@ func TestFileModes(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	dirModes := map[string]fs.FileMode{".": 0o755, "sub": 0o750, "sub/deep": 0o711}
+	for name, mode := range dirModes {
+		if err := os.Chmod(filepath.Join(src, filepath.FromSlash(name)), mode); err != nil {
+			t.Fatal(err)
+		}
+	}
 	s := connect(t, ctx, c)
-	if res := sendPaths(t, ctx, s, SendOptions{Paths: []string{src}}); res.Sent != len(modes) || res.Failed != 0 {
-		t.Fatalf("send: sent %d, failed %d; want %d, 0", res.Sent, res.Failed, len(modes))
+	if res := sendPaths(t, ctx, s, SendOptions{Paths: []string{src}}); res.Sent != entriesOf(modes)+1 || res.Failed != 0 {
+		t.Fatalf("send: sent %d, failed %d; want %d (and tree itself), 0", res.Sent, res.Failed, entriesOf(modes))
 	}
 	out := filepath.Join(base, "restored")
 	if res := restoreAll(t, ctx, s, "tree", out); res.Files != len(modes) || res.Failed != 0 {
@@ -166,8 +172,8 @@ func TestFileModes(t *testing.T) {
 			temps++
 		}
 	}
-	if stored != len(modes) || temps != 1 {
-		t.Errorf("server data directory holds %d stored files and %d temp files, want %d and 1", stored, temps, len(modes))
+	if stored != entriesOf(modes)+1 || temps != 1 {
+		t.Errorf("server data directory holds %d stored files and %d temp files, want %d (a directory's version is an empty file too) and 1", stored, temps, entriesOf(modes)+1)
 	}
 
 	// The client's home: its key and its identity (client ID, pinned
@@ -183,10 +189,9 @@ func TestFileModes(t *testing.T) {
 		t.Errorf("client home holds %d entries, want 3 (itself, %s, %s)", len(seen), identityFile, keyFile)
 	}
 
-	// Restored files get the mode recorded at backup, whatever the umask
-	// (that is the design: a restore gives back the file as it was).
-	// Directories are not recorded; a restore creates them 0777 less the
-	// umask, like mkdir -p.
+	// Restored files and directories get the mode recorded at backup,
+	// whatever the umask (that is the design: a restore gives back the
+	// tree as it was).
 	var lines []string
 	filepath.WalkDir(out, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
@@ -203,8 +208,8 @@ func TestFileModes(t *testing.T) {
 		lines = append(lines, fi.Mode().String()+"  "+rel)
 		switch {
 		case fi.IsDir():
-			if fi.Mode().Perm() != 0o755 {
-				t.Errorf("restored directory %s has mode %#o, want 0755 (0777 less the umask 022)", rel, fi.Mode().Perm())
+			if want := dirModes[rel]; fi.Mode().Perm() != want {
+				t.Errorf("restored directory %s has mode %#o, want %#o as at backup", rel, fi.Mode().Perm(), want)
 			}
 		case fi.Mode().IsRegular():
 			if want, ok := modes[rel]; !ok {

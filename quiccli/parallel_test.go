@@ -46,7 +46,7 @@ func TestParallelConnections(t *testing.T) {
 		t.Fatal(err)
 	}
 	x.logDrops(t)
-	if res.Sent != 2 || res.Failed != 0 {
+	if res.Sent != 3 || res.Failed != 0 { // the two files and their directory
 		t.Fatalf("sent %d, failed %d (%v)", res.Sent, res.Failed, res.FirstErr)
 	}
 	if routes[filepath.Base(dir)+"/big.bin"] != 3 || routes[filepath.Base(dir)+"/small.bin"] != 1 {

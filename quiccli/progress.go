@@ -6,6 +6,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/qbackup/qbackup/proto"
 	"github.com/vbauerster/mpb/v8"
 	"github.com/vbauerster/mpb/v8/decor"
 )
@@ -18,6 +19,9 @@ type Reporter interface {
 	File(name string, size int64) FileProgress
 	// Warn reports something passed over.
 	Warn(format string, args ...any)
+	// Interrupt says the run was interrupted: Close leaves the display as
+	// it was rather than completing it.
+	Interrupt()
 	// Close flushes the display.
 	Close()
 }
@@ -51,7 +55,7 @@ func (r *lineReporter) Start(files int, bytes int64) {
 }
 
 func (r *lineReporter) File(name string, size int64) FileProgress {
-	return &lineFile{r: r, name: name, size: size}
+	return &lineFile{r: r, name: proto.Quote(name), size: size}
 }
 
 func (r *lineReporter) Warn(format string, args ...any) {
@@ -60,7 +64,8 @@ func (r *lineReporter) Warn(format string, args ...any) {
 	fmt.Fprintf(r.errOut, "warning: "+format+"\n", args...)
 }
 
-func (r *lineReporter) Close() {}
+func (r *lineReporter) Interrupt() {}
+func (r *lineReporter) Close()     {}
 
 type lineFile struct {
 	r       *lineReporter
@@ -94,8 +99,9 @@ type barReporter struct {
 	verb   string
 	start  time.Time
 
-	mu      sync.Mutex
-	counted map[string]int64 // bytes of each file counted in the total, at most its size
+	mu          sync.Mutex
+	counted     map[string]int64 // bytes of each file counted in the total, at most its size
+	interrupted bool
 }
 
 func newBarReporter(out, errOut io.Writer, verb string) *barReporter {
@@ -132,6 +138,7 @@ func (r *barReporter) Start(files int, bytes int64) {
 const noBarMax = 1 << 20
 
 func (r *barReporter) File(name string, size int64) FileProgress {
+	name = proto.Quote(name)
 	if size <= noBarMax {
 		return &barFile{r: r, name: name, size: size, last: time.Now()}
 	}
@@ -154,9 +161,25 @@ func (r *barReporter) Warn(format string, args ...any) {
 	fmt.Fprintf(r.p, "warning: "+format+"\n", args...)
 }
 
+func (r *barReporter) Interrupt() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.interrupted = true
+}
+
+func (r *barReporter) isInterrupted() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.interrupted
+}
+
 func (r *barReporter) Close() {
 	if r.total != nil {
-		r.total.SetTotal(-1, true)
+		if r.isInterrupted() {
+			r.total.Abort(false) // as it was: the run did not finish
+		} else {
+			r.total.SetTotal(-1, true)
+		}
 	}
 	r.p.Wait()
 }
@@ -220,7 +243,11 @@ func (f *barFile) Done(result string, err error) {
 		fmt.Fprintf(f.r.p, "%-10s %s (%s%s)\n", result, f.name, formatBytes(f.size), extra)
 	}
 	if f.bar != nil {
-		f.bar.SetTotal(-1, true)
+		if result == "interrupted" && f.r.isInterrupted() {
+			f.bar.Abort(false) // left as it was
+		} else {
+			f.bar.SetTotal(-1, true)
+		}
 	}
 }
 

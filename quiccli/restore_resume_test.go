@@ -57,8 +57,8 @@ func storeTree(t *testing.T, x *proxied) (string, map[string][]byte, int64) {
 	s := connect(t, x.ctx, x.c)
 	res := s.Send(x.ctx, SendOptions{Paths: []string{dir}}, nopReporter{})
 	s.Close()
-	if res.Sent != len(files) {
-		t.Fatalf("stored %d of %d files: %v", res.Sent, len(files), res.FirstErr)
+	if res.Sent != len(files)+1 { // and their directory
+		t.Fatalf("stored %d of %d entries: %v", res.Sent, len(files)+1, res.FirstErr)
 	}
 	return "tree", files, total
 }
@@ -174,7 +174,12 @@ func TestRestoreResumeStartsAfresh(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			dir := t.TempDir()
-			tmp := filepath.Join(dir, ".f.bin.qbackup-partial")
+			root, err := os.OpenRoot(dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer root.Close()
+			tmp := filepath.Join(dir, ".qbackup-partial.tmp")
 			f, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
 			if err != nil {
 				t.Fatal(err)
@@ -182,10 +187,12 @@ func TestRestoreResumeStartsAfresh(t *testing.T) {
 			if _, err := f.Write(tt.prefix); err != nil {
 				t.Fatal(err)
 			}
-			tg := &restoreTarget{name: "f.bin", size: int64(len(data)), dest: filepath.Join(dir, "f.bin"),
-				part: &partialRestore{tmp: tmp, f: f, have: haveSet.Clone(), version: tt.version, size: uint64(len(data)), sha: tt.sha}}
+			tg := &restoreTarget{name: "f.bin", version: 1, size: int64(len(data)), kind: proto.KindFile, sha: sha256.Sum256(data),
+				meta: &proto.Meta{}, rel: "f.bin", dest: filepath.Join(dir, "f.bin"),
+				part: &partialRestore{root: root, tmp: filepath.Base(tmp), f: f, have: haveSet.Clone(), version: tt.version, size: uint64(len(data)), sha: tt.sha}}
 			var received atomic.Int64
-			n, err := s.restoreFile(ctx, tg, false, true, nopFile{}, &received)
+			run := newRestoreRun(root, false, nopReporter{})
+			n, _, _, err := s.restoreFile(ctx, run, tg, true, nopFile{}, &received)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -150,8 +150,8 @@ func TestInterruptedSendResumes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res1.Failed != 1 {
-		t.Fatalf("interrupted send: failed %d, want 1", res1.Failed)
+	if res1.Interrupted != 1 || res1.Failed != 0 || res1.OK() {
+		t.Fatalf("interrupted send: %d interrupted, %d failed, OK %v; want 1 interrupted, none failed", res1.Interrupted, res1.Failed, res1.OK())
 	}
 	t.Logf("interrupted send returned after %v", time.Since(start))
 	res2, err := c.SendResilient(ctx, "", "", SendOptions{Paths: []string{path}}, ReconnectOptions{}, nopReporter{})

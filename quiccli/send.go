@@ -8,11 +8,14 @@ import (
 	"io"
 	"io/fs"
 	mathrand "math/rand/v2"
+	"net"
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/qbackup/qbackup/proto"
@@ -25,7 +28,7 @@ const maxResends = 3
 
 // SendOptions says what to send and how.
 type SendOptions struct {
-	Paths    []string // files and directories, recursively
+	Paths    []string // files and directories, recursively; every kind of entry
 	Checksum bool     // hash files first and compare content, not size and mtime
 	Files    int      // files larger than a chunk in flight at once (0: 8); smaller ones go 16 times as many
 	// Connections spreads the chunks of each file of two chunks or more
@@ -39,50 +42,67 @@ type SendOptions struct {
 	// testHookChunkRead, if set, runs after each chunk is read from the
 	// file being sent (tests change the file there).
 	testHookChunkRead func(name string, attempt int, off int64)
+	// testHookCorrupt, if set, sees each chunk after it is hashed and
+	// before it is sent (tests damage it there).
+	testHookCorrupt func(name string, attempt int, b []byte)
 	// testHookRoutes, if set, sees the routes of each file's chunks.
 	testHookRoutes func(name string, rs []*route)
 }
 
-// SendResult counts what a send did.
+// SendResult counts what a send did, by entry (file, directory, link...).
 type SendResult struct {
-	Sent      int   // files stored (a new version, or identical content confirmed)
-	Unchanged int   // files the server already held; nothing sent
-	Failed    int   // files not stored
-	Skipped   int   // symlinks and special files passed over
-	Bytes     int64 // file bytes sent, resends included
-	Elapsed   time.Duration
-	FirstErr  error // the first failure, for the exit message
+	Sent      int // entries stored (a new version, or identical content confirmed)
+	Unchanged int // entries the server already held; nothing sent
+	Failed    int // entries not stored
+	// Changed counts entries stored as they were read although they
+	// changed while being read (counted in Sent too).
+	Changed int
+	// Incomplete counts entries stored without part of their metadata
+	// (an extended attribute too large, or unreadable), or that vanished
+	// before they could be read.
+	Incomplete int
+	// Interrupted and NotStarted count, when the send was cut short, the
+	// entries under way (kept by the server for resume) and those never
+	// begun.
+	Interrupted, NotStarted int
+	Bytes                   int64 // content bytes sent, resends included
+	Elapsed                 time.Duration
+	FirstErr                error // the first failure, for the exit message
 }
 
-// OK reports whether every file is stored or unchanged.
-func (r *SendResult) OK() bool { return r.Failed == 0 }
+// OK reports whether every entry is stored or unchanged.
+func (r *SendResult) OK() bool { return r.Failed == 0 && r.Interrupted == 0 && r.NotStarted == 0 }
 
-// sendItem is one local file and the name it is stored under.
+// sendItem is one local entry and the name it is stored under.
 type sendItem struct {
-	path string
-	name string
-	size int64
+	path   string
+	name   string
+	size   int64 // at the walk; for progress and the choice of pool
+	kind   proto.Kind
+	follow bool // named on the command line: a symbolic link there is followed
 }
 
-// collect walks the paths and returns the regular files under them, with
-// their stored names: the path relative to the argument's parent, with '/'
-// separators ("send /home/me/docs" stores "docs/a.txt").
-func collect(paths []string, warn func(format string, args ...any)) ([]sendItem, int, []error) {
+// collect walks the paths and returns every entry under them (files,
+// directories, symbolic links, special files), with their stored names:
+// the path relative to the argument's parent, with '/' separators ("send
+// /home/me/docs" stores "docs" and "docs/a.txt"). A symbolic link named
+// on the command line is followed; one found in a directory is backed up
+// as a link.
+func collect(paths []string) ([]sendItem, []error) {
 	var items []sendItem
 	var errs []error
-	skipped := 0
 	seen := map[string]string{}
-	add := func(path, name string, size int64) {
-		if prev, ok := seen[name]; ok {
-			errs = append(errs, fmt.Errorf("%s and %s would both be stored as %q; send them separately", prev, path, name))
+	add := func(it sendItem) {
+		if prev, ok := seen[it.name]; ok {
+			errs = append(errs, fmt.Errorf("%s and %s would both be stored as %q; send them separately", prev, it.path, proto.Quote(it.name)))
 			return
 		}
-		if len(name) > proto.MaxNameLen {
-			errs = append(errs, fmt.Errorf("cannot send %s: its stored name would be %d bytes, over the %d-byte limit", path, len(name), proto.MaxNameLen))
+		if err := proto.ValidateName(it.name); err != nil {
+			errs = append(errs, fmt.Errorf("cannot back up %s: its stored name is not valid: %v", it.path, unwrapReason(err)))
 			return
 		}
-		seen[name] = path
-		items = append(items, sendItem{path: path, name: name, size: size})
+		seen[it.name] = it.path
+		items = append(items, it)
 	}
 	for _, arg := range paths {
 		abs, err := filepath.Abs(arg)
@@ -100,41 +120,41 @@ func collect(paths []string, warn func(format string, args ...any)) ([]sendItem,
 			errs = append(errs, fmt.Errorf("cannot read %s: %v", arg, unwrapPathError(err)))
 			continue
 		}
-		if fi.Mode().IsRegular() {
-			add(arg, base, fi.Size())
-			continue
-		}
-		if !fi.IsDir() {
-			warn("skipping %s: not a regular file or directory", arg)
-			skipped++
+		kind, _ := kindOf(fi.Mode())
+		if kind != proto.KindDir {
+			add(sendItem{path: arg, name: base, size: fi.Size(), kind: kind, follow: true})
 			continue
 		}
 		err = filepath.WalkDir(arg, func(p string, d fs.DirEntry, err error) error {
 			if err != nil {
 				errs = append(errs, fmt.Errorf("cannot read %s: %v", p, unwrapPathError(err)))
-				if d != nil && d.IsDir() {
+				if d != nil && d.IsDir() && p != arg {
 					return fs.SkipDir
 				}
-				return nil
-			}
-			if d.IsDir() {
-				return nil
-			}
-			if !d.Type().IsRegular() {
-				warn("skipping %s: %s", p, describeType(d.Type()))
-				skipped++
-				return nil
-			}
-			info, err := d.Info()
-			if err != nil {
-				errs = append(errs, fmt.Errorf("cannot read %s: %v", p, unwrapPathError(err)))
 				return nil
 			}
 			rel, err := filepath.Rel(arg, p)
 			if err != nil {
 				return err
 			}
-			add(p, base+"/"+filepath.ToSlash(rel), info.Size())
+			it := sendItem{path: p, name: base, follow: p == arg}
+			if rel != "." {
+				it.name = base + "/" + filepath.ToSlash(rel)
+			}
+			var ok bool
+			if it.kind, ok = kindOf(d.Type()); !ok {
+				errs = append(errs, fmt.Errorf("cannot back up %s: a kind of file this system should not have (%v)", p, d.Type()))
+				return nil
+			}
+			if it.kind == proto.KindFile {
+				info, err := d.Info()
+				if err != nil {
+					errs = append(errs, fmt.Errorf("cannot read %s: %v", p, unwrapPathError(err)))
+					return nil
+				}
+				it.size = info.Size()
+			}
+			add(it)
 			return nil
 		})
 		if err != nil {
@@ -142,21 +162,13 @@ func collect(paths []string, warn func(format string, args ...any)) ([]sendItem,
 		}
 	}
 	sort.SliceStable(items, func(i, j int) bool { return items[i].name < items[j].name })
-	return items, skipped, errs
+	return items, errs
 }
 
-func describeType(m fs.FileMode) string {
-	switch {
-	case m&fs.ModeSymlink != 0:
-		return "symbolic link (not followed)"
-	case m&fs.ModeNamedPipe != 0:
-		return "named pipe"
-	case m&fs.ModeSocket != 0:
-		return "socket"
-	case m&fs.ModeDevice != 0:
-		return "device"
-	}
-	return "not a regular file"
+// unwrapReason is a proto.ValidateName error without its "invalid name:"
+// prefix.
+func unwrapReason(err error) string {
+	return strings.TrimPrefix(err.Error(), proto.ErrInvalidName.Error()+": ")
 }
 
 func unwrapPathError(err error) error {
@@ -178,11 +190,10 @@ func (s *Session) Send(ctx context.Context, opts SendOptions, rep Reporter) *Sen
 	return res
 }
 
-// collectReported walks the paths, reports what it passes over or cannot
-// read, and announces the total.
+// collectReported walks the paths, reports what it cannot read, and
+// announces the total.
 func collectReported(paths []string, rep Reporter, res *SendResult) []sendItem {
-	items, skipped, errs := collect(paths, rep.Warn)
-	res.Skipped = skipped
+	items, errs := collect(paths)
 	for _, err := range errs {
 		rep.Warn("%v", err)
 		res.fail(err)
@@ -235,19 +246,34 @@ func (s *Session) sendItems(ctx context.Context, items []sendItem, opts SendOpti
 			fp := rep.File(it.name, it.size)
 			st, err := s.sendFile(ctx, it, opts, fp, &bytes)
 			mu.Lock()
+			for _, w := range st.Warnings {
+				rep.Warn("%s: %s", proto.Quote(it.name), w)
+			}
 			switch {
 			case err != nil && keepLost && s.Err() != nil && ctx.Err() == nil:
 				lost = append(lost, it)
 				fp.Done("interrupted", nil)
+			case err != nil && ctx.Err() != nil:
+				res.Interrupted++ // the server keeps what arrived
+				fp.Done("interrupted", nil)
+			case errors.Is(err, errVanished):
+				res.Incomplete++
+				fp.Done("vanished", nil)
 			case err != nil:
-				res.fail(fmt.Errorf("%s: %w", it.name, err))
+				res.fail(fmt.Errorf("%s: %w", proto.Quote(it.name), err))
 				fp.Done("", err)
 			case st.Unchanged:
 				res.Unchanged++
 				fp.Done(describe(st), nil)
 			default:
 				res.Sent++
+				if st.Changed {
+					res.Changed++
+				}
 				fp.Done(describe(st), nil)
+			}
+			if err == nil && len(st.Warnings) > 0 {
+				res.Incomplete++
 			}
 			mu.Unlock()
 		}
@@ -281,12 +307,15 @@ feed:
 	close(small)
 	wg.Wait()
 	if rest := items[handed:]; len(rest) > 0 {
-		if keepLost && s.Err() != nil && ctx.Err() == nil {
+		switch {
+		case keepLost && s.Err() != nil && ctx.Err() == nil:
 			lost = append(lost, rest...)
-		} else {
+		case ctx.Err() != nil:
+			res.NotStarted += len(rest)
+		default:
 			res.Failed += len(rest)
 			if res.FirstErr == nil {
-				res.FirstErr = context.Cause(ctx)
+				res.FirstErr = s.Err()
 			}
 		}
 	}
@@ -315,7 +344,8 @@ type ReconnectOptions struct {
 func (c *Client) SendResilient(ctx context.Context, server, name string, opts SendOptions, ro ReconnectOptions, rep Reporter) (*SendResult, error) {
 	start := time.Now()
 	res := &SendResult{}
-	s, _, err := c.Connect(ctx, server, name)
+	reconnects := 0
+	s, err := c.connectRetrying(ctx, server, name, ro, &reconnects, rep)
 	if err != nil {
 		return nil, err
 	}
@@ -345,7 +375,6 @@ func (c *Client) SendResilient(ctx context.Context, server, name string, opts Se
 		c.connectPeers(ctx, s, conns)
 	}
 	items := collectReported(opts.Paths, rep, res)
-	reconnects := 0
 	for {
 		lost := s.sendItems(ctx, items, opts, rep, res, reconnects < ro.Attempts)
 		lastErr := s.Err()
@@ -376,6 +405,32 @@ func (c *Client) SendResilient(ctx context.Context, server, name string, opts Se
 	return res, nil
 }
 
+// connectRetrying opens the first session of a send or restore, retrying
+// like redial when the server cannot be reached (counting in *n), but not
+// when retrying cannot help (the identity or the server's certificate is
+// in question, registration refused).
+func (c *Client) connectRetrying(ctx context.Context, server, name string, ro ReconnectOptions, n *int, rep Reporter) (*Session, error) {
+	s, _, err := c.Connect(ctx, server, name)
+	if err == nil || !retryable(err) {
+		return s, err
+	}
+	return c.redial(ctx, ro, n, err, rep, "")
+}
+
+// retryable reports whether a failure to connect may go away by itself:
+// the server did not answer, or refused the session for now.
+func retryable(err error) bool {
+	var pe *proto.Error
+	if errors.As(err, &pe) {
+		return pe.Code == proto.CodeShutdown || pe.Code == proto.CodeInternal || pe.Code == proto.CodeLimit
+	}
+	var ne net.Error
+	var te *quic.IdleTimeoutError
+	var he *quic.HandshakeTimeoutError
+	return errors.As(err, &te) || errors.As(err, &he) || (errors.As(err, &ne) && ne.Timeout()) ||
+		errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ENETUNREACH) || errors.Is(err, syscall.EHOSTUNREACH)
+}
+
 // redial opens a new session after the last one was lost (lastErr), with
 // exponential backoff, counting reconnections in *n. It gives up, with
 // the error to fail the rest with, once ro.Attempts reconnections are
@@ -394,8 +449,12 @@ func (c *Client) redial(ctx context.Context, ro ReconnectOptions, n *int, lastEr
 			return nil, lastErr
 		}
 		*n++
-		rep.Warn("connection lost (%v); reconnecting in %v to resume %s (attempt %d of %d)",
-			lastErr, wait, what, *n, ro.Attempts)
+		if what == "" {
+			rep.Warn("cannot reach the server (%v); trying again in %v (attempt %d of %d)", lastErr, wait, *n, ro.Attempts)
+		} else {
+			rep.Warn("connection lost (%v); reconnecting in %v to resume %s (attempt %d of %d)",
+				lastErr, wait, what, *n, ro.Attempts)
+		}
 		select {
 		case <-time.After(jitter(wait)):
 		case <-ctx.Done():
@@ -428,71 +487,194 @@ type permanentError struct{ err error }
 func (e *permanentError) Error() string { return e.err.Error() }
 func (e *permanentError) Unwrap() error { return e.err }
 
-// FileStatus is how a file ended.
+// FileStatus is how an entry ended.
 type FileStatus struct {
 	Unchanged bool   // the server held this content already
 	Identical bool   // sent, and found identical to the latest version
 	Version   uint32 // the version holding the content
 	Attempts  int    // how many times it was sent
 	Resumed   int64  // bytes the server already had from an interrupted send
+	// Changed says the file changed while it was read: what was read is
+	// stored, and its checksums describe it.
+	Changed bool
+	// Warnings say what of the entry's metadata is not stored.
+	Warnings []string
 }
 
-// errMismatch means one attempt's checksums did not match, or the file
-// changed while it was read: the attempt was discarded and may be retried.
+// errMismatch means one attempt's checksums did not match: the attempt
+// was discarded and may be retried.
 var errMismatch = errors.New("checksum mismatch")
+
+// errVanished means the entry was gone by the time it was read.
+var errVanished = errors.New("vanished before it was read")
+
+// errReread means an attempt must start over with a fresh look at the
+// file: it shrank while it was read, or it changed under a resumed upload
+// (whose bytes from before the change the server holds).
+var errReread = errors.New("changed while it was read")
 
 func (s *Session) sendFile(ctx context.Context, it sendItem, opts SendOptions, fp FileProgress, bytes *atomic.Int64) (FileStatus, error) {
 	var lastErr error
-	for attempt := 1; attempt <= maxResends+1; attempt++ {
+	rereads, mismatches := 0, 0
+	for attempt := 1; ; attempt++ {
 		if attempt > 1 {
 			fp.Retry()
 		}
-		st, err := s.sendAttempt(ctx, it, opts, attempt, fp, bytes)
+		// After one reread, a file that shrinks again is padded with
+		// zeros to the size it announced, as tar does: the stored copy
+		// then says what was read, marked as changed.
+		st, err := s.sendAttempt(ctx, it, opts, attempt, rereads > 0, fp, bytes)
 		st.Attempts = attempt
-		if err == nil {
+		switch {
+		case err == nil:
+			st.Changed = st.Changed || rereads > 0
 			return st, nil
-		}
-		if !errors.Is(err, errMismatch) {
+		case errors.Is(err, errReread) && rereads == 0:
+			rereads++
+		case errors.Is(err, errMismatch) && mismatches < maxResends:
+			mismatches++
+			lastErr = err
+		case errors.Is(err, errMismatch):
+			return FileStatus{Attempts: attempt}, fmt.Errorf("%w on all %d attempts (%v); it was not stored", errMismatch, maxResends+1, errors.Unwrap(lastErr))
+		default:
 			return st, err
 		}
-		lastErr = err
 	}
-	return FileStatus{Attempts: maxResends + 1}, fmt.Errorf("%w on all %d attempts (%v); the file was not stored", errMismatch, maxResends+1, errors.Unwrap(lastErr))
 }
 
-// sendAttempt sends a file once: ask, send the missing ranges, compare the
-// server's checksum with ours, then commit or abort.
-func (s *Session) sendAttempt(ctx context.Context, it sendItem, opts SendOptions, attempt int, fp FileProgress, bytes *atomic.Int64) (FileStatus, error) {
-	f, err := os.Open(it.path)
-	if err != nil {
-		return FileStatus{}, fmt.Errorf("cannot open: %v", unwrapPathError(err))
+// opened is an entry opened for one attempt at sending it.
+type opened struct {
+	kind     proto.Kind
+	size     int64
+	mtime    time.Time
+	mode     uint32
+	meta     []byte
+	warnings []string
+	r        io.ReaderAt // the content: the file, or a symbolic link's target
+	f        *os.File    // the file, for a file
+}
+
+func (o *opened) close() {
+	if o.f != nil {
+		o.f.Close()
 	}
-	defer f.Close()
-	before, err := f.Stat()
+}
+
+// openEntry opens it for reading and reads its metadata.
+func openEntry(it sendItem) (*opened, error) {
+	stat := os.Lstat
+	if it.follow {
+		stat = os.Stat
+	}
+	fi, err := stat(it.path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, errVanished
+	}
+	if err != nil {
+		return nil, fmt.Errorf("cannot read: %v", unwrapPathError(err))
+	}
+	o := &opened{}
+	var ok bool
+	if o.kind, ok = kindOf(fi.Mode()); !ok {
+		return nil, fmt.Errorf("cannot back up a file of mode %v", fi.Mode())
+	}
+	switch o.kind {
+	case proto.KindFile:
+		flags := os.O_RDONLY
+		if !it.follow {
+			flags |= syscall.O_NOFOLLOW
+		}
+		f, err := os.OpenFile(it.path, flags, 0)
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, errVanished
+		}
+		if err != nil {
+			return nil, fmt.Errorf("cannot open: %v", unwrapPathError(err))
+		}
+		if fi, err = f.Stat(); err != nil || !fi.Mode().IsRegular() {
+			f.Close()
+			return nil, fmt.Errorf("%w: it is no longer a regular file", errReread)
+		}
+		o.f, o.r = f, f
+	case proto.KindSymlink:
+		target, err := os.Readlink(it.path)
+		if err != nil {
+			return nil, fmt.Errorf("cannot read the link: %v", unwrapPathError(err))
+		}
+		if len(target) == 0 || len(target) > proto.MaxSymlinkLen {
+			return nil, fmt.Errorf("a link target of %d bytes cannot be stored (1 to %d)", len(target), proto.MaxSymlinkLen)
+		}
+		o.r = strings.NewReader(target)
+		fi = sizedInfo{fi, int64(len(target))}
+	}
+	o.mtime, o.mode = fi.ModTime(), posixMode(fi.Mode())
+	if o.kind.HasContent() {
+		o.size = fi.Size()
+	}
+	m, warnings := readMeta(it.path, o.f, fi)
+	o.meta, o.warnings = proto.AppendMeta(nil, &m), warnings
+	return o, nil
+}
+
+// sizedInfo is a FileInfo with another size: a symbolic link's is its
+// target's length, which Lstat does not promise.
+type sizedInfo struct {
+	fs.FileInfo
+	size int64
+}
+
+func (i sizedInfo) Size() int64 { return i.size }
+
+// changedSince reports whether the entry at path is no longer what o was
+// opened as: another size or modification time, or another file.
+func (o *opened) changedSince(path string, follow bool) bool {
+	if o.f == nil {
+		return false // links and empty kinds are read in one call
+	}
+	stat := os.Lstat
+	if follow {
+		stat = os.Stat
+	}
+	now, err := stat(path)
+	if err != nil {
+		return true
+	}
+	was, err := o.f.Stat()
+	return err != nil || !os.SameFile(now, was) || now.Size() != o.size || !now.ModTime().Equal(o.mtime)
+}
+
+// sendAttempt sends an entry once: ask, send the missing ranges, compare
+// the server's checksum with ours, then commit or abort. A file that
+// changes while it is read is stored as read (the checksums are of the
+// bytes sent) and marked changed; with pad, one that shrinks is padded
+// with zeros to its announced size.
+func (s *Session) sendAttempt(ctx context.Context, it sendItem, opts SendOptions, attempt int, pad bool, fp FileProgress, bytes *atomic.Int64) (FileStatus, error) {
+	o, err := openEntry(it)
 	if err != nil {
 		return FileStatus{}, err
 	}
-	if !before.Mode().IsRegular() {
-		return FileStatus{}, fmt.Errorf("no longer a regular file")
-	}
-	size := before.Size()
+	defer o.close()
+	size := o.size
 	req := &proto.UploadRequest{
 		Name:    it.name,
 		Size:    uint64(size),
-		ModTime: before.ModTime().UnixNano(),
-		Mode:    uint32(before.Mode().Perm()),
+		ModTime: o.mtime.UnixNano(),
+		Mode:    o.mode,
+		Kind:    o.kind,
+		Meta:    o.meta,
 	}
+	st := FileStatus{Warnings: o.warnings}
 	type sums struct {
 		crc uint32
 		sha [32]byte
 	}
-	var ref *sums // what the server's checksum must equal
+	var pre *sums // the content's checksums, read before sending (-c, or a resume)
 	if opts.Checksum {
-		crc, sha, err := proto.FileChecksums(f, size)
+		crc, sha, err := proto.FileChecksums(o.r, size)
 		if err != nil {
-			return FileStatus{}, fmt.Errorf("reading: %v", unwrapPathError(err))
+			return st, fmt.Errorf("reading: %v", unwrapPathError(err))
 		}
-		ref = &sums{crc, sha}
+		pre = &sums{crc, sha}
 		req.Flags |= proto.FlagHashed
 		req.CRC, req.SHA256 = crc, sha
 	}
@@ -511,41 +693,44 @@ func (s *Session) sendAttempt(ctx context.Context, it sendItem, opts SendOptions
 		}
 	}()
 	if err := s.send(req); err != nil {
-		return FileStatus{}, err
+		return st, err
 	}
 	m, err := s.wait(ctx, c)
 	if err != nil {
-		return FileStatus{}, err
+		return st, err
 	}
 	ready, ok := m.(*proto.UploadReady)
 	if !ok {
-		return FileStatus{}, proto.Errorf(proto.CodeProtocol, "server answered an upload with %v", m.Type())
+		return st, proto.Errorf(proto.CodeProtocol, "server answered an upload with %v", m.Type())
 	}
 	if ready.Status == proto.ReadyUnchanged {
 		fp.Add(size)
-		return FileStatus{Unchanged: true, Version: ready.Version}, nil
+		st.Unchanged, st.Version = true, ready.Version
+		return st, nil
 	}
 	xfer = ready.Xfer
 
-	// Read the missing ranges front to back, checksumming what is read, and
-	// queue the chunks. When the server wants the whole file (the usual
-	// case) that running checksum is the reference; otherwise hash first.
+	// Read the missing ranges front to back, checksumming what is read,
+	// and queue the chunks. When the server wants the whole file (the
+	// usual case) that running checksum is of exactly the bytes it will
+	// store, whatever happens to the file meanwhile. When it has part of
+	// the file from an interrupted send, the reference must cover the
+	// whole file, so it is read first.
 	whole := size == 0 || (len(ready.Missing) == 1 && ready.Missing[0] == proto.Range{Off: 0, Len: uint64(size)})
-	if !whole && ref == nil {
-		crc, sha, err := proto.FileChecksums(f, size)
+	if !whole && pre == nil {
+		crc, sha, err := proto.FileChecksums(o.r, size)
 		if err != nil {
-			return FileStatus{}, fmt.Errorf("reading: %v", unwrapPathError(err))
+			return st, fmt.Errorf("reading: %v", unwrapPathError(err))
 		}
-		ref = &sums{crc, sha}
+		pre = &sums{crc, sha}
 	}
 	var missing uint64
 	for _, r := range ready.Missing {
 		missing += r.Len
 	}
-	resumed := int64(0)
 	if missing < uint64(size) {
-		resumed = size - int64(missing) // kept by the server from an interrupted send
-		fp.Add(resumed)
+		st.Resumed = size - int64(missing) // kept by the server from an interrupted send
+		fp.Add(st.Resumed)
 	}
 	ck := proto.NewCksum()
 	h := sha256.New()
@@ -553,7 +738,7 @@ func (s *Session) sendAttempt(ctx context.Context, it sendItem, opts SendOptions
 	if opts.testHookRoutes != nil {
 		opts.testHookRoutes(it.name, routes.list)
 	}
-	changed := false
+	shrank := false
 	progress := func(n int, err error) {
 		if err == nil {
 			fp.Add(int64(n))
@@ -562,29 +747,36 @@ func (s *Session) sendAttempt(ctx context.Context, it sendItem, opts SendOptions
 	}
 	for _, r := range ready.Missing {
 		if r.Off+r.Len > uint64(size) {
-			return FileStatus{}, proto.Errorf(proto.CodeProtocol, "server asked for bytes beyond the end of the file")
+			return st, proto.Errorf(proto.CodeProtocol, "server asked for bytes beyond the end of the file")
 		}
 		for off, end := r.Off, r.Off+r.Len; off < end; {
 			rt, err := routes.pick(ctx)
 			if err != nil {
-				return FileStatus{}, s.orSessionErr(err)
+				return st, s.orSessionErr(err)
 			}
 			buf, err := rt.sender.Buffer(ctx)
 			if err != nil {
-				return FileStatus{}, s.routeErr(rt, err)
+				return st, s.routeErr(rt, err)
 			}
 			n := min(uint64(len(buf)), end-off)
-			rn, err := f.ReadAt(buf[:n], int64(off))
+			rn, err := o.r.ReadAt(buf[:n], int64(off))
 			if err != nil && !(errors.Is(err, io.EOF) && uint64(rn) == n) {
-				rt.sender.Release(buf)
-				if errors.Is(err, io.EOF) {
-					changed = true // the file shrank under us
+				if !errors.Is(err, io.EOF) {
+					rt.sender.Release(buf)
+					return st, fmt.Errorf("reading: %v", unwrapPathError(err))
+				}
+				shrank = true // the file shrank under us
+				if !pad || !whole {
+					rt.sender.Release(buf)
 					break
 				}
-				return FileStatus{}, fmt.Errorf("reading: %v", unwrapPathError(err))
+				clear(buf[rn:n])
 			}
 			ck.Write(buf[:n])
 			h.Write(buf[:n])
+			if opts.testHookCorrupt != nil {
+				opts.testHookCorrupt(it.name, attempt, buf[:n])
+			}
 			rt.s.load.add(int64(n), time.Now())
 			sent := func(k int, err error) {
 				rt.s.load.done(int64(n), err == nil, time.Now())
@@ -597,63 +789,69 @@ func (s *Session) sendAttempt(ctx context.Context, it sendItem, opts SendOptions
 			if err := rt.sender.Send(ctx, rt.xfer, &ready.UploadID, off, buf[:n], sent); err != nil {
 				rt.s.load.done(int64(n), false, time.Now())
 				s.chunkWritten()
-				return FileStatus{}, s.routeErr(rt, err)
+				return st, s.routeErr(rt, err)
 			}
 			off += n
 			if opts.testHookChunkRead != nil {
 				opts.testHookChunkRead(it.name, attempt, int64(off))
 			}
 		}
-		if changed {
+		if shrank && !(pad && whole) {
 			break
 		}
 	}
-	if changed {
+	if shrank && !(pad && whole) {
 		if err := s.abort(ctx, c, xfer); err != nil {
-			return FileStatus{}, err
+			return st, err
 		}
 		settled = true
-		return FileStatus{}, fmt.Errorf("%w: the file shrank while it was read", errMismatch)
+		return st, fmt.Errorf("%w: it shrank", errReread)
 	}
-	if after, err := os.Stat(it.path); err != nil || after.Size() != size || !after.ModTime().Equal(before.ModTime()) {
-		changed = true
-	}
-	if ref == nil {
-		ref = &sums{crc: ck.Sum32()}
-		h.Sum(ref.sha[:0])
+	st.Changed = shrank || o.changedSince(it.path, it.follow)
+	read := sums{crc: ck.Sum32()}
+	h.Sum(read.sha[:0])
+	ref := read // what the server's checksums must equal
+	if !whole {
+		ref = *pre
+	} else if pre != nil && *pre != read {
+		st.Changed = true // hashed (-c) before, read otherwise now
 	}
 
 	m, err = s.wait(ctx, c)
 	if err != nil {
-		return FileStatus{}, err
+		return st, err
 	}
 	sum, ok := m.(*proto.UploadChecksum)
 	if !ok {
-		return FileStatus{}, proto.Errorf(proto.CodeProtocol, "server answered %v instead of UploadChecksum", m.Type())
+		return st, proto.Errorf(proto.CodeProtocol, "server answered %v instead of UploadChecksum", m.Type())
 	}
-	if sum.CRC != ref.crc || sum.SHA256 != ref.sha || changed {
+	if sum.CRC != ref.crc || sum.SHA256 != ref.sha {
 		if err := s.abort(ctx, c, xfer); err != nil {
-			return FileStatus{}, err
+			return st, err
 		}
 		settled = true
-		if changed {
-			return FileStatus{}, fmt.Errorf("%w: the file changed while it was read", errMismatch)
+		if !whole && st.Changed {
+			// The server's bytes from before the change and ours from
+			// after it would make a file that never was: read it all
+			// again, under a new upload.
+			return st, fmt.Errorf("%w under a resumed upload", errReread)
 		}
-		return FileStatus{}, fmt.Errorf("%w: server cksum %d, client cksum %d", errMismatch, sum.CRC, ref.crc)
+		return st, fmt.Errorf("%w: server cksum %d, client cksum %d", errMismatch, sum.CRC, ref.crc)
 	}
 	if err := s.send(&proto.UploadCommit{Xfer: xfer}); err != nil {
-		return FileStatus{}, err
+		return st, err
 	}
 	m, err = s.wait(ctx, c)
 	if err != nil {
-		return FileStatus{}, err
+		return st, err
 	}
 	settled = true
 	res, ok := m.(*proto.UploadResult)
 	if !ok || res.Status == proto.ResultDiscarded {
-		return FileStatus{}, proto.Errorf(proto.CodeProtocol, "server answered a commit with %v", m.Type())
+		return st, proto.Errorf(proto.CodeProtocol, "server answered a commit with %v", m.Type())
 	}
-	return FileStatus{Version: res.Version, Identical: res.Status == proto.ResultIdentical, Resumed: resumed}, nil
+	st.Version, st.Identical = res.Version, res.Status == proto.ResultIdentical
+	return st, nil
 }
 
 // abort tells the server to discard a transfer and waits until it has.
@@ -694,15 +892,21 @@ func (s *Session) orSessionErr(err error) error {
 	return err
 }
 
-// describe is the one-word result shown for a file.
+// describe is the result shown for an entry.
 func describe(st FileStatus) string {
+	var d string
 	switch {
 	case st.Unchanged:
 		return "unchanged"
 	case st.Identical:
-		return "identical"
+		d = "identical"
 	case st.Resumed > 0:
-		return fmt.Sprintf("resumed v%d", st.Version)
+		d = fmt.Sprintf("resumed v%d", st.Version)
+	default:
+		d = fmt.Sprintf("stored v%d", st.Version)
 	}
-	return fmt.Sprintf("stored v%d", st.Version)
+	if st.Changed {
+		d += " (changed while read)"
+	}
+	return d
 }

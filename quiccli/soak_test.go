@@ -633,6 +633,7 @@ type soakReporter struct {
 func (r *soakReporter) Start(int, int64)                       {}
 func (r *soakReporter) File(name string, _ int64) FileProgress { return &soakFile{r: r, name: name} }
 func (r *soakReporter) Warn(string, ...any)                    {}
+func (r *soakReporter) Interrupt()                             {}
 func (r *soakReporter) Close()                                 {}
 
 type soakFile struct {
