@@ -8,6 +8,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -35,20 +36,26 @@ const (
 // (a 16 MiB tmpfs) and fills it: a file bigger than the room left, then
 // many small files while SQLite's log needs room too. The client must get
 // a clear error, the server must stay up, and nothing stored may be lost.
+func TestFullDisk(t *testing.T) {
+	onSmallTmpfs(t, "TestFullDisk", fullDiskSize, fullDiskChild)
+}
+
+// onSmallTmpfs runs child(t, mnt) in a process of its own with a tmpfs of
+// size bytes mounted at mnt, for the test name (the test's own name).
 //
 // The mount needs a private mount namespace: the test runs its own binary
 // again under "unshare -rm" (a user namespace that maps us to root, and a
-// mount namespace), which mounts the tmpfs and runs fullDiskChild, so the
-// mount never exists outside that process and goes away with it. Without
-// unshare or the right to mount, the test is skipped.
-func TestFullDisk(t *testing.T) {
+// mount namespace), which mounts the tmpfs and runs the test, which calls
+// child, so the mount never exists outside that process and goes away with
+// it. Without unshare or the right to mount, the test is skipped.
+func onSmallTmpfs(t *testing.T, name string, size int64, child func(t *testing.T, mnt string)) {
 	if mnt := os.Getenv(fullDiskEnv); mnt != "" {
-		fullDiskChild(t, mnt)
+		child(t, mnt)
 		return
 	}
 	skip := func(format string, args ...any) {
 		t.Helper()
-		msg := "TestFullDisk skipped: " + fmt.Sprintf(format, args...)
+		msg := name + " skipped: " + fmt.Sprintf(format, args...)
 		fmt.Fprintln(os.Stderr, msg) // visible without -v too
 		t.Skip(msg)
 	}
@@ -69,22 +76,22 @@ func TestFullDisk(t *testing.T) {
 	defer cancel()
 	start := time.Now()
 	cmd := exec.CommandContext(ctx, unshare, "-rm", "sh", "-c",
-		fmt.Sprintf(`mount -t tmpfs -o size=%d,mode=0700 tmpfs "$1" || exit 97; shift; exec "$@"`, fullDiskSize),
-		"sh", mnt, os.Args[0], "-test.run=^TestFullDisk$", "-test.count=1", "-test.v", "-test.timeout=2m")
+		fmt.Sprintf(`mount -t tmpfs -o size=%d,mode=0700 tmpfs "$1" || exit 97; shift; exec "$@"`, size),
+		"sh", mnt, os.Args[0], "-test.run=^"+name+"$", "-test.count=1", "-test.v", "-test.timeout=2m")
 	cmd.Env = append(os.Environ(), fullDiskEnv+"="+mnt)
 	out, err := cmd.CombinedOutput()
 	var ee *exec.ExitError
 	if errors.As(err, &ee) && ee.ExitCode() == 97 {
 		skip("mounting the tmpfs failed in the child although the probe worked:\n%s", out)
 	}
-	if err != nil || !bytes.Contains(out, []byte("--- PASS: TestFullDisk")) {
+	if err != nil || !bytes.Contains(out, []byte("--- PASS: "+name)) {
 		var keep []string
 		for line := range strings.Lines(string(out)) {
 			if !strings.Contains(line, "level=DEBUG") {
 				keep = append(keep, strings.TrimRight(line, "\n"))
 			}
 		}
-		t.Fatalf("the full-disk child failed (%v) after %v:\n%s", err, time.Since(start).Round(time.Millisecond), strings.Join(keep, "\n"))
+		t.Fatalf("the child on a small tmpfs failed (%v) after %v:\n%s", err, time.Since(start).Round(time.Millisecond), strings.Join(keep, "\n"))
 	}
 	for line := range strings.Lines(string(out)) {
 		if _, report, ok := strings.Cut(line, reportPrefix); ok {
@@ -92,6 +99,79 @@ func TestFullDisk(t *testing.T) {
 		}
 	}
 	t.Logf("child ran in %v", time.Since(start).Round(time.Millisecond))
+}
+
+// TestRestoreFullDisk restores onto a small file system (a 12 MiB tmpfs
+// with 6 MiB taken) a tree that does not fit: files of 4 MiB and 4.5 MiB,
+// and small ones. Each large file would fit alone, the two together
+// would not. The restore writes the one that fits rather than fail both
+// half-way, stops with one message that says to run it again, and leaves
+// no temporary file; once room is made, the same command finishes,
+// skipping what is there already.
+func TestRestoreFullDisk(t *testing.T) {
+	onSmallTmpfs(t, "TestRestoreFullDisk", 12<<20, func(t *testing.T, mnt string) {
+		report := func(format string, args ...any) { t.Logf(reportPrefix+format, args...) }
+		srv := startServer(t)
+		u := newCLIUser(t)
+		u.register(srv, "alice")
+		src := filepath.Join(t.TempDir(), "tree")
+		want := map[string][]byte{
+			"tree/a-large": writeRandom(t, filepath.Join(src, "a-large"), 4<<20, 1),
+			"tree/b-large": writeRandom(t, filepath.Join(src, "b-large"), 9<<19, 2),
+		}
+		for i := range 5 {
+			name := fmt.Sprintf("small-%d", i)
+			want["tree/"+name] = writeRandom(t, filepath.Join(src, name), 10000, uint64(10+i))
+		}
+		u.ok("send", src)
+		filler := filepath.Join(mnt, "filler")
+		writeRandom(t, filler, 6<<20, 3)
+		out := filepath.Join(mnt, "tree")
+		r := u.run("restore", "tree", "-o", out)
+		msg := checkFailure(t, r, ExitFailed, "out of disk space", "run the same command again")
+		report("restore of 8.5 MiB onto 6 MiB free: exit %d, %q; %q", r.code, msg, lastLine(r.stdout))
+		var got []string
+		filepath.WalkDir(out, func(p string, d fs.DirEntry, err error) error {
+			if err == nil && !d.IsDir() {
+				if strings.HasPrefix(d.Name(), ".qbackup-") {
+					t.Errorf("a temporary file is left: %s", p)
+				}
+				rel, _ := filepath.Rel(mnt, p)
+				got = append(got, filepath.ToSlash(rel))
+			}
+			return nil
+		})
+		sort.Strings(got)
+		report("on the tmpfs after the first run: %v", got)
+		// Whatever is there is whole and right, and one large file, which
+		// fits alone, is there: two written at once would both have failed.
+		large := 0
+		for _, name := range got {
+			if b, err := os.ReadFile(filepath.Join(mnt, name)); err != nil || !bytes.Equal(b, want[name]) {
+				t.Errorf("%s after the first run: %d bytes, not the %d stored (%v)", name, len(b), len(want[name]), err)
+			}
+			if strings.HasSuffix(name, "-large") {
+				large++
+			}
+		}
+		if large != 1 {
+			t.Errorf("after the first run the tmpfs holds %d of the large files, want the 1 that fits", large)
+		}
+		if err := os.Remove(filler); err != nil {
+			t.Fatal(err)
+		}
+		r = u.ok("restore", "tree", "-o", out)
+		report("again with room made: %q", lastLine(r.stdout))
+		if !strings.Contains(r.stdout, "identical") {
+			t.Errorf("the second run found nothing identical:\n%s", r.stdout)
+		}
+		assertSameTree(t, out, src)
+	})
+}
+
+func lastLine(s string) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	return lines[len(lines)-1]
 }
 
 // doneRecorder is a Reporter that keeps how each file ended.
