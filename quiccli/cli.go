@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"reflect"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -64,7 +65,7 @@ type sendCmd struct {
 	Connections string        `default:"1" help:"Connections to spread each file's chunks over, each with its own key and congestion window: more help on a lossy link that one connection cannot fill. 'auto' adds them while the goodput still rises (at most ${maxconns})." placeholder:"N|auto"`
 	Retries     int           `default:"10" help:"Reconnections after a lost connection, each resuming where the last stopped (0: give up at once)."`
 	RetryMax    time.Duration `default:"30s" help:"Longest wait between reconnections (waits double from 1s)."`
-	Paths       []string      `arg:"" type:"path" help:"Files and directories to back up."`
+	Paths       []string      `arg:"" help:"Files and directories to back up."`
 }
 
 func (c *sendCmd) Run(e *env) error {
@@ -127,6 +128,12 @@ func (c *lsCmd) Run(e *env) error {
 	entries, err := s.List(e.ctx, c.Prefix, c.Versions)
 	if err != nil {
 		return err
+	}
+	if n, uerr := proto.Unquote(c.Prefix); len(entries) == 0 && uerr == nil && n != c.Prefix {
+		// A name as ls shows it (proto.Quote), typed back in.
+		if entries, err = s.List(e.ctx, n, c.Versions); err != nil {
+			return err
+		}
 	}
 	tw := tabwriter.NewWriter(e.out, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "MODE\tNAME\tSIZE\tVERSION\tVERSIONS\tSTORED\tCKSUM\tVERIFIED")
@@ -264,6 +271,23 @@ func (c *cksumCmd) Run(e *env) error {
 	return nil
 }
 
+// rawStrings keeps command-line arguments as the bytes they are. Kong's
+// own string mapper goes through JSON, which turns bytes that are not
+// UTF-8 into U+FFFD, and Linux file names (a path to send, a stored name
+// to restore) are bytes.
+var rawStrings = kong.KindMapper(reflect.String, kong.MapperFunc(func(ctx *kong.DecodeContext, target reflect.Value) error {
+	t, err := ctx.Scan.PopValue("string")
+	if err != nil {
+		return err
+	}
+	s, ok := t.Value.(string)
+	if !ok {
+		return fmt.Errorf("expected a string, got %v", t.Value)
+	}
+	target.SetString(s)
+	return nil
+}))
+
 // errSilent fails a command whose errors were already printed.
 var errSilent = errors.New("")
 
@@ -281,6 +305,7 @@ func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io
 		kong.Exit(func(code int) { exit = code }),
 		kong.UsageOnError(),
 		kong.Vars{"stall": DefaultStall.String(), "maxconns": strconv.Itoa(MaxConnections)},
+		rawStrings,
 	)
 	if err != nil {
 		fmt.Fprintf(stderr, "qbackup: %v\n", err)
