@@ -70,8 +70,8 @@ type Error struct {
 }
 
 func (e *Error) Error() string {
-	if e.Message == "" {
-		return e.Code.String()
+	if e.Message == "" || e.Message == e.Code.String() {
+		return e.Code.String() // never "server shutting down: server shutting down"
 	}
 	return e.Code.String() + ": " + e.Message
 }

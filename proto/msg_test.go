@@ -813,6 +813,7 @@ func TestErrorStrings(t *testing.T) {
 		{&proto.Error{Code: proto.CodeNotFound, Message: "a/b"}, "not found: a/b"},
 		{proto.Errorf(proto.CodeTooLarge, "%d > %d", 2, 1), "too large: 2 > 1"},
 		{&proto.Error{Code: 0x99}, "error code 0x99"},
+		{&proto.Error{Code: proto.CodeShutdown, Message: "server shutting down"}, "server shutting down"},
 		{&proto.ParseError{What: "Register.name"}, "proto: malformed Register.name"},
 		{&proto.ParseError{What: "Register.name", Err: errors.New("truncated")}, "proto: malformed Register.name: truncated"},
 	}

@@ -73,8 +73,8 @@ func validatePrefix(prefix string) (string, error) {
 		return "", nil
 	}
 	p := strings.TrimSuffix(prefix, "/")
-	if err := ValidateName(p); err != nil {
-		return "", fmt.Errorf("prefix: %w", err)
+	if err := proto.ValidateName(p); err != nil {
+		return "", fmt.Errorf("%w: in the prefix, %s", ErrInvalidName, strings.TrimPrefix(err.Error(), proto.ErrInvalidName.Error()+": "))
 	}
 	return p, nil
 }
