@@ -64,6 +64,7 @@ type sendCmd struct {
 	Connections string        `default:"1" help:"Connections to spread each file's chunks over, each with its own key and congestion window: more help on a lossy link that one connection cannot fill. 'auto' adds them while the goodput still rises (at most ${maxconns})." placeholder:"N|auto"`
 	Retries     int           `default:"10" help:"Reconnections after a lost connection, each resuming where the last stopped (0: give up at once)."`
 	RetryMax    time.Duration `default:"30s" help:"Longest wait between reconnections (waits double from 1s)."`
+	Invite      string        `env:"QBACKUP_INVITE" help:"Invite token from the server's operator, for a first registration with a server that registers new clients only by invite (see register --invite)." placeholder:"TOKEN"`
 	Paths       []string      `arg:"" type:"path" help:"Files and directories to back up."`
 }
 
@@ -76,6 +77,7 @@ func (c *sendCmd) Run(e *env) error {
 		}
 		conns = n
 	}
+	e.client.Invite = strings.TrimSpace(c.Invite)
 	rep := NewReporter(e.out, e.errOut, c.Progress == "bars" || (c.Progress == "auto" && e.terminal), "sending")
 	res, err := e.client.SendResilient(e.ctx, c.Server, c.Name,
 		SendOptions{Paths: c.Paths, Checksum: c.Checksum, Files: c.Files, Connections: conns, AutoConnections: auto},

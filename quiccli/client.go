@@ -32,6 +32,10 @@ type Client struct {
 	// send reconnects and resumes (0: DefaultStall; negative: never, and
 	// only the 60 s idle timeout ends a dead connection).
 	Stall time.Duration
+	// Invite is the invite token Connect registers with when the home
+	// holds no identity yet (send --server --name), for a server that
+	// registers new clients only by invite. It is never saved.
+	Invite string
 
 	dialHook func(*dialOptions) // tests adjust the dial here
 }
@@ -127,7 +131,7 @@ func (c *Client) Register(ctx context.Context, server, name string, opt Register
 		return nil, &wrongPinError{cc}
 	}
 	if err != nil {
-		return nil, registerError(server, name, err)
+		return nil, registerError(server, name, opt.Invite, err)
 	}
 	defer s.Close()
 	if trusted != "" {
@@ -151,7 +155,11 @@ func (e *wrongPinError) Error() string {
 
 func (e *wrongPinError) Unwrap() error { return e.CertChangedError }
 
-func registerError(server, name string, err error) error {
+// registerError words a refused registration for the user. invite is the
+// token given, if any: a server that admits only by invite says so, but
+// only the client knows that the token can also come from QBACKUP_INVITE,
+// and that send takes --invite too.
+func registerError(server, name, invite string, err error) error {
 	var pe *proto.Error
 	if !errors.As(err, &pe) {
 		return err
@@ -160,6 +168,9 @@ func registerError(server, name string, err error) error {
 	case proto.CodeNameTaken:
 		return fmt.Errorf("the name %q is already registered on %s by another client; choose another --name", name, server)
 	case proto.CodeRegistrationClosed:
+		if invite == "" {
+			return fmt.Errorf("%s did not register %q: %s (an invite goes in --invite TOKEN or QBACKUP_INVITE)", server, name, pe.Message)
+		}
 		return fmt.Errorf("%s did not register %q: %s", server, name, pe.Message)
 	}
 	return fmt.Errorf("registration refused by %s: %s", server, pe.Message)
@@ -174,7 +185,7 @@ func (c *Client) Connect(ctx context.Context, server, name string) (*Session, *I
 		if server == "" || name == "" {
 			return nil, nil, fmt.Errorf("no identity in %s: run qbackup register --server HOST:PORT --name NAME first (or give send --server and --name)", c.Home)
 		}
-		if id, err = c.Register(ctx, server, name, RegisterOptions{}); err != nil {
+		if id, err = c.Register(ctx, server, name, RegisterOptions{Invite: c.Invite}); err != nil {
 			return nil, nil, err
 		}
 		c.notice("registered as %q (client ID %s)", id.Name, id.ClientID)
