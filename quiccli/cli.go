@@ -159,6 +159,8 @@ type cksumCmd struct {
 	Files []string `arg:"" optional:"" help:"Files (standard input if none)."`
 }
 
+func (*cksumCmd) homeless() {}
+
 func (c *cksumCmd) Run(e *env) error {
 	if len(c.Files) == 0 {
 		ck := proto.NewCksum()
@@ -224,7 +226,10 @@ func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io
 	}
 	home := c.Home
 	if home == "" {
-		home = DefaultHome()
+		if home, err = DefaultHome(); err != nil && needsHome(kctx) {
+			fmt.Fprintf(stderr, "qbackup: %v\n", err)
+			return 1
+		}
 	}
 	e := &env{
 		ctx:    ctx,

@@ -1187,8 +1187,8 @@ func TestCLIHomeFromEnvironment(t *testing.T) {
 		unset(t, "QBACKUP_HOME")
 		xdg := t.TempDir()
 		t.Setenv("XDG_CONFIG_HOME", xdg)
-		if got, want := DefaultHome(), filepath.Join(xdg, "qbackup"); got != want {
-			t.Errorf("DefaultHome() = %q with XDG_CONFIG_HOME=%s, want %q", got, xdg, want)
+		if got, err := DefaultHome(); got != filepath.Join(xdg, "qbackup") || err != nil {
+			t.Errorf("DefaultHome() = %q, %v with XDG_CONFIG_HOME=%s, want %q", got, err, xdg, filepath.Join(xdg, "qbackup"))
 		}
 		reg(t, "carol")
 		hasIdentity(t, filepath.Join(xdg, "qbackup"), "carol")
@@ -1199,8 +1199,8 @@ func TestCLIHomeFromEnvironment(t *testing.T) {
 		unset(t, "XDG_CONFIG_HOME")
 		h := t.TempDir()
 		t.Setenv("HOME", h)
-		if got, want := DefaultHome(), filepath.Join(h, ".config", "qbackup"); got != want {
-			t.Errorf("DefaultHome() = %q with HOME=%s, want %q", got, h, want)
+		if got, err := DefaultHome(); got != filepath.Join(h, ".config", "qbackup") || err != nil {
+			t.Errorf("DefaultHome() = %q, %v with HOME=%s, want %q", got, err, h, filepath.Join(h, ".config", "qbackup"))
 		}
 		reg(t, "dave")
 		hasIdentity(t, filepath.Join(h, ".config", "qbackup"), "dave")

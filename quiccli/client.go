@@ -40,15 +40,18 @@ type Client struct {
 	dialHook func(*dialOptions) // tests adjust the dial here
 }
 
-// DefaultHome is $XDG_CONFIG_HOME/qbackup, or ~/.config/qbackup.
-func DefaultHome() string {
-	if d := os.Getenv("XDG_CONFIG_HOME"); d != "" {
-		return filepath.Join(d, "qbackup")
+// DefaultHome is $XDG_CONFIG_HOME/qbackup, or ~/.config/qbackup. A
+// relative XDG_CONFIG_HOME is ignored, as the XDG base directory
+// specification says. With neither it fails, rather than keep a key in
+// whatever directory the command happens to run in.
+func DefaultHome() (string, error) {
+	if d := os.Getenv("XDG_CONFIG_HOME"); filepath.IsAbs(d) {
+		return filepath.Join(d, "qbackup"), nil
 	}
 	if h, err := os.UserHomeDir(); err == nil {
-		return filepath.Join(h, ".config", "qbackup")
+		return filepath.Join(h, ".config", "qbackup"), nil
 	}
-	return ".qbackup"
+	return "", errors.New("neither HOME nor an absolute XDG_CONFIG_HOME is set, so there is no default place for this client's identity and key: give --home DIR or set QBACKUP_HOME")
 }
 
 func (c *Client) notice(format string, args ...any) {
