@@ -109,26 +109,44 @@ func (c *Client) Register(ctx context.Context, server, name string, opt Register
 	if bits == 0 {
 		bits = proto.DefaultRSABits
 	}
-	if _, err := os.Stat(filepath.Join(c.Home, keyFile)); errors.Is(err, os.ErrNotExist) {
-		c.notice("generating a %d-bit RSA key in %s", bits, filepath.Join(c.Home, keyFile))
-	}
-	priv, err := loadOrCreateKey(c.Home, bits)
+	// A new key is saved as client_key.pem only once the server has
+	// registered it, so a refused registration (bad invite, name taken, no
+	// server) leaves no key behind that no server knows. But it cannot
+	// live only in memory until then: the server may register it and its
+	// answer be lost (the link fails, the user presses Ctrl-C, the client
+	// dies), and a new key would then find the name taken by a key nobody
+	// has, and the invite used up. So just before the Register message
+	// goes out, the key is written as client_key.pending.pem; a refusal
+	// removes it; any other outcome keeps it, and the next registration
+	// reuses it: the server registers the same name with the same key
+	// again as a no-op, without an invite, and answers with the same
+	// client ID. Once registered, the pending key is renamed to
+	// client_key.pem, and only then is the identity written, so an
+	// identity never exists without its key; a crash between the two
+	// leaves a key, which the next registration reuses as before.
+	key, err := registrationKey(c.Home, bits, c.notice)
 	if err != nil {
 		return nil, err
 	}
-	pub, err := publicKeyDER(priv)
+	pub, err := publicKeyDER(key.priv)
 	if err != nil {
 		return nil, err
 	}
 	var trusted string
 	o := c.options(server, pin, func(fp string) error { trusted = fp; return nil })
-	s, err := dial(ctx, o, priv, func(ekm []byte) (proto.Message, error) {
-		sig, err := proto.SignProof(priv, proto.RegisterDigest(ekm, name, pub))
+	s, err := dial(ctx, o, key.priv, func(ekm []byte) (proto.Message, error) {
+		if err := key.savePending(c.Home); err != nil {
+			return nil, err
+		}
+		sig, err := proto.SignProof(key.priv, proto.RegisterDigest(ekm, name, pub))
 		if err != nil {
 			return nil, err
 		}
 		return &proto.Register{Version: proto.Version, Name: name, PublicKey: pub, Signature: sig, Invite: opt.Invite}, nil
 	})
+	if refused(err) {
+		key.forget(c.Home)
+	}
 	var cc *CertChangedError
 	if errors.As(err, &cc) && !pinnedBefore {
 		return nil, &wrongPinError{cc}
@@ -141,11 +159,32 @@ func (c *Client) Register(ctx context.Context, server, name string, opt Register
 		c.notice("trusting the certificate of %s on first use: sha256 %s", server, trusted)
 		pin = trusted
 	}
+	if err := key.keep(c.Home); err != nil {
+		return nil, fmt.Errorf("registered, but saving the key in %s failed (%v): make room or fix the permissions there, and register again", c.Home, err)
+	}
 	id := &Identity{Server: server, Name: name, ClientID: fmt.Sprintf("%x", s.ClientID), Fingerprint: pin}
 	if err := id.save(c.Home); err != nil {
-		return nil, fmt.Errorf("registered, but saving the identity failed: %v", err)
+		return nil, fmt.Errorf("registered, but saving the identity in %s failed (%v): make room or fix the permissions there, and register again", c.Home, err)
 	}
 	return id, nil
+}
+
+// refused reports whether the server refused a registration before
+// registering anyone (the answers it gives before its store commits), so
+// that the key sent is not registered under that name. A connection that
+// fails before the Register message goes out is not a refusal, but then
+// no pending key was written either.
+func refused(err error) bool {
+	var pe *proto.Error
+	if !errors.As(err, &pe) {
+		return false
+	}
+	switch pe.Code {
+	case proto.CodeRegistrationClosed, proto.CodeNameTaken, proto.CodeInvalidName,
+		proto.CodeBadKey, proto.CodeBadProof, proto.CodeVersion:
+		return true
+	}
+	return false
 }
 
 // wrongPinError is a CertChangedError on a first registration: nothing was
