@@ -69,6 +69,11 @@ type sendCmd struct {
 }
 
 func (c *sendCmd) Run(e *env) error {
+	lock, err := lockSend(e.client.Home)
+	if err != nil {
+		return err
+	}
+	defer lock.Close()
 	conns, auto := 0, c.Connections == "auto"
 	if !auto {
 		n, err := strconv.Atoi(c.Connections)
