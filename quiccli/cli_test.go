@@ -89,6 +89,10 @@ func (u *cliUser) register(srv *srvtest.Server, name string) cliResult {
 var (
 	stackTraceRE = regexp.MustCompile(`goroutine \d+|\.go:\d+|runtime\.|panic`)
 	bareEOFRE    = regexp.MustCompile(`\bEOF\b`)
+	// internalRE matches the names of Go packages that prefix their errors
+	// (qbackup's own, and the encoding ones a bad key file meets) and Go
+	// type names as %T prints them.
+	internalRE = regexp.MustCompile(`(?:^|[\s(])(?:proto|store|certs|x509|asn1|pem|json):|\*[a-z][a-z0-9]*\.[A-Z]\w*`)
 )
 
 // checkClean reports text that should never reach a user.
@@ -102,6 +106,9 @@ func checkClean(t *testing.T, what, s string) {
 	}
 	if strings.Contains(s, "%!") {
 		t.Errorf("%s contains a formatting artifact (%%!):\n%s", what, s)
+	}
+	if m := internalRE.FindString(s); m != "" {
+		t.Errorf("%s contains %q, a Go package or type name:\n%s", what, m, s)
 	}
 }
 

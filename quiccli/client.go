@@ -13,7 +13,10 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/qbackup/qbackup/certs"
 	"github.com/qbackup/qbackup/proto"
@@ -87,6 +90,9 @@ func (c *Client) Register(ctx context.Context, server, name string, opt Register
 	fingerprint := opt.Fingerprint
 	if name == "" || server == "" {
 		return nil, errors.New("register needs --server HOST:PORT and --name NAME")
+	}
+	if err := checkClientName(name); err != nil {
+		return nil, err
 	}
 	pin := ""
 	if fingerprint != "" {
@@ -185,6 +191,33 @@ func refused(err error) bool {
 		return true
 	}
 	return false
+}
+
+// checkClientName checks a non-empty name against the rules for client
+// names (PROTOCOL.md §12.2), so that a name no server accepts is refused
+// before a key is made, in words that say what to change rather than in
+// the server's (a name too long does not even decode there).
+func checkClientName(name string) error {
+	var why string
+	switch {
+	case len(name) > proto.MaxClientNameLen:
+		why = fmt.Sprintf("it is %d bytes long, over the limit of %d", len(name), proto.MaxClientNameLen)
+	case !utf8.ValidString(name):
+		why = "it is not valid UTF-8"
+	case strings.ContainsRune(name, '/'):
+		why = "it contains '/'"
+	default:
+		for _, r := range name {
+			if !unicode.IsPrint(r) {
+				why = fmt.Sprintf("it contains the unprintable character %U", r)
+				break
+			}
+		}
+	}
+	if why == "" {
+		return nil
+	}
+	return fmt.Errorf("%q cannot be a client name, as %s: choose another --name", name, why)
 }
 
 // wrongPinError is a CertChangedError on a first registration: nothing was

@@ -54,7 +54,7 @@ func loadIdentity(home string) (*Identity, error) {
 		return nil, errNoIdentity
 	}
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("cannot read %s (%v): check that --home names this client's directory, and its permissions", filepath.Join(home, identityFile), unwrapPathError(err))
 	}
 	var id Identity
 	if err := json.Unmarshal(b, &id); err != nil {
@@ -176,15 +176,15 @@ func loadKey(path string) (*rsa.PrivateKey, error) {
 	}
 	block, _ := pem.Decode(b)
 	if block == nil {
-		return nil, fmt.Errorf("%s holds no PEM key", path)
+		return nil, fmt.Errorf("%s holds no PEM key: restore this client's key from a copy", path)
 	}
 	k, err := x509.ParsePKCS8PrivateKey(block.Bytes)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %v", path, err)
+		return nil, fmt.Errorf("%s is damaged (its PEM block holds no PKCS #8 private key): restore this client's key from a copy", path)
 	}
 	key, ok := k.(*rsa.PrivateKey)
 	if !ok {
-		return nil, fmt.Errorf("%s holds a %T, want an RSA key", path, k)
+		return nil, fmt.Errorf("%s holds a key, but not an RSA key as qbackup makes: restore this client's key from a copy", path)
 	}
 	return key, nil
 }
