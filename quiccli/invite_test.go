@@ -133,8 +133,8 @@ func TestCLISendInvite(t *testing.T) {
 	alice := newCLIUser(t)
 	r := alice.run("send", "--server", srv.Addr, "--name", "alice", src)
 	checkFailure(t, r, 1, "only with an invite", "--invite", "QBACKUP_INVITE")
-	if _, err := loadIdentity(alice.home); err == nil {
-		t.Errorf("a refused send saved an identity")
+	if files := homeFiles(t, alice.home); len(files) != 1 || files[0] != sendLockFile {
+		t.Errorf("a refused send left %v in the home, want only its %s", files, sendLockFile)
 	}
 
 	var printed []string // what the runs given a token printed
