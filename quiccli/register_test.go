@@ -2,14 +2,12 @@ package quiccli
 
 import (
 	"context"
-	"crypto/rand"
-	"crypto/rsa"
-	"crypto/x509"
-	"encoding/pem"
 	"io/fs"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -114,50 +112,96 @@ func TestRegisterSavesKeyOnlyWhenRegistered(t *testing.T) {
 	})
 }
 
-// TestRegisterAfterLostAnswer: the server registered a new key, but its
-// answer never arrived (the link failed, the client was killed). The key
-// waits in the home as pending, and registering again with it finds the
-// same client, without the invite the first attempt used up.
+// TestRegisterAfterLostAnswer: the server registers a new key, but its
+// answer never arrives (here a proxy drops everything the server sends
+// from the moment it logs the registration; in life the link fails, or
+// the user presses Ctrl-C). The key waits in the home as pending, and
+// registering again with it finds the same client, without the invite the
+// first attempt used up.
 func TestRegisterAfterLostAnswer(t *testing.T) {
 	t.Parallel()
 	ctx := testContext(t)
-	srv := srvtest.Start(t, func(s *quicsrv.Server) { s.Registration = store.AdmitInvited })
-	priv, err := rsa.GenerateKey(rand.Reader, 2048)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pub, err := publicKeyDER(priv)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// What the first attempt did on the server...
-	first, _, err := srv.Store.Admit(ctx, "alice", pub, store.AdmitAll, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	// ... and in the home.
+	var proxy atomic.Pointer[udpProxy] // set once the server runs
+	registered := make(chan string, 1) // the client ID the server logged
+	srv := srvtest.Start(t, func(s *quicsrv.Server) {
+		s.Registration = store.AdmitInvited
+		s.Logger = slog.New(&logHook{Handler: s.Logger.Handler(), hook: func(r slog.Record, attrs []slog.Attr) {
+			if r.Message != "client registered" {
+				return
+			}
+			if p := proxy.Load(); p != nil {
+				p.SetDrop(toClient, 1) // before the Welcome goes out
+			}
+			for _, a := range attrs {
+				if a.Key == "id" {
+					select {
+					case registered <- a.Value.String():
+					default: // the second registration
+					}
+				}
+			}
+		}})
+	})
+	proxy.Store(startUDPProxy(t, srv.Addr, 1))
 	c := newClient(t)
-	der, err := x509.MarshalPKCS8PrivateKey(priv)
+
+	short, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	_, err := c.Register(short, proxy.Load().Addr(), "alice", RegisterOptions{Fingerprint: srv.Fingerprint, Invite: newInvite(t, srv)})
+	if err == nil {
+		t.Fatal("Register succeeded although the answer was dropped")
+	}
+	t.Logf("the first Register: %v", err)
+	var first string
+	select {
+	case first = <-registered:
+	default:
+		t.Fatal("the server did not register the client")
+	}
+	if files := homeFiles(t, c.Home); strings.Join(files, " ") != pendingKeyFile {
+		t.Fatalf("after the lost answer the home holds %v, want only %s", files, pendingKeyFile)
+	}
+	pending, err := loadKey(filepath.Join(c.Home, pendingKeyFile))
 	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.MkdirAll(c.Home, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(c.Home, pendingKeyFile), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
 		t.Fatal(err)
 	}
 
-	id := register(t, ctx, c, srv, "alice")
-	if id.ClientID != first.ID.String() {
-		t.Errorf("registered as client %s, want %s, the one the lost answer carried", id.ClientID, first.ID)
+	id, err := c.Register(ctx, srv.Addr, "alice", RegisterOptions{Fingerprint: srv.Fingerprint})
+	if err != nil {
+		t.Fatalf("registering again, without the used invite: %v", err)
+	}
+	if id.ClientID != first {
+		t.Errorf("registered as client %s, want %s, the one the lost answer carried", id.ClientID, first)
 	}
 	saved, err := loadKey(filepath.Join(c.Home, keyFile))
-	if err != nil || !saved.Equal(priv) {
+	if err != nil || !saved.Equal(pending) {
 		t.Errorf("%s holds another key (%v), not the pending one", keyFile, err)
 	}
 	if files := homeFiles(t, c.Home); strings.Join(files, " ") != keyFile+" "+identityFile {
 		t.Errorf("the home holds %v, want %s and %s", files, keyFile, identityFile)
 	}
 	connect(t, ctx, c)
+}
+
+// logHook is a slog.Handler that shows every record, with the attributes
+// of the logger it came through, to hook before passing it on.
+type logHook struct {
+	slog.Handler
+	attrs []slog.Attr
+	hook  func(r slog.Record, attrs []slog.Attr)
+}
+
+func (h *logHook) Handle(ctx context.Context, r slog.Record) error {
+	attrs := append([]slog.Attr(nil), h.attrs...)
+	r.Attrs(func(a slog.Attr) bool { attrs = append(attrs, a); return true })
+	h.hook(r, attrs)
+	return h.Handler.Handle(ctx, r)
+}
+
+func (h *logHook) WithAttrs(attrs []slog.Attr) slog.Handler {
+	return &logHook{Handler: h.Handler.WithAttrs(attrs), attrs: append(append([]slog.Attr(nil), h.attrs...), attrs...), hook: h.hook}
+}
+
+func (h *logHook) WithGroup(name string) slog.Handler {
+	return &logHook{Handler: h.Handler.WithGroup(name), attrs: h.attrs, hook: h.hook}
 }
