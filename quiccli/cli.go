@@ -65,10 +65,16 @@ type sendCmd struct {
 	Connections string        `default:"1" help:"Connections to spread each file's chunks over, each with its own key and congestion window: more help on a lossy link that one connection cannot fill. 'auto' adds them while the goodput still rises (at most ${maxconns})." placeholder:"N|auto"`
 	Retries     int           `default:"10" help:"Reconnections after a lost connection, each resuming where the last stopped (0: give up at once)."`
 	RetryMax    time.Duration `default:"30s" help:"Longest wait between reconnections (waits double from 1s)."`
+	Invite      string        `env:"QBACKUP_INVITE" help:"Invite token from the server's operator, for a first registration with a server that registers new clients only by invite (see register --invite)." placeholder:"TOKEN"`
 	Paths       []string      `arg:"" help:"Files and directories to back up."`
 }
 
 func (c *sendCmd) Run(e *env) error {
+	lock, err := lockSend(e.client.Home)
+	if err != nil {
+		return err
+	}
+	defer lock.Close()
 	conns, auto := 0, c.Connections == "auto"
 	if !auto {
 		n, err := strconv.Atoi(c.Connections)
@@ -77,6 +83,7 @@ func (c *sendCmd) Run(e *env) error {
 		}
 		conns = n
 	}
+	e.client.Invite = strings.TrimSpace(c.Invite)
 	rep := NewReporter(e.out, e.errOut, c.Progress == "bars" || (c.Progress == "auto" && e.terminal), "sending")
 	defer context.AfterFunc(e.ctx, rep.Interrupt)()
 	res, err := e.client.SendResilient(e.ctx, c.Server, c.Name,
@@ -236,6 +243,8 @@ type cksumCmd struct {
 	Files []string `arg:"" optional:"" help:"Files (standard input if none)."`
 }
 
+func (*cksumCmd) homeless() {}
+
 func (c *cksumCmd) Run(e *env) error {
 	if len(c.Files) == 0 {
 		ck := proto.NewCksum()
@@ -321,7 +330,10 @@ func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io
 	}
 	home := c.Home
 	if home == "" {
-		home = DefaultHome()
+		if home, err = DefaultHome(); err != nil && needsHome(kctx) {
+			fmt.Fprintf(stderr, "qbackup: %v\n", err)
+			return ExitFailed
+		}
 	}
 	e := &env{
 		ctx:    ctx,

@@ -89,6 +89,10 @@ func (u *cliUser) register(srv *srvtest.Server, name string) cliResult {
 var (
 	stackTraceRE = regexp.MustCompile(`goroutine \d+|\.go:\d+|runtime\.|panic`)
 	bareEOFRE    = regexp.MustCompile(`\bEOF\b`)
+	// internalRE matches the names of Go packages that prefix their errors
+	// (qbackup's own, and the encoding ones a bad key file meets) and Go
+	// type names as %T prints them.
+	internalRE = regexp.MustCompile(`(?:^|[\s(])(?:proto|store|certs|x509|asn1|pem|json):|\*[a-z][a-z0-9]*\.[A-Z]\w*`)
 )
 
 // checkClean reports text that should never reach a user.
@@ -102,6 +106,9 @@ func checkClean(t *testing.T, what, s string) {
 	}
 	if strings.Contains(s, "%!") {
 		t.Errorf("%s contains a formatting artifact (%%!):\n%s", what, s)
+	}
+	if m := internalRE.FindString(s); m != "" {
+		t.Errorf("%s contains %q, a Go package or type name:\n%s", what, m, s)
 	}
 }
 
@@ -1213,8 +1220,8 @@ func TestCLIHomeFromEnvironment(t *testing.T) {
 		unset(t, "QBACKUP_HOME")
 		xdg := t.TempDir()
 		t.Setenv("XDG_CONFIG_HOME", xdg)
-		if got, want := DefaultHome(), filepath.Join(xdg, "qbackup"); got != want {
-			t.Errorf("DefaultHome() = %q with XDG_CONFIG_HOME=%s, want %q", got, xdg, want)
+		if got, err := DefaultHome(); got != filepath.Join(xdg, "qbackup") || err != nil {
+			t.Errorf("DefaultHome() = %q, %v with XDG_CONFIG_HOME=%s, want %q", got, err, xdg, filepath.Join(xdg, "qbackup"))
 		}
 		reg(t, "carol")
 		hasIdentity(t, filepath.Join(xdg, "qbackup"), "carol")
@@ -1225,8 +1232,8 @@ func TestCLIHomeFromEnvironment(t *testing.T) {
 		unset(t, "XDG_CONFIG_HOME")
 		h := t.TempDir()
 		t.Setenv("HOME", h)
-		if got, want := DefaultHome(), filepath.Join(h, ".config", "qbackup"); got != want {
-			t.Errorf("DefaultHome() = %q with HOME=%s, want %q", got, h, want)
+		if got, err := DefaultHome(); got != filepath.Join(h, ".config", "qbackup") || err != nil {
+			t.Errorf("DefaultHome() = %q, %v with HOME=%s, want %q", got, err, h, filepath.Join(h, ".config", "qbackup"))
 		}
 		reg(t, "dave")
 		hasIdentity(t, filepath.Join(h, ".config", "qbackup"), "dave")

@@ -13,7 +13,10 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/qbackup/qbackup/certs"
 	"github.com/qbackup/qbackup/proto"
@@ -32,19 +35,26 @@ type Client struct {
 	// send reconnects and resumes (0: DefaultStall; negative: never, and
 	// only the 60 s idle timeout ends a dead connection).
 	Stall time.Duration
+	// Invite is the invite token Connect registers with when the home
+	// holds no identity yet (send --server --name), for a server that
+	// registers new clients only by invite. It is never saved.
+	Invite string
 
 	dialHook func(*dialOptions) // tests adjust the dial here
 }
 
-// DefaultHome is $XDG_CONFIG_HOME/qbackup, or ~/.config/qbackup.
-func DefaultHome() string {
-	if d := os.Getenv("XDG_CONFIG_HOME"); d != "" {
-		return filepath.Join(d, "qbackup")
+// DefaultHome is $XDG_CONFIG_HOME/qbackup, or ~/.config/qbackup. A
+// relative XDG_CONFIG_HOME is ignored, as the XDG base directory
+// specification says. With neither it fails, rather than keep a key in
+// whatever directory the command happens to run in.
+func DefaultHome() (string, error) {
+	if d := os.Getenv("XDG_CONFIG_HOME"); filepath.IsAbs(d) {
+		return filepath.Join(d, "qbackup"), nil
 	}
 	if h, err := os.UserHomeDir(); err == nil {
-		return filepath.Join(h, ".config", "qbackup")
+		return filepath.Join(h, ".config", "qbackup"), nil
 	}
-	return ".qbackup"
+	return "", errors.New("neither HOME nor an absolute XDG_CONFIG_HOME is set, so there is no default place for this client's identity and key: give --home DIR or set QBACKUP_HOME")
 }
 
 func (c *Client) notice(format string, args ...any) {
@@ -81,6 +91,9 @@ func (c *Client) Register(ctx context.Context, server, name string, opt Register
 	if name == "" || server == "" {
 		return nil, errors.New("register needs --server HOST:PORT and --name NAME")
 	}
+	if err := checkClientName(name); err != nil {
+		return nil, err
+	}
 	pin := ""
 	if fingerprint != "" {
 		fp, err := certs.ParseFingerprint(fingerprint)
@@ -102,43 +115,109 @@ func (c *Client) Register(ctx context.Context, server, name string, opt Register
 	if bits == 0 {
 		bits = proto.DefaultRSABits
 	}
-	if _, err := os.Stat(filepath.Join(c.Home, keyFile)); errors.Is(err, os.ErrNotExist) {
-		c.notice("generating a %d-bit RSA key in %s", bits, filepath.Join(c.Home, keyFile))
-	}
-	priv, err := loadOrCreateKey(c.Home, bits)
+	// A new key is saved as client_key.pem only once the server has
+	// registered it, so a refused registration (bad invite, name taken, no
+	// server) leaves no key behind that no server knows. But it cannot
+	// live only in memory until then: the server may register it and its
+	// answer be lost (the link fails, the user presses Ctrl-C, the client
+	// dies), and a new key would then find the name taken by a key nobody
+	// has, and the invite used up. So just before the Register message
+	// goes out, the key is written as client_key.pending.pem; a refusal
+	// removes it; any other outcome keeps it, and the next registration
+	// reuses it: the server registers the same name with the same key
+	// again as a no-op, without an invite, and answers with the same
+	// client ID. Once registered, the pending key is renamed to
+	// client_key.pem, and only then is the identity written, so an
+	// identity never exists without its key; a crash between the two
+	// leaves a key, which the next registration reuses as before.
+	key, err := registrationKey(c.Home, bits, c.notice)
 	if err != nil {
 		return nil, err
 	}
-	pub, err := publicKeyDER(priv)
+	pub, err := publicKeyDER(key.priv)
 	if err != nil {
 		return nil, err
 	}
 	var trusted string
 	o := c.options(server, pin, func(fp string) error { trusted = fp; return nil })
-	s, err := dial(ctx, o, priv, func(ekm []byte) (proto.Message, error) {
-		sig, err := proto.SignProof(priv, proto.RegisterDigest(ekm, name, pub))
+	s, err := dial(ctx, o, key.priv, func(ekm []byte) (proto.Message, error) {
+		if err := key.savePending(c.Home); err != nil {
+			return nil, err
+		}
+		sig, err := proto.SignProof(key.priv, proto.RegisterDigest(ekm, name, pub))
 		if err != nil {
 			return nil, err
 		}
 		return &proto.Register{Version: proto.Version, Name: name, PublicKey: pub, Signature: sig, Invite: opt.Invite}, nil
 	})
+	if refused(err) {
+		key.forget(c.Home)
+	}
 	var cc *CertChangedError
 	if errors.As(err, &cc) && !pinnedBefore {
 		return nil, &wrongPinError{cc}
 	}
 	if err != nil {
-		return nil, registerError(server, name, err)
+		return nil, registerError(server, name, opt.Invite, err)
 	}
 	defer s.Close()
 	if trusted != "" {
 		c.notice("trusting the certificate of %s on first use: sha256 %s", server, trusted)
 		pin = trusted
 	}
+	if err := key.keep(c.Home); err != nil {
+		return nil, fmt.Errorf("registered, but saving the key in %s failed (%v): make room or fix the permissions there, and register again", c.Home, err)
+	}
 	id := &Identity{Server: server, Name: name, ClientID: fmt.Sprintf("%x", s.ClientID), Fingerprint: pin}
 	if err := id.save(c.Home); err != nil {
-		return nil, fmt.Errorf("registered, but saving the identity failed: %v", err)
+		return nil, fmt.Errorf("registered, but saving the identity in %s failed (%v): make room or fix the permissions there, and register again", c.Home, err)
 	}
 	return id, nil
+}
+
+// refused reports whether the server refused a registration before
+// registering anyone (the answers it gives before its store commits), so
+// that the key sent is not registered under that name. A connection that
+// fails before the Register message goes out is not a refusal, but then
+// no pending key was written either.
+func refused(err error) bool {
+	var pe *proto.Error
+	if !errors.As(err, &pe) {
+		return false
+	}
+	switch pe.Code {
+	case proto.CodeRegistrationClosed, proto.CodeNameTaken, proto.CodeInvalidName,
+		proto.CodeBadKey, proto.CodeBadProof, proto.CodeVersion:
+		return true
+	}
+	return false
+}
+
+// checkClientName checks a non-empty name against the rules for client
+// names (PROTOCOL.md §12.2), so that a name no server accepts is refused
+// before a key is made, in words that say what to change rather than in
+// the server's (a name too long does not even decode there).
+func checkClientName(name string) error {
+	var why string
+	switch {
+	case len(name) > proto.MaxClientNameLen:
+		why = fmt.Sprintf("it is %d bytes long, over the limit of %d", len(name), proto.MaxClientNameLen)
+	case !utf8.ValidString(name):
+		why = "it is not valid UTF-8"
+	case strings.ContainsRune(name, '/'):
+		why = "it contains '/'"
+	default:
+		for _, r := range name {
+			if !unicode.IsPrint(r) {
+				why = fmt.Sprintf("it contains the unprintable character %U", r)
+				break
+			}
+		}
+	}
+	if why == "" {
+		return nil
+	}
+	return fmt.Errorf("%q cannot be a client name, as %s: choose another --name", name, why)
 }
 
 // wrongPinError is a CertChangedError on a first registration: nothing was
@@ -151,7 +230,11 @@ func (e *wrongPinError) Error() string {
 
 func (e *wrongPinError) Unwrap() error { return e.CertChangedError }
 
-func registerError(server, name string, err error) error {
+// registerError words a refused registration for the user. invite is the
+// token given, if any: a server that admits only by invite says so, but
+// only the client knows that the token can also come from QBACKUP_INVITE,
+// and that send takes --invite too.
+func registerError(server, name, invite string, err error) error {
 	var pe *proto.Error
 	if !errors.As(err, &pe) {
 		return err
@@ -160,6 +243,9 @@ func registerError(server, name string, err error) error {
 	case proto.CodeNameTaken:
 		return fmt.Errorf("the name %q is already registered on %s by another client; choose another --name", name, server)
 	case proto.CodeRegistrationClosed:
+		if invite == "" {
+			return fmt.Errorf("%s did not register %q: %s (an invite goes in --invite TOKEN or QBACKUP_INVITE)", server, name, pe.Message)
+		}
 		return fmt.Errorf("%s did not register %q: %s", server, name, pe.Message)
 	}
 	return fmt.Errorf("registration refused by %s: %s", server, pe.Message)
@@ -174,7 +260,7 @@ func (c *Client) Connect(ctx context.Context, server, name string) (*Session, *I
 		if server == "" || name == "" {
 			return nil, nil, fmt.Errorf("no identity in %s: run qbackup register --server HOST:PORT --name NAME first (or give send --server and --name)", c.Home)
 		}
-		if id, err = c.Register(ctx, server, name, RegisterOptions{}); err != nil {
+		if id, err = c.Register(ctx, server, name, RegisterOptions{Invite: c.Invite}); err != nil {
 			return nil, nil, err
 		}
 		c.notice("registered as %q (client ID %s)", id.Name, id.ClientID)

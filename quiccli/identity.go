@@ -18,6 +18,9 @@ import (
 const (
 	identityFile = "identity.json"
 	keyFile      = "client_key.pem"
+	// pendingKeyFile holds a new key from just before a registration sends
+	// it to the server until the server's answer (see Client.Register).
+	pendingKeyFile = "client_key.pending.pem"
 )
 
 // Identity is what a registered client remembers about itself. It is saved
@@ -51,7 +54,7 @@ func loadIdentity(home string) (*Identity, error) {
 		return nil, errNoIdentity
 	}
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("cannot read %s (%v): check that --home names this client's directory, and its permissions", filepath.Join(home, identityFile), unwrapPathError(err))
 	}
 	var id Identity
 	if err := json.Unmarshal(b, &id); err != nil {
@@ -72,17 +75,38 @@ func (id *Identity) save(home string) error {
 	return writeFileAtomic(filepath.Join(home, identityFile), append(b, '\n'), 0o600)
 }
 
-// loadOrCreateKey loads home/client_key.pem or, if there is none, creates
-// an RSA key of the given size there.
-func loadOrCreateKey(home string, bits int) (*rsa.PrivateKey, error) {
-	path := filepath.Join(home, keyFile)
-	key, err := loadKey(path)
-	if !errors.Is(err, os.ErrNotExist) {
-		return key, err
+// regKey is the key a registration proves it holds: the saved key, or a new
+// one that becomes the saved key only once a server has registered it.
+type regKey struct {
+	priv    *rsa.PrivateKey
+	saved   bool   // it is in keyFile
+	pem     []byte // a key not in keyFile yet, encoded
+	pending bool   // it is in pendingKeyFile
+	wrote   bool   // this registration wrote pendingKeyFile
+}
+
+// registrationKey returns the key to register with: home/client_key.pem;
+// else the pending key of a registration whose answer never came (the
+// server may have registered it); else a new RSA key of the given size,
+// held only in memory.
+func registrationKey(home string, bits int, notice func(string, ...any)) (*regKey, error) {
+	key, err := loadKey(filepath.Join(home, keyFile))
+	if err == nil {
+		return &regKey{priv: key, saved: true}, nil
 	}
-	if err := os.MkdirAll(home, 0o700); err != nil {
+	if !errors.Is(err, os.ErrNotExist) {
 		return nil, err
 	}
+	pending := filepath.Join(home, pendingKeyFile)
+	key, err = loadKey(pending)
+	if err == nil {
+		notice("using the key in %s, left by a registration that got no answer", pending)
+		return &regKey{priv: key, pending: true}, nil
+	}
+	if !errors.Is(err, os.ErrNotExist) {
+		return nil, err
+	}
+	notice("generating a %d-bit RSA key (saved in %s once registered)", bits, filepath.Join(home, keyFile))
 	key, err = rsa.GenerateKey(rand.Reader, bits)
 	if err != nil {
 		return nil, err
@@ -91,11 +115,50 @@ func loadOrCreateKey(home string, bits int) (*rsa.PrivateKey, error) {
 	if err != nil {
 		return nil, err
 	}
-	pemBytes := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})
-	if err := writeFileAtomic(path, pemBytes, 0o600); err != nil {
-		return nil, err
+	return &regKey{priv: key, pem: pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})}, nil
+}
+
+// savePending writes a new key to home/client_key.pending.pem, before the
+// server can learn it.
+func (k *regKey) savePending(home string) error {
+	if k.saved || k.pending {
+		return nil
 	}
-	return key, nil
+	if err := writeFileAtomic(filepath.Join(home, pendingKeyFile), k.pem, 0o600); err != nil {
+		return fmt.Errorf("cannot save the new key in %s (%v): fix the permissions there, or give --home another directory", home, err)
+	}
+	k.pending, k.wrote = true, true
+	return nil
+}
+
+// forget removes the pending key this registration wrote, once the server
+// has refused to register it.
+func (k *regKey) forget(home string) {
+	if k.wrote {
+		os.Remove(filepath.Join(home, pendingKeyFile))
+		k.pending, k.wrote = false, false
+	}
+}
+
+// keep makes a registered key the saved key, home/client_key.pem.
+func (k *regKey) keep(home string) error {
+	switch {
+	case k.saved:
+		return nil
+	case k.pending:
+		if err := os.Rename(filepath.Join(home, pendingKeyFile), filepath.Join(home, keyFile)); err != nil {
+			return err
+		}
+		if err := syncDir(home); err != nil {
+			return err
+		}
+	default:
+		if err := writeFileAtomic(filepath.Join(home, keyFile), k.pem, 0o600); err != nil {
+			return err
+		}
+	}
+	k.saved, k.pending = true, false
+	return nil
 }
 
 func loadKey(path string) (*rsa.PrivateKey, error) {
@@ -113,15 +176,15 @@ func loadKey(path string) (*rsa.PrivateKey, error) {
 	}
 	block, _ := pem.Decode(b)
 	if block == nil {
-		return nil, fmt.Errorf("%s holds no PEM key", path)
+		return nil, fmt.Errorf("%s holds no PEM key: restore this client's key from a copy", path)
 	}
 	k, err := x509.ParsePKCS8PrivateKey(block.Bytes)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %v", path, err)
+		return nil, fmt.Errorf("%s is damaged (its PEM block holds no PKCS #8 private key): restore this client's key from a copy", path)
 	}
 	key, ok := k.(*rsa.PrivateKey)
 	if !ok {
-		return nil, fmt.Errorf("%s holds a %T, want an RSA key", path, k)
+		return nil, fmt.Errorf("%s holds a key, but not an RSA key as qbackup makes: restore this client's key from a copy", path)
 	}
 	return key, nil
 }

@@ -109,3 +109,81 @@ func TestCLIInviteErrors(t *testing.T) {
 		t.Fatalf("bad --registration: exit %d, %q", code, errOut)
 	}
 }
+
+// newInvite makes an invite for one registration with qbackupd invite.
+func newInvite(t *testing.T, srv *srvtest.Server) string {
+	t.Helper()
+	out, _, code := qbackupd(t, "invite", "--data", srv.Dir, "--uses", "1")
+	token := strings.TrimSpace(out)
+	if code != 0 || !strings.HasPrefix(token, store.InvitePrefix) {
+		t.Fatalf("qbackupd invite: exit %d, token %q", code, token)
+	}
+	return token
+}
+
+// TestCLISendInvite: send --server --name registers first when the home
+// holds no identity, so on a server that registers only by invite it takes
+// the invite too, by flag or by environment variable; without one it says
+// where the invite goes, and the token is never printed.
+func TestCLISendInvite(t *testing.T) {
+	srv := srvtest.Start(t, func(s *quicsrv.Server) { s.Registration = store.AdmitInvited })
+	src := filepath.Join(t.TempDir(), "notes.txt")
+	data := writeRandom(t, src, 10000, 1)
+
+	alice := newCLIUser(t)
+	r := alice.run("send", "--server", srv.Addr, "--name", "alice", src)
+	checkFailure(t, r, 1, "only with an invite", "--invite", "QBACKUP_INVITE")
+	if files := homeFiles(t, alice.home); len(files) != 1 || files[0] != sendLockFile {
+		t.Errorf("a refused send left %v in the home, want only its %s", files, sendLockFile)
+	}
+
+	var printed []string // what the runs given a token printed
+	token := newInvite(t, srv)
+	r = alice.ok("send", "--server", srv.Addr, "--name", "alice", "--invite", token, src)
+	printed = append(printed, r.stdout, r.stderr)
+	if got := parseSummary(t, r.stdout); got != (sendCounts{sent: 1}) {
+		t.Errorf("send --invite: %+v, want 1 sent", got)
+	}
+	if !strings.Contains(r.stderr, `registered as "alice"`) {
+		t.Errorf("stderr %q does not say it registered first", r.stderr)
+	}
+	out := filepath.Join(t.TempDir(), "out")
+	alice.ok("restore", "notes.txt", "-o", out)
+	assertSameFile(t, out, data)
+	// Registered now: the used-up invite is no longer looked at.
+	alice.ok("send", "--server", srv.Addr, "--name", "alice", "--invite", token, src)
+
+	// By environment variable, as pasted, with a newline.
+	second := newInvite(t, srv)
+	t.Setenv("QBACKUP_INVITE", second+"\n")
+	bob := newCLIUser(t)
+	r = bob.ok("send", "--server", srv.Addr, "--name", "bob", src)
+	printed = append(printed, r.stdout, r.stderr)
+	if got := parseSummary(t, r.stdout); got != (sendCounts{sent: 1}) {
+		t.Errorf("send with QBACKUP_INVITE: %+v, want 1 sent", got)
+	}
+	if id, err := loadIdentity(bob.home); err != nil || id.Name != "bob" {
+		t.Errorf("identity after send with QBACKUP_INVITE: %+v, %v", id, err)
+	}
+
+	// A used-up invite: the server's advice, not the client's.
+	carol := newCLIUser(t)
+	r = carol.run("send", "--server", srv.Addr, "--name", "carol", "--invite", token, src)
+	printed = append(printed, r.stdout, r.stderr)
+	if msg := checkFailure(t, r, 1, "used up", "new one"); strings.Contains(msg, "QBACKUP_INVITE") {
+		t.Errorf("error %q for a bad invite tells where an invite goes, as if none was given", msg)
+	}
+
+	help := runMain(t, testContext(t), nil, "send", "--help")
+	if !strings.Contains(help.stdout, "--invite=TOKEN") || !strings.Contains(help.stdout, "$QBACKUP_INVITE") {
+		t.Errorf("send --help does not show --invite and QBACKUP_INVITE:\n%s", help.stdout)
+	}
+
+	for _, tok := range []string{token, second} {
+		for _, s := range printed {
+			if strings.Contains(s, tok[len(store.InvitePrefix):]) {
+				t.Errorf("send printed an invite token:\n%s", s)
+			}
+		}
+	}
+}
