@@ -2,6 +2,7 @@ package proto_test
 
 import (
 	"bytes"
+	"fmt"
 	"reflect"
 	"strings"
 	"testing"
@@ -144,5 +145,18 @@ func TestUploadRequestLayout(t *testing.T) {
 		u8(2).u16(2).raw([]byte{1, 2}).b
 	if got := payloadOf(m); !bytes.Equal(got, want) {
 		t.Errorf("UploadRequest payload = %x\nwant                     %x", got, want)
+	}
+}
+
+// TestVectorUploadRequest checks the UploadRequest vector of PROTOCOL.md
+// §14, written there by hand.
+func TestVectorUploadRequest(t *testing.T) {
+	const want = "10" + "00000056" + "00000001" + "0004" + "636166e9" + "0000000000000000" + "0000000000000001" +
+		"000001ed" + "00" + "00000000" + "0000000000000000000000000000000000000000000000000000000000000000" +
+		"01" + "0010" + "01" + "000d" + "000003e8" + "00000064" + "02" + "616c" + "01" + "67"
+	meta := proto.AppendMeta(nil, &proto.Meta{HasOwner: true, UID: 1000, GID: 100, User: "al", Group: "g"})
+	got := proto.AppendMessage(nil, &proto.UploadRequest{Req: 1, Name: "caf\xe9", ModTime: 1, Mode: 0o755, Kind: proto.KindDir, Meta: meta})
+	if fmt.Sprintf("%x", got) != want {
+		t.Errorf("UploadRequest vector = %x\nwant                    %s", got, want)
 	}
 }
