@@ -8,9 +8,12 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/qbackup/qbackup/proto"
+	"github.com/quic-go/quic-go"
 	"golang.org/x/sys/unix"
 )
 
@@ -136,4 +139,83 @@ func restoreTo(t *testing.T, u *cliUser, name string) string {
 	out := filepath.Join(t.TempDir(), "out")
 	u.ok("restore", name, "-o", out)
 	return out
+}
+
+// TestCLIRestoreAsUser: a restore run by a user other than root sets no
+// owner and cannot make devices: each device is skipped with one line
+// naming it, the rest is restored, and the exit status (3) says that
+// something was skipped. (As root, the test plays the other user through
+// the two seams the kernel would answer for it.)
+func TestCLIRestoreAsUser(t *testing.T) {
+	if !isRoot() {
+		t.Skip("needs root to make the device and the owner that are then not restored")
+	}
+	srv := startServer(t)
+	u := newCLIUser(t)
+	u.register(srv, "alice")
+	src := filepath.Join(t.TempDir(), "dev")
+	writeRandom(t, filepath.Join(src, "owned"), 100, 1)
+	if err := os.Chown(filepath.Join(src, "owned"), 4321, 4321); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mknod(filepath.Join(src, "zero"), unix.S_IFCHR|0o666, int(unix.Mkdev(1, 5))); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mkfifo(filepath.Join(src, "pipe"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	u.ok("send", src)
+
+	root, mknod := isRoot, makeNode
+	t.Cleanup(func() { isRoot, makeNode = root, mknod })
+	isRoot = func() bool { return false }
+	makeNode = func(dir *os.File, name string, kind proto.Kind, mode uint32, rdev uint64) error {
+		if kind == proto.KindCharDev || kind == proto.KindBlock {
+			return unix.EPERM // what the kernel tells a user without CAP_MKNOD
+		}
+		return mknod(dir, name, kind, mode, rdev)
+	}
+	out := filepath.Join(t.TempDir(), "out")
+	r := u.run("restore", "dev", "-o", out)
+	checkFailure(t, r, ExitIncomplete, "skipped")
+	if n := strings.Count(r.stderr, "not restored: only root can make a character device"); n != 1 {
+		t.Errorf("stderr names the device %d times, want once:\n%s", n, r.stderr)
+	}
+	if !strings.Contains(r.stdout, "3 restored, 0 identical, 0 failed, 1 skipped") {
+		t.Errorf("summary does not count the device as skipped:\n%s", r.stdout)
+	}
+	if fi, err := os.Lstat(filepath.Join(out, "pipe")); err != nil || fi.Mode().Type() != os.ModeNamedPipe {
+		t.Errorf("the FIFO was not made: %v %v", fi, err)
+	}
+	fi, err := os.Stat(filepath.Join(out, "owned"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := fi.Sys().(*syscall.Stat_t); st.Uid == 4321 {
+		t.Errorf("a restore that is not root's set the owner")
+	}
+}
+
+// TestFirstConnectionRetried: a send whose server cannot be reached yet
+// waits and tries again, like after a lost connection, rather than give up
+// at the first try.
+func TestFirstConnectionRetried(t *testing.T) {
+	x := startProxied(t, 9)
+	x.c.dialHook = func(o *dialOptions) {
+		o.Server = x.proxy.Addr()
+		o.QUICConfig = func(q *quic.Config) { q.HandshakeIdleTimeout = 300 * time.Millisecond }
+	}
+	x.proxy.SetDrop(toServer, 1)                                         // the server is unreachable...
+	time.AfterFunc(time.Second, func() { x.proxy.SetDrop(toServer, 0) }) // ...for a second
+	path := filepath.Join(t.TempDir(), "f")
+	data := writeRandom(t, path, 5000, 1)
+	rep := &warnings{}
+	res, err := x.c.SendResilient(x.ctx, "", "", SendOptions{Paths: []string{path}}, ReconnectOptions{Attempts: 5, MaxWait: time.Second}, rep)
+	if err != nil || res.Sent != 1 {
+		t.Fatalf("send: %+v, %v; want it sent once the server answers", res, err)
+	}
+	if !strings.Contains(rep.String(), "cannot reach the server") {
+		t.Errorf("no warning about the first try:\n%s", rep.String())
+	}
+	assertRestores(t, x.ctx, connect(t, x.ctx, x.c), "f", data)
 }

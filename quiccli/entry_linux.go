@@ -131,8 +131,9 @@ func holes(f *os.File, size int64) []proto.Range {
 	return out
 }
 
-// isRoot reports whether this process may set owners.
-func isRoot() bool { return os.Geteuid() == 0 }
+// isRoot reports whether this process may set owners (a variable, for
+// tests of a restore run by another user).
+var isRoot = func() bool { return os.Geteuid() == 0 }
 
 // setOwner sets the owner recorded in m, by number, on f (or, with f
 // nil, on the entry name in dir, not following a symbolic link). Only
@@ -190,8 +191,9 @@ func chmodAt(dir *os.File, name string, mode uint32) error {
 	return unix.Fchmodat(int(dir.Fd()), name, mode&proto.ModeMask, 0)
 }
 
-// makeNode creates a FIFO, socket or device name in dir.
-func makeNode(dir *os.File, name string, kind proto.Kind, mode uint32, rdev uint64) error {
+// makeNode creates a FIFO, socket or device name in dir (a variable, for
+// tests of a restore run by another user).
+var makeNode = func(dir *os.File, name string, kind proto.Kind, mode uint32, rdev uint64) error {
 	t := map[proto.Kind]uint32{proto.KindFIFO: unix.S_IFIFO, proto.KindSocket: unix.S_IFSOCK,
 		proto.KindCharDev: unix.S_IFCHR, proto.KindBlock: unix.S_IFBLK}[kind]
 	return unix.Mknodat(int(dir.Fd()), name, t|(mode&0o777), int(rdev))

@@ -425,9 +425,8 @@ func retryable(err error) bool {
 		return pe.Code == proto.CodeShutdown || pe.Code == proto.CodeInternal || pe.Code == proto.CodeLimit
 	}
 	var ne net.Error
-	var te *quic.IdleTimeoutError
-	var he *quic.HandshakeTimeoutError
-	return errors.As(err, &te) || errors.As(err, &he) || (errors.As(err, &ne) && ne.Timeout()) ||
+	var ue *unreachableError
+	return errors.As(err, &ue) || (errors.As(err, &ne) && ne.Timeout()) ||
 		errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ENETUNREACH) || errors.Is(err, syscall.EHOSTUNREACH)
 }
 

@@ -206,14 +206,27 @@ func dialError(o dialOptions, err error) error {
 	var idle *quic.IdleTimeoutError
 	var hs *quic.HandshakeTimeoutError
 	if errors.As(err, &idle) || errors.As(err, &hs) || errors.Is(err, context.DeadlineExceeded) {
-		return fmt.Errorf("no answer from %s: is qbackupd running there, and is UDP to that port allowed?", o.Server)
+		return &unreachableError{server: o.Server, err: err}
 	}
 	var te *quic.TransportError
 	if errors.As(err, &te) && te.ErrorCode.IsCryptoError() {
 		return fmt.Errorf("TLS handshake with %s failed (%v): is it a qbackupd server?", o.Server, te.ErrorMessage)
 	}
-	return fmt.Errorf("cannot connect to %s: %v", o.Server, err)
+	return fmt.Errorf("cannot connect to %s: %w", o.Server, err)
 }
+
+// unreachableError is a server that did not answer; it wraps why (a
+// timeout), so that retryable can tell.
+type unreachableError struct {
+	server string
+	err    error
+}
+
+func (e *unreachableError) Error() string {
+	return fmt.Sprintf("no answer from %s: is qbackupd running there, and is UDP to that port allowed?", e.server)
+}
+
+func (e *unreachableError) Unwrap() error { return e.err }
 
 // CertChangedError reports a server certificate that differs from the
 // pinned one.
