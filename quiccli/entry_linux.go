@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"syscall"
@@ -270,4 +271,69 @@ func zeros(f *os.File, buf []byte, off, end int64) (bool, error) {
 		off += int64(n)
 	}
 	return true, nil
+}
+
+// The hot path of a restore works on directories held open (restoreRun's
+// heldDirs), by single names within them: one openat per directory rather
+// than a walk from the root for every call, and a name of one component,
+// never followed if it is a symbolic link, cannot lead elsewhere.
+
+// lstatAt reports the kind and size of name in dir, not following a link.
+func lstatAt(dir *os.File, name string) (kind proto.Kind, size int64, err error) {
+	var st unix.Stat_t
+	if err := unix.Fstatat(int(dir.Fd()), name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return 0, 0, &fs.PathError{Op: "lstat", Path: name, Err: err}
+	}
+	switch st.Mode & unix.S_IFMT {
+	case unix.S_IFREG:
+		kind = proto.KindFile
+	case unix.S_IFDIR:
+		kind = proto.KindDir
+	case unix.S_IFLNK:
+		kind = proto.KindSymlink
+	case unix.S_IFIFO:
+		kind = proto.KindFIFO
+	case unix.S_IFSOCK:
+		kind = proto.KindSocket
+	case unix.S_IFCHR:
+		kind = proto.KindCharDev
+	default:
+		kind = proto.KindBlock
+	}
+	return kind, st.Size, nil
+}
+
+// openAt opens name in dir, never following a symbolic link.
+func openAt(dir *os.File, name string, flag int, perm uint32) (*os.File, error) {
+	fd, err := unix.Openat(int(dir.Fd()), name, flag|unix.O_NOFOLLOW|unix.O_CLOEXEC, perm)
+	if err != nil {
+		return nil, &fs.PathError{Op: "open", Path: name, Err: err}
+	}
+	return os.NewFile(uintptr(fd), filepath.Join(dir.Name(), name)), nil
+}
+
+// renameAt renames from to to, both in dir.
+func renameAt(dir *os.File, from, to string) error {
+	if err := unix.Renameat(int(dir.Fd()), from, int(dir.Fd()), to); err != nil {
+		return &fs.PathError{Op: "rename", Path: to, Err: err}
+	}
+	return nil
+}
+
+// removeAt removes the file (not directory) name from dir.
+func removeAt(dir *os.File, name string) error { return unix.Unlinkat(int(dir.Fd()), name, 0) }
+
+// readlinkAt reads the target of the link name in dir.
+func readlinkAt(dir *os.File, name string) (string, error) {
+	buf := make([]byte, proto.MaxSymlinkLen+1)
+	n, err := unix.Readlinkat(int(dir.Fd()), name, buf)
+	if err != nil {
+		return "", err
+	}
+	return string(buf[:n]), nil
+}
+
+// symlinkAt makes name in dir a symbolic link to target.
+func symlinkAt(target string, dir *os.File, name string) error {
+	return unix.Symlinkat(target, int(dir.Fd()), name)
 }

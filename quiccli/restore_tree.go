@@ -87,6 +87,7 @@ type restoreTarget struct {
 // restoreRun is one restore: where it writes and what it has done.
 type restoreRun struct {
 	root      *os.Root // the directory the destination is in
+	dirs      heldDirs // directories under root, held open
 	overwrite bool
 	rep       Reporter
 	res       *RestoreResult
@@ -180,7 +181,7 @@ func (s *Session) Restore(ctx context.Context, o RestoreOptions, rep Reporter) (
 	if err != nil {
 		return nil, err
 	}
-	defer run.root.Close()
+	defer run.close()
 	s.restoreTargets(ctx, run, contentTargets(targets), false)
 	run.finish(ctx, targets, s)
 	return run.res, nil
@@ -205,7 +206,7 @@ func (c *Client) RestoreResilient(ctx context.Context, o RestoreOptions, ro Reco
 	if err != nil {
 		return nil, err
 	}
-	defer run.root.Close()
+	defer run.close()
 	for ts := contentTargets(targets); len(ts) > 0; {
 		lost := s.restoreTargets(ctx, run, ts, reconnects < ro.Attempts)
 		if len(lost) == 0 {
@@ -268,8 +269,82 @@ func startRestore(targets []*restoreTarget, rootDir string, o RestoreOptions, re
 
 func newRestoreRun(root *os.Root, overwrite bool, rep Reporter) *restoreRun {
 	run := &restoreRun{root: root, overwrite: overwrite, rep: rep, res: &RestoreResult{}}
+	run.dirs.root = root
 	run.space.cond = sync.NewCond(&run.space.mu)
 	return run
+}
+
+// close releases what the run holds open.
+func (run *restoreRun) close() {
+	run.dirs.closeAll()
+	run.root.Close()
+}
+
+// heldDirs opens the directories a restore writes in once each, through
+// its root, and holds them open, so that each file costs calls on one
+// name in a held directory (lstatAt, openAt, renameAt...) rather than
+// the root's walk from its top for every call: per file, a tree of
+// 10,000 files took 150,000 openat and close calls that way instead of
+// 30,000. At most maxHeldDirs are held; beyond, a directory is opened for
+// each use.
+type heldDirs struct {
+	root *os.Root
+	mu   sync.Mutex
+	open map[string]*os.File
+}
+
+const maxHeldDirs = 256
+
+// get returns the directory rel, made if missing, and the function that
+// releases it when done.
+func (h *heldDirs) get(rel string) (*os.File, func(), error) {
+	h.mu.Lock()
+	d := h.open[rel]
+	h.mu.Unlock()
+	if d != nil {
+		return d, func() {}, nil
+	}
+	d, err := h.root.Open(rel)
+	if errors.Is(err, fs.ErrNotExist) {
+		if err = h.root.MkdirAll(rel, 0o755); err == nil {
+			d, err = h.root.Open(rel)
+		}
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if held := h.open[rel]; held != nil {
+		d.Close()
+		return held, func() {}, nil
+	}
+	if len(h.open) >= maxHeldDirs {
+		return d, func() { d.Close() }, nil
+	}
+	if h.open == nil {
+		h.open = make(map[string]*os.File)
+	}
+	h.open[rel] = d
+	return d, func() {}, nil
+}
+
+func (h *heldDirs) closeAll() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, d := range h.open {
+		d.Close()
+	}
+	clear(h.open)
+}
+
+// dirOf returns t's directory, held, for calls on its base name.
+func (run *restoreRun) dirOf(t *restoreTarget) (*os.File, func(), error) {
+	d, release, err := run.dirs.get(filepath.Dir(t.rel))
+	if err != nil {
+		return nil, nil, fmt.Errorf("cannot open %s: %v", filepath.Dir(t.dest), unwrapPathError(err))
+	}
+	return d, release, nil
 }
 
 // makeDir makes sure a directory is at t's place.
@@ -726,24 +801,29 @@ func (g *spaceGate) leave() {
 
 // existing compares what is at t's place with t: nothing there (false,
 // nil), the entry as stored (true), or an error saying what is in the way
-// (errSkipped, without Overwrite, or when it is a directory).
+// (a skipError, without Overwrite, or when it is a directory).
 func (run *restoreRun) existing(t *restoreTarget) (same bool, err error) {
-	fi, err := run.root.Lstat(t.rel)
+	dir, release, err := run.dirOf(t)
+	if err != nil {
+		return false, err
+	}
+	defer release()
+	base := filepath.Base(t.rel)
+	k, size, err := lstatAt(dir, base)
 	if errors.Is(err, fs.ErrNotExist) {
 		return false, nil
 	}
 	if err != nil {
 		return false, fmt.Errorf("cannot look at %s: %v", t.dest, unwrapPathError(err))
 	}
-	k, _ := kindOf(fi.Mode())
-	if k == t.kind && fi.Size() == t.size || (k == proto.KindSymlink && t.kind == proto.KindSymlink) {
-		crc, sha, err := run.checksumsAt(t, k)
+	if k == t.kind && (size == t.size || k == proto.KindSymlink) {
+		crc, sha, err := checksumsAt(dir, base, k, t.size)
 		if err == nil && crc == t.crc && sha == t.sha {
 			return true, nil
 		}
 	}
 	switch {
-	case fi.IsDir():
+	case k == proto.KindDir:
 		return false, skip("a directory is in the way")
 	case !run.overwrite:
 		return false, skip("it exists and differs from the stored %v; use --overwrite to replace it", t.kind)
@@ -751,21 +831,22 @@ func (run *restoreRun) existing(t *restoreTarget) (same bool, err error) {
 	return false, nil
 }
 
-// checksumsAt returns the checksums of the content at t's place, of kind k.
-func (run *restoreRun) checksumsAt(t *restoreTarget, k proto.Kind) (uint32, [32]byte, error) {
+// checksumsAt returns the checksums of the content of name in dir: a
+// link's target, or size bytes of a file.
+func checksumsAt(dir *os.File, name string, k proto.Kind, size int64) (uint32, [32]byte, error) {
 	if k == proto.KindSymlink {
-		target, err := run.root.Readlink(t.rel)
+		target, err := readlinkAt(dir, name)
 		if err != nil {
 			return 0, [32]byte{}, err
 		}
 		return proto.FileChecksums(strings.NewReader(target), int64(len(target)))
 	}
-	f, err := run.root.OpenFile(t.rel, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	f, err := openAt(dir, name, os.O_RDONLY, 0)
 	if err != nil {
 		return 0, [32]byte{}, err
 	}
 	defer f.Close()
-	return proto.FileChecksums(f, t.size)
+	return proto.FileChecksums(f, size)
 }
 
 // restoreFile restores one file or symbolic link: identical if it is
@@ -784,9 +865,6 @@ func (s *Session) restoreFile(ctx context.Context, run *restoreRun, t *restoreTa
 			fp.Add(t.size)
 			warnings, err := run.setExisting(t)
 			return 0, err == nil, warnings, err
-		}
-		if err := run.root.MkdirAll(filepath.Dir(t.rel), 0o755); err != nil {
-			return 0, false, nil, fmt.Errorf("cannot make %s: %v", filepath.Dir(t.dest), unwrapPathError(err))
 		}
 	}
 	sparse := len(t.meta.Holes) > 0
@@ -833,15 +911,15 @@ func isNoSpace(err error) bool {
 // setExisting sets t's recorded metadata on the entry at its place, which
 // holds t's content already.
 func (run *restoreRun) setExisting(t *restoreTarget) ([]string, error) {
-	dir, err := run.root.Open(filepath.Dir(t.rel))
+	dir, release, err := run.dirOf(t)
 	if err != nil {
-		return nil, fmt.Errorf("cannot open %s: %v", filepath.Dir(t.dest), unwrapPathError(err))
+		return nil, err
 	}
-	defer dir.Close()
+	defer release()
 	base := filepath.Base(t.rel)
 	var f *os.File
 	if t.kind == proto.KindFile {
-		if f, err = run.root.OpenFile(t.rel, os.O_RDONLY|syscall.O_NOFOLLOW, 0); err != nil {
+		if f, err = openAt(dir, base, os.O_RDONLY, 0); err != nil {
 			return nil, fmt.Errorf("cannot open: %v", unwrapPathError(err))
 		}
 		defer f.Close()
@@ -878,12 +956,17 @@ func (s *Session) restoreOnce(ctx context.Context, run *restoreRun, t *restoreTa
 	}
 	var sink *restoreSink
 	var req proto.Message
+	dir, release, err := run.dirOf(t)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer release()
 	p := t.part
 	t.part = nil
 	resuming := p != nil
 	if !resuming {
 		tmp := tempName(t.rel)
-		f, err := run.root.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+		f, err := openAt(dir, filepath.Base(tmp), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
 		if err != nil {
 			if isNoSpace(err) {
 				return 0, nil, fmt.Errorf("%w: %w", errReserve, err)
@@ -895,7 +978,7 @@ func (s *Session) restoreOnce(ctx context.Context, run *restoreRun, t *restoreTa
 			// Reserve the whole file before fetching a byte of it.
 			if err := reserve(f, t.size); err != nil {
 				p.close()
-				run.root.Remove(tmp)
+				removeAt(dir, filepath.Base(tmp))
 				if isNoSpace(err) {
 					return 0, nil, fmt.Errorf("%w: %w", errReserve, err)
 				}
@@ -950,7 +1033,7 @@ func (s *Session) restoreOnce(ctx context.Context, run *restoreRun, t *restoreTa
 			return
 		}
 		p.close()
-		run.root.Remove(tmp) // gone already after a successful rename
+		removeAt(dir, filepath.Base(tmp)) // gone already after a successful rename
 	}()
 	if err := s.send(req); err != nil {
 		return 0, nil, err
@@ -995,9 +1078,9 @@ func (s *Session) restoreOnce(ctx context.Context, run *restoreRun, t *restoreTa
 		return 0, nil, fmt.Errorf("%s: %w (cksum %d, stored %d)", proto.Quote(t.name), errRestoreMismatch, crc, ready.CRC)
 	}
 	if t.kind == proto.KindSymlink {
-		warnings, err = run.installLink(t, f)
+		warnings, err = installLink(dir, t, f)
 	} else {
-		warnings, err = run.installFile(t, f, p, tmp)
+		warnings, err = installFile(dir, t, f, p, filepath.Base(tmp))
 	}
 	if err != nil {
 		return 0, warnings, err
@@ -1006,20 +1089,15 @@ func (s *Session) restoreOnce(ctx context.Context, run *restoreRun, t *restoreTa
 	return int64(ready.Size), warnings, nil
 }
 
-// installFile gives a verified file its holes and metadata, makes it
-// durable and moves it into place.
-func (run *restoreRun) installFile(t *restoreTarget, f *os.File, p *partialRestore, tmp string) ([]string, error) {
+// installFile gives a verified file, tmp in dir, its holes and metadata,
+// makes it durable and moves it into place.
+func installFile(dir *os.File, t *restoreTarget, f *os.File, p *partialRestore, tmp string) ([]string, error) {
 	if len(t.meta.Holes) > 0 {
 		if err := punchHoles(f, t.meta.Holes); err != nil {
 			return nil, fmt.Errorf("making holes: %v", err)
 		}
 	}
-	dir, err := run.root.Open(filepath.Dir(t.rel))
-	if err != nil {
-		return nil, fmt.Errorf("cannot open %s: %v", filepath.Dir(t.dest), unwrapPathError(err))
-	}
-	defer dir.Close()
-	warnings, err := applyMeta(dir, filepath.Base(tmp), f, t)
+	warnings, err := applyMeta(dir, tmp, f, t)
 	if err != nil {
 		return warnings, err
 	}
@@ -1029,38 +1107,35 @@ func (run *restoreRun) installFile(t *restoreTarget, f *os.File, p *partialResto
 	if err := p.close(); err != nil {
 		return warnings, err
 	}
-	if err := setTimes(dir, filepath.Base(tmp), t.mtime); err != nil {
+	if err := setTimes(dir, tmp, t.mtime); err != nil {
 		return warnings, err
 	}
-	if err := run.root.Rename(tmp, t.rel); err != nil {
+	if err := renameAt(dir, tmp, filepath.Base(t.rel)); err != nil {
 		return warnings, fmt.Errorf("cannot move into place: %v", unwrapPathError(err))
 	}
 	return warnings, dir.Sync()
 }
 
-// installLink makes the verified target in f a symbolic link at t's place.
-func (run *restoreRun) installLink(t *restoreTarget, f *os.File) ([]string, error) {
+// installLink makes the verified target in f a symbolic link at t's
+// place in dir.
+func installLink(dir *os.File, t *restoreTarget, f *os.File) ([]string, error) {
 	target, err := io.ReadAll(io.NewSectionReader(f, 0, t.size))
 	if err != nil {
 		return nil, err
 	}
-	tmp := tempName(t.rel)
-	if err := run.root.Symlink(string(target), tmp); err != nil {
-		return nil, fmt.Errorf("cannot make the link: %v", unwrapPathError(err))
+	tmp := filepath.Base(tempName(t.rel))
+	if err := symlinkAt(string(target), dir, tmp); err != nil {
+		return nil, fmt.Errorf("cannot make the link: %v", err)
 	}
-	dir, err := run.root.Open(filepath.Dir(t.rel))
+	warnings, err := applyMeta(dir, tmp, nil, t)
 	if err == nil {
-		defer dir.Close()
-		var warnings []string
-		if warnings, err = applyMeta(dir, filepath.Base(tmp), nil, t); err == nil {
-			if err = setTimes(dir, filepath.Base(tmp), t.mtime); err == nil {
-				if err = run.root.Rename(tmp, t.rel); err == nil {
-					return warnings, dir.Sync()
-				}
+		if err = setTimes(dir, tmp, t.mtime); err == nil {
+			if err = renameAt(dir, tmp, filepath.Base(t.rel)); err == nil {
+				return warnings, dir.Sync()
 			}
 		}
 	}
-	run.root.Remove(tmp)
+	removeAt(dir, tmp)
 	return nil, fmt.Errorf("cannot put the link in place: %v", unwrapPathError(err))
 }
 

@@ -551,6 +551,7 @@ type opened struct {
 	warnings []string
 	r        io.ReaderAt // the content: the file, or a symbolic link's target
 	f        *os.File    // the file, for a file
+	fi       fs.FileInfo // f's, as opened
 }
 
 func (o *opened) close() {
@@ -561,6 +562,13 @@ func (o *opened) close() {
 
 // openEntry opens it for reading and reads its metadata.
 func openEntry(it sendItem) (*opened, error) {
+	o := &opened{}
+	if it.kind == proto.KindFile {
+		// The usual case, in as few calls as can be: open, then fstat.
+		if o, err := openFile(it); err == nil || !errors.Is(err, errNotAFile) {
+			return o, err
+		}
+	}
 	stat := os.Lstat
 	if it.follow {
 		stat = os.Stat
@@ -572,29 +580,14 @@ func openEntry(it sendItem) (*opened, error) {
 	if err != nil {
 		return nil, fmt.Errorf("cannot read: %v", unwrapPathError(err))
 	}
-	o := &opened{}
 	var ok bool
 	if o.kind, ok = kindOf(fi.Mode()); !ok {
 		return nil, fmt.Errorf("cannot back up a file of mode %v", fi.Mode())
 	}
 	switch o.kind {
-	case proto.KindFile:
-		flags := os.O_RDONLY
-		if !it.follow {
-			flags |= syscall.O_NOFOLLOW
-		}
-		f, err := os.OpenFile(it.path, flags, 0)
-		if errors.Is(err, fs.ErrNotExist) {
-			return nil, errVanished
-		}
-		if err != nil {
-			return nil, fmt.Errorf("cannot open: %v", unwrapPathError(err))
-		}
-		if fi, err = f.Stat(); err != nil || !fi.Mode().IsRegular() {
-			f.Close()
-			return nil, fmt.Errorf("%w: it is no longer a regular file", errReread)
-		}
-		o.f, o.r = f, f
+	case proto.KindFile: // it was something else at the walk
+		it.kind = proto.KindFile
+		return openFile(it)
 	case proto.KindSymlink:
 		target, err := os.Readlink(it.path)
 		if err != nil {
@@ -606,13 +599,47 @@ func openEntry(it sendItem) (*opened, error) {
 		o.r = strings.NewReader(target)
 		fi = sizedInfo{fi, int64(len(target))}
 	}
+	o.describe(it.path, fi)
+	return o, nil
+}
+
+// errNotAFile is what openFile says of an entry that is no longer a
+// regular file.
+var errNotAFile = errors.New("no longer a regular file")
+
+// openFile opens a regular file and reads its metadata.
+func openFile(it sendItem) (*opened, error) {
+	flags := os.O_RDONLY
+	if !it.follow {
+		flags |= syscall.O_NOFOLLOW // a link now: errNotAFile, and it is looked at again
+	}
+	f, err := os.OpenFile(it.path, flags, 0)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return nil, errVanished
+	case errors.Is(err, syscall.ELOOP):
+		return nil, errNotAFile
+	case err != nil:
+		return nil, fmt.Errorf("cannot open: %v", unwrapPathError(err))
+	}
+	fi, err := f.Stat()
+	if err != nil || !fi.Mode().IsRegular() {
+		f.Close()
+		return nil, errNotAFile
+	}
+	o := &opened{kind: proto.KindFile, f: f, r: f, fi: fi}
+	o.describe(it.path, fi)
+	return o, nil
+}
+
+// describe fills in what o records of the entry at path, fi.
+func (o *opened) describe(path string, fi fs.FileInfo) {
 	o.mtime, o.mode = fi.ModTime(), posixMode(fi.Mode())
 	if o.kind.HasContent() {
 		o.size = fi.Size()
 	}
-	m, warnings := readMeta(it.path, o.f, fi)
+	m, warnings := readMeta(path, o.f, fi)
 	o.meta, o.warnings = proto.AppendMeta(nil, &m), warnings
-	return o, nil
 }
 
 // sizedInfo is a FileInfo with another size: a symbolic link's is its
@@ -635,11 +662,7 @@ func (o *opened) changedSince(path string, follow bool) bool {
 		stat = os.Stat
 	}
 	now, err := stat(path)
-	if err != nil {
-		return true
-	}
-	was, err := o.f.Stat()
-	return err != nil || !os.SameFile(now, was) || now.Size() != o.size || !now.ModTime().Equal(o.mtime)
+	return err != nil || !os.SameFile(now, o.fi) || now.Size() != o.size || !now.ModTime().Equal(o.mtime)
 }
 
 // sendAttempt sends an entry once: ask, send the missing ranges, compare
