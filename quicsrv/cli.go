@@ -5,11 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"text/tabwriter"
 	"time"
 
 	"github.com/alecthomas/kong"
+	"github.com/qbackup/qbackup/proto"
 	"github.com/qbackup/qbackup/store"
 )
 
@@ -18,6 +20,7 @@ import (
 type cli struct {
 	Serve  serveCmd  `cmd:"" default:"withargs" help:"Serve clients (the default command)."`
 	Invite inviteCmd `cmd:"" help:"Make, list and revoke invites for registration."`
+	Check  checkCmd  `cmd:"" help:"Read every stored file again and compare it with its checksums; mark damage (exit status 1 if any)."`
 }
 
 type serveCmd struct {
@@ -155,6 +158,54 @@ func (c *inviteRmCmd) Run(e *cliEnv) error {
 		return err
 	}
 	fmt.Fprintf(e.stderr, "invite %s revoked; clients it registered stay registered\n", c.ID)
+	return nil
+}
+
+type checkCmd struct {
+	Data   string `required:"" env:"QBACKUPD_DATA" help:"Data directory of the server." placeholder:"DIR"`
+	Client string `help:"Check only the files of the client of this name." placeholder:"NAME"`
+}
+
+// Run checks every stored version (one file at a time, while the server
+// runs or not), prints a line for each damaged one and a summary, and
+// fails when it found damage.
+func (c *checkCmd) Run(e *cliEnv) error {
+	ck, err := store.OpenChecker(e.ctx, c.Data)
+	if err != nil {
+		return err
+	}
+	defer ck.Close()
+	start := time.Now()
+	st, err := ck.Check(e.ctx, store.CheckOptions{
+		Client: c.Client,
+		Sum:    fileSums,
+		Checked: func(r store.CheckResult) {
+			switch {
+			case r.Damage != store.DamageNone:
+				fmt.Fprintf(e.stdout, "damaged: client %s: %s version %d: %s (%s)\n", r.ClientName, proto.Quote(r.Name), r.Version, r.Damage, r.Detail)
+			case r.WasDamaged:
+				fmt.Fprintf(e.stdout, "intact again: client %s: %s version %d (damaged mark cleared)\n", r.ClientName, proto.Quote(r.Name), r.Version)
+			}
+		},
+	})
+	switch {
+	case errors.Is(err, store.ErrUnknownClient):
+		return fmt.Errorf("no client named %q in %s: give the name the client registered with (qbackup register --name)", c.Client, c.Data)
+	case errors.Is(err, fs.ErrPermission):
+		return fmt.Errorf("%w: run qbackupd check as the user qbackupd runs as", err)
+	case err != nil && e.ctx.Err() != nil:
+		return fmt.Errorf("check interrupted after %d versions (%d damaged so far); what it found is recorded, run it again to check the rest", st.Versions, st.Damaged)
+	case err != nil:
+		return err
+	}
+	fmt.Fprintf(e.stdout, "checked %d versions (%s) of %d clients in %v: %d damaged, %d intact again\n",
+		st.Versions, formatBytes(uint64(st.Bytes)), st.Clients, time.Since(start).Round(time.Millisecond), st.Damaged, st.Cleared)
+	if st.Changing > 0 {
+		fmt.Fprintf(e.stdout, "%d versions changed under every attempt to read them (healed meanwhile) and were not checked\n", st.Changing)
+	}
+	if st.Damaged > 0 {
+		return fmt.Errorf("found %d damaged versions, now marked so that restores refuse them: send each file again from its client (qbackup send) to heal it, or restore another version", st.Damaged)
+	}
 	return nil
 }
 

@@ -50,7 +50,7 @@ func (ss *session) startRestore(req uint32, name string, version uint32, have []
 		return err
 	}
 	if fv.Damaged {
-		return proto.Errorf(proto.CodeDamaged, "version %d of %q no longer matches its checksums on the server (found %s); send the file again to heal it, or restore another version",
+		return proto.Errorf(proto.CodeDamaged, "version %d of \"%s\" no longer matches its checksums on the server (found %s); send the file again to heal it, or restore another version",
 			fv.Version, proto.Quote(name), fv.CheckedAt.UTC().Format("2006-01-02 15:04 UTC"))
 	}
 	size := uint64(fv.Size)

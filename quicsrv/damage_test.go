@@ -1,0 +1,194 @@
+package quicsrv_test
+
+// Damage on the server's disk, end to end: found by qbackupd check, the
+// scrub or a restore, shown by List, refused by restores, healed by a
+// send of the same content.
+
+import (
+	"bytes"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/qbackup/qbackup/proto"
+	"github.com/qbackup/qbackup/quicsrv"
+	"github.com/qbackup/qbackup/quicsrv/srvtest"
+)
+
+// qbackupd runs the server's command line and returns stdout, stderr and
+// the exit code.
+func qbackupd(t *testing.T, args ...string) (string, string, int) {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	code := quicsrv.Main(t.Context(), args, &out, &errOut)
+	t.Logf("qbackupd %s: exit %d\n%s%s", strings.Join(args, " "), code, out.String(), errOut.String())
+	return out.String(), errOut.String(), code
+}
+
+// storedPath returns the file on disk of version v of a client's file
+// whose last name component is base (found by walking the store: the
+// tests do not know the client directory's name).
+func storedPath(t *testing.T, dir, base string, v int) string {
+	t.Helper()
+	var found string
+	want := base + ";" + string(rune('0'+v))
+	filepath.WalkDir(filepath.Join(dir, "clients"), func(p string, d fs.DirEntry, err error) error {
+		if err == nil && !d.IsDir() && d.Name() == want {
+			found = p
+		}
+		return nil
+	})
+	if found == "" {
+		t.Fatalf("no stored file %s under %s", want, dir)
+	}
+	return found
+}
+
+// flipByte flips the bits of one byte of a stored file in place, as bit
+// rot would.
+func flipByte(t *testing.T, path string, off int64) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	b := []byte{0}
+	if _, err := f.ReadAt(b, off); err != nil {
+		t.Fatal(err)
+	}
+	b[0] ^= 0xff
+	if _, err := f.WriteAt(b, off); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// entry returns the listing entry of name.
+func (c *rawClient) entry(name string) *proto.ListEntry {
+	c.t.Helper()
+	for _, e := range c.list(name, 0) {
+		if e.Name == name {
+			return e
+		}
+	}
+	c.t.Fatalf("%q is not listed", name)
+	return nil
+}
+
+// restoreRefused requires a restore of name to be refused as damaged,
+// with a message that names the file and says what to do.
+func (c *rawClient) restoreRefused(name string) {
+	c.t.Helper()
+	req := c.nextReq()
+	c.send(&proto.RestoreRequest{Req: req, Name: name})
+	em := c.expectError(req, proto.CodeDamaged)
+	if !strings.Contains(em.Message, `"`+name+`"`) || !strings.Contains(em.Message, "send the file again") {
+		c.t.Errorf("restore of damaged %q refused with %q; want the name and what to do", name, em.Message)
+	}
+}
+
+// TestDamageCheckedAndHealed is issue 14's story: one flipped byte in a
+// stored file. qbackupd check, run while the server runs, finds it and
+// marks it; List shows it; a restore is refused as damaged; the file is
+// no longer "unchanged" to a send, with or without the checksums; the
+// send's upload of the same content heals it; the restore then returns
+// the right bytes and the check finds nothing.
+func TestDamageCheckedAndHealed(t *testing.T) {
+	srv := srvtest.Start(t, nil)
+	key, _ := testKeys(t)
+	c := registered(t, srv, "alice", key)
+	const name = "docs/report.txt"
+	data := randBytes(300_000)
+	c.upload(name, data)
+	c.upload("docs/ok.txt", randBytes(1000))
+	flipByte(t, storedPath(t, srv.Dir, "report.txt", 1), 123_456)
+
+	out, errOut, code := qbackupd(t, "check", "--data", srv.Dir)
+	if code != 1 || !strings.Contains(out, "damaged: client alice: "+name+" version 1: checksum mismatch") ||
+		strings.Contains(out, "ok.txt") || !strings.Contains(out, "checked 2 versions") || !strings.Contains(out, "1 damaged") ||
+		!strings.Contains(errOut, "found 1 damaged versions") || !strings.Contains(errOut, "send each file again") {
+		t.Fatalf("qbackupd check of a damaged store: exit %d\n%s%s", code, out, errOut)
+	}
+
+	if e := c.entry(name); !e.Damaged || !e.Verified {
+		t.Errorf("listing after the check: %+v, want damaged (and verified, as uploaded)", e)
+	}
+	if e := c.entry("docs/ok.txt"); e.Damaged {
+		t.Errorf("the intact file is listed as damaged")
+	}
+	c.restoreRefused(name)
+
+	// Not unchanged, whether the client compares size and modification
+	// time (send) or checksums (send -c).
+	for _, flags := range []uint8{0, proto.FlagHashed} {
+		m := c.uploadReq(name, data)
+		m.Flags = flags
+		c.send(m)
+		r := expect[*proto.UploadReady](c)
+		if r.Req != m.Req || r.Status != proto.ReadySend {
+			t.Fatalf("upload request (flags %#x) of the damaged file's content: %+v, want it asked for", flags, r)
+		}
+		c.send(&proto.UploadAbort{Xfer: r.Xfer})
+		if res := expect[*proto.UploadResult](c); res.Status != proto.ResultDiscarded {
+			t.Fatalf("abort: %+v", res)
+		}
+	}
+
+	r := c.startUpload(name, data)
+	c.sendData(c.chunkFrames(r.Xfer, r.UploadID, data, int(c.welcome.ChunkSize))...)
+	if res := c.finishUpload(r.Xfer, data); res.Status != proto.ResultIdentical || res.Version != 1 {
+		t.Fatalf("sending the same content again: %+v, want identical to version 1 (healed)", res)
+	}
+	if e := c.entry(name); e.Damaged {
+		t.Errorf("listing after the heal: %+v, want not damaged", e)
+	}
+	if _, got := c.restore(name, 0); !bytes.Equal(got, data) {
+		t.Error("restore after the heal returned other bytes")
+	}
+
+	if out, _, code := qbackupd(t, "check", "--data", srv.Dir); code != 0 || !strings.Contains(out, "0 damaged") {
+		t.Errorf("qbackupd check after the heal: exit %d, %q; want 0, none damaged", code, out)
+	}
+}
+
+// TestCheckCommand: the client filter, and what is not a check.
+func TestCheckCommand(t *testing.T) {
+	srv := srvtest.Start(t, nil)
+	a, b := testKeys(t)
+	ca := registered(t, srv, "alice", a)
+	ca.upload("a", randBytes(100))
+	flipByte(t, storedPath(t, srv.Dir, "a", 1), 50)
+	registered(t, srv, "bob", b).upload("b", randBytes(100))
+	tests := []struct {
+		args   []string
+		code   int
+		stdout []string
+		stderr []string
+	}{
+		{[]string{"--client", "bob"}, 0, []string{"checked 1 versions", "of 1 clients", "0 damaged"}, nil},
+		{[]string{"--client", "alice"}, 1, []string{"damaged: client alice: a version 1: checksum mismatch", "checked 1 versions"}, []string{"found 1 damaged"}},
+		{[]string{"--client", "carol"}, 1, nil, []string{`no client named "carol"`, "qbackup register --name"}},
+		{[]string{"--bogus"}, 2, nil, []string{"--bogus"}},
+	}
+	for _, tt := range tests {
+		out, errOut, code := qbackupd(t, append([]string{"check", "--data", srv.Dir}, tt.args...)...)
+		if code != tt.code {
+			t.Errorf("check %v: exit %d, want %d", tt.args, code, tt.code)
+		}
+		for _, s := range tt.stdout {
+			if !strings.Contains(out, s) {
+				t.Errorf("check %v: stdout %q lacks %q", tt.args, out, s)
+			}
+		}
+		for _, s := range tt.stderr {
+			if !strings.Contains(errOut, s) {
+				t.Errorf("check %v: stderr %q lacks %q", tt.args, errOut, s)
+			}
+		}
+	}
+	if _, errOut, code := qbackupd(t, "check", "--data", t.TempDir()); code != 1 || !strings.Contains(errOut, "no qbackup database") {
+		t.Errorf("check of an empty directory: exit %d, %q", code, errOut)
+	}
+}
