@@ -7,6 +7,7 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"strconv"
 	"text/tabwriter"
 	"time"
 
@@ -38,6 +39,8 @@ type serveCmd struct {
 	MaxClientConns  int           `default:"40" env:"QBACKUPD_MAX_CLIENT_CONNS" help:"Connections open at once for one client." placeholder:"N"`
 	Memory          int64         `default:"536870912" env:"QBACKUPD_MEMORY" help:"Bytes all clients together can make the server buffer (receive windows and chunks in flight)." placeholder:"BYTES"`
 	TransferTimeout time.Duration `default:"5m" env:"QBACKUPD_TRANSFER_TIMEOUT" help:"End an upload that receives nothing for this long (it is kept for resume)."`
+	ScrubEvery      time.Duration `default:"0s" env:"QBACKUPD_SCRUB_EVERY" help:"Read each stored file again about once per this period, in the background, and mark damage (0: never; 'qbackupd check' does it on demand)." placeholder:"DURATION"`
+	ScrubRate       int64         `default:"${scrub_rate}" env:"QBACKUPD_SCRUB_RATE" help:"How fast the scrub reads, in bytes per second." placeholder:"BYTES"`
 	LogJSON         bool          `help:"Log as JSON lines."`
 }
 
@@ -47,6 +50,9 @@ func (c *serveCmd) Run(e *cliEnv) error {
 	}
 	if c.MaxConns <= 0 || c.MaxClientConns <= 0 || c.Memory <= 0 || c.TransferTimeout <= 0 {
 		return errors.New("--max-conns, --max-client-conns, --memory and --transfer-timeout must be positive")
+	}
+	if c.ScrubEvery < 0 || c.ScrubRate <= 0 {
+		return errors.New("--scrub-every must not be negative and --scrub-rate must be positive")
 	}
 	var h slog.Handler = slog.NewTextHandler(e.stderr, nil)
 	if c.LogJSON {
@@ -67,6 +73,8 @@ func (c *serveCmd) Run(e *cliEnv) error {
 		MaxConnsPerClient: c.MaxClientConns,
 		MemoryBudget:      c.Memory,
 		TransferTimeout:   c.TransferTimeout,
+		ScrubEvery:        c.ScrubEvery,
+		ScrubRate:         c.ScrubRate,
 		Logger:            slog.New(h),
 	})
 }
@@ -225,6 +233,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		kong.Writers(stdout, stderr),
 		kong.Exit(func(code int) { exit = code }),
 		kong.UsageOnError(),
+		kong.Vars{"scrub_rate": strconv.Itoa(DefaultScrubRate)},
 	)
 	if err != nil {
 		fmt.Fprintf(stderr, "qbackupd: %v\n", err)

@@ -7,14 +7,19 @@ package quicsrv_test
 import (
 	"bytes"
 	"io/fs"
+	"log/slog"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/qbackup/qbackup/proto"
 	"github.com/qbackup/qbackup/quicsrv"
 	"github.com/qbackup/qbackup/quicsrv/srvtest"
+	"github.com/qbackup/qbackup/store"
 )
 
 // qbackupd runs the server's command line and returns stdout, stderr and
@@ -25,6 +30,48 @@ func qbackupd(t *testing.T, args ...string) (string, string, int) {
 	code := quicsrv.Main(t.Context(), args, &out, &errOut)
 	t.Logf("qbackupd %s: exit %d\n%s%s", strings.Join(args, " "), code, out.String(), errOut.String())
 	return out.String(), errOut.String(), code
+}
+
+// logBuffer collects a server's log lines, for tests that look at them;
+// they go to t.Log at the end of the test.
+type logBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// newLogBuffer returns a logBuffer and a logger at level writing to it.
+func newLogBuffer(t *testing.T, level slog.Level) (*logBuffer, *slog.Logger) {
+	l := &logBuffer{}
+	t.Cleanup(func() { t.Logf("server log:\n%s", l.String()) })
+	return l, slog.New(slog.NewTextHandler(l, &slog.HandlerOptions{Level: level}))
+}
+
+// waitLog waits until the log has a line matching re, and returns it.
+func waitLog(t *testing.T, l *logBuffer, re string) string {
+	t.Helper()
+	rx := regexp.MustCompile(re)
+	deadline := time.Now().Add(ioTimeout)
+	for {
+		if m := rx.FindString(l.String()); m != "" {
+			return m
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no log line matching %q after %v", re, ioTimeout)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
 
 // storedPath returns the file on disk of version v of a client's file
@@ -75,6 +122,18 @@ func (c *rawClient) entry(name string) *proto.ListEntry {
 	}
 	c.t.Fatalf("%q is not listed", name)
 	return nil
+}
+
+// waitDamaged waits until the listing says name is damaged.
+func (c *rawClient) waitDamaged(name string) {
+	c.t.Helper()
+	deadline := time.Now().Add(ioTimeout)
+	for !c.entry(name).Damaged {
+		if time.Now().After(deadline) {
+			c.t.Fatalf("%q not listed as damaged after %v", name, ioTimeout)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
 
 // restoreRefused requires a restore of name to be refused as damaged,
@@ -190,5 +249,77 @@ func TestCheckCommand(t *testing.T) {
 	}
 	if _, errOut, code := qbackupd(t, "check", "--data", t.TempDir()); code != 1 || !strings.Contains(errOut, "no qbackup database") {
 		t.Errorf("check of an empty directory: exit %d, %q", code, errOut)
+	}
+}
+
+// TestScrub: with ScrubEvery set, the server finds a damaged file by
+// itself, logs it and marks it, then sums up the pass.
+func TestScrub(t *testing.T) {
+	logs, logger := newLogBuffer(t, slog.LevelDebug)
+	srv := srvtest.Start(t, func(s *quicsrv.Server) {
+		s.Logger = logger
+		s.ScrubEvery = 20 * time.Millisecond
+	})
+	key, _ := testKeys(t)
+	c := registered(t, srv, "alice", key)
+	c.upload("intact", randBytes(1000))
+	c.upload("rotten", randBytes(5000))
+	flipByte(t, storedPath(t, srv.Dir, "rotten", 1), 4000)
+	c.waitDamaged("rotten")
+	if c.entry("intact").Damaged {
+		t.Error("the intact file is listed as damaged")
+	}
+	c.restoreRefused("rotten")
+	waitLog(t, logs, `level=WARN msg="stored version is damaged[^"]*" client=alice id=[0-9a-f]+ name=rotten version=1 damage="checksum mismatch"`)
+	waitLog(t, logs, `level=INFO msg="scrub done" versions=\d+ bytes=\d+ clients=1 damaged=1`)
+	waitLog(t, logs, `level=DEBUG msg=checked client=alice id=[0-9a-f]+ name=intact version=1`)
+}
+
+// TestScrubStopsOnShutdown: a scrub in the middle of a file (here one it
+// reads at 1 byte a second) ends as soon as the server closes, and
+// records nothing for that file.
+func TestScrubStopsOnShutdown(t *testing.T) {
+	logs, logger := newLogBuffer(t, slog.LevelInfo)
+	srv := srvtest.Start(t, func(s *quicsrv.Server) {
+		s.Logger = logger
+		s.ScrubEvery = time.Millisecond
+		s.ScrubRate = 1
+	})
+	key, _ := testKeys(t)
+	c := registered(t, srv, "alice", key)
+	c.upload("big", randBytes(3<<20))
+	deadline := time.Now().Add(ioTimeout)
+	for quicsrv.ScrubRead(srv.Srv) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the scrub read nothing in %v", ioTimeout)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	start := time.Now()
+	closed := make(chan struct{})
+	go func() {
+		srv.Close()
+		close(closed)
+	}()
+	select {
+	case <-closed:
+	case <-time.After(ioTimeout):
+		t.Fatalf("Close did not return in %v during a scrub", ioTimeout)
+	}
+	if took := time.Since(start); took > 2*time.Second {
+		t.Errorf("closing the server during a scrub took %v", took)
+	}
+	// Close waited for the scrub: its last line is there already.
+	if !strings.Contains(logs.String(), `msg="scrub stopped by the shutdown`) {
+		t.Error("the scrub had not stopped when Close returned")
+	}
+	st, err := store.Open(t.Context(), srv.Dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	fv, err := st.Latest(t.Context(), store.ClientID(c.id), "big")
+	if err != nil || !fv.CheckedAt.IsZero() || fv.Damaged {
+		t.Errorf("after a scrub cut short: %+v, %v; want never checked", fv, err)
 	}
 }
