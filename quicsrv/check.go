@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -11,19 +12,22 @@ import (
 	"github.com/qbackup/qbackup/store"
 )
 
-// Damage on the server's disk: two ways to find it, both through
-// store.Check, which marks a damaged version (the server then refuses to
-// restore it, with CodeDamaged, and treats the file as changed, so the
-// client's next send uploads it and heals it):
+// Damage on the server's disk: three ways to find it, all through
+// store.Check and store.CheckVersion, which mark a damaged version (the
+// server then refuses to restore it, with CodeDamaged, and treats the
+// file as changed, so the client's next send uploads it and heals it):
 //
 //   - qbackupd check, run by the operator (cli.go);
 //   - the scrub, when Server.ScrubEvery is set: a goroutine of the
 //     server that re-reads each version about once per period, politely
-//     (below).
+//     (below);
+//   - a recheck of one version whose restore did not match: the client
+//     said so (RestoreDone with DoneMismatch) or the server's own cksum
+//     of the file on its way out differed.
 
-// fileSums is the store.SumFunc of qbackupd check: the checksums a
-// client compares, read at full speed. The store's reader fails once ctx
-// is done.
+// fileSums is the store.SumFunc of qbackupd check and of rechecks: the
+// checksums a client compares, read at full speed. The store's reader
+// fails once ctx is done.
 func fileSums(_ context.Context, r io.ReaderAt, size int64) (uint32, [32]byte, error) {
 	return proto.FileChecksums(r, size)
 }
@@ -172,4 +176,129 @@ func (p *pacer) sums(ctx context.Context, r io.ReaderAt, size int64) (uint32, [3
 	}
 	crc, sha := h.Sum()
 	return crc, sha, nil
+}
+
+// Rechecks are bounded: at most maxRechecks versions waiting or being
+// checked, maxClientRechecks of them of one client, one checked at a
+// time, each version once however often it is asked for.
+const (
+	maxRechecks       = 16
+	maxClientRechecks = 2
+)
+
+// recheckRef names a version to check again.
+type recheckRef struct {
+	client  store.ClientID
+	name    string
+	version int
+}
+
+// recheckJob is a version to check again, with a log about its client.
+type recheckJob struct {
+	ref recheckRef
+	log *slog.Logger
+}
+
+// rechecker checks again, one at a time, the versions whose restore did
+// not match, so that a damaged one is marked before the client's next
+// attempt, which then hears CodeDamaged at once instead of downloading
+// the file again only to find it bad.
+type rechecker struct {
+	// start runs a function in a goroutine the server owns, unless the
+	// server is shutting down (false); run checks one version.
+	start func(func(context.Context)) bool
+	run   func(context.Context, recheckJob)
+
+	mu      sync.Mutex
+	queue   []recheckJob
+	pending map[recheckRef]bool // queued or being checked
+	running bool                // a goroutine works through queue
+}
+
+// add queues j unless its version is queued or being checked already, or
+// the queue is full (then it is dropped: a client that retries asks
+// again). It reports whether j was queued.
+func (rc *rechecker) add(j recheckJob) bool {
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	if rc.pending[j.ref] || len(rc.pending) >= maxRechecks {
+		return false
+	}
+	n := 0
+	for ref := range rc.pending {
+		if ref.client == j.ref.client {
+			n++
+		}
+	}
+	if n >= maxClientRechecks {
+		return false
+	}
+	if !rc.running {
+		if !rc.start(rc.work) {
+			return false
+		}
+		rc.running = true
+	}
+	if rc.pending == nil {
+		rc.pending = make(map[recheckRef]bool)
+	}
+	rc.pending[j.ref] = true
+	rc.queue = append(rc.queue, j)
+	return true
+}
+
+// work checks the queued versions until none is left.
+func (rc *rechecker) work(ctx context.Context) {
+	for {
+		rc.mu.Lock()
+		if len(rc.queue) == 0 {
+			rc.running = false
+			rc.mu.Unlock()
+			return
+		}
+		j := rc.queue[0]
+		rc.queue = rc.queue[1:]
+		rc.mu.Unlock()
+		rc.run(ctx, j)
+		rc.mu.Lock()
+		delete(rc.pending, j.ref)
+		rc.mu.Unlock()
+	}
+}
+
+// recheck has the version fv of the session's client checked again, in
+// the background; why says what the restore saw.
+func (ss *session) recheck(fv store.FileVersion, why string) {
+	log := ss.srv.logger().With("client", ss.client.Name, "id", ss.client.ID.String())
+	j := recheckJob{ref: recheckRef{ss.client.ID, fv.Name, fv.Version}, log: log}
+	if ss.srv.rechecks().add(j) {
+		ss.log.Warn(why+"; checking the stored version again", "name", fv.Name, "version", fv.Version)
+	} else {
+		ss.log.Debug(why+"; a check of the stored version is already queued, or too many are", "name", fv.Name, "version", fv.Version)
+	}
+}
+
+// rechecks returns the server's rechecker.
+func (s *Server) rechecks() *rechecker {
+	s.recheckOnce.Do(func() {
+		s.recheck = &rechecker{start: s.goBackground, run: s.runRecheck}
+	})
+	return s.recheck
+}
+
+// runRecheck checks one version again and logs what it found.
+func (s *Server) runRecheck(ctx context.Context, j recheckJob) {
+	r, recorded, err := s.Store.CheckVersion(ctx, j.ref.client, j.ref.name, j.ref.version, fileSums)
+	switch {
+	case err != nil && ctx.Err() != nil:
+		j.log.Debug("check of a stored version stopped by the shutdown", "name", j.ref.name, "version", j.ref.version)
+	case err != nil:
+		j.log.Warn("checking a stored version again failed", "name", j.ref.name, "version", j.ref.version, "err", err)
+	case !recorded:
+		j.log.Debug("stored version changed while it was checked again (healed); nothing recorded", "name", j.ref.name, "version", j.ref.version)
+	case r.Damage == store.DamageNone:
+		j.log.Info("stored version checked again: it is intact", "name", r.Name, "version", r.Version)
+	default:
+		logCheck(j.log, r)
+	}
 }

@@ -3,10 +3,110 @@ package quicsrv
 import (
 	"context"
 	"errors"
+	"fmt"
+	"sync"
 	"testing"
 	"testing/synctest"
 	"time"
+
+	"github.com/qbackup/qbackup/store"
 )
+
+// TestRechecker: rechecks run one at a time, each version once however
+// often it is asked for while queued or running, and no more than
+// maxRechecks in all and maxClientRechecks of one client wait.
+func TestRechecker(t *testing.T) {
+	var (
+		wg      sync.WaitGroup
+		mu      sync.Mutex
+		running int
+		most    int
+		ran     []recheckRef
+		closed  bool
+	)
+	release := make(chan struct{})
+	rc := &rechecker{
+		start: func(fn func(context.Context)) bool {
+			mu.Lock()
+			defer mu.Unlock()
+			if closed {
+				return false
+			}
+			wg.Go(func() { fn(t.Context()) })
+			return true
+		},
+		run: func(_ context.Context, j recheckJob) {
+			mu.Lock()
+			running++
+			most = max(most, running)
+			ran = append(ran, j.ref)
+			mu.Unlock()
+			<-release
+			mu.Lock()
+			running--
+			mu.Unlock()
+		},
+	}
+	a, b := store.ClientID{1}, store.ClientID{2}
+	job := func(c store.ClientID, name string, v int) recheckJob {
+		return recheckJob{ref: recheckRef{c, name, v}}
+	}
+	type step struct {
+		what string
+		job  recheckJob
+		want bool // queued
+	}
+	steps := []step{
+		{"first", job(a, "x", 1), true},
+		{"the same version again", job(a, "x", 1), false},
+		{"another version", job(a, "x", 2), true},
+		{"a third of one client", job(a, "y", 1), false},
+		{"another client", job(b, "x", 1), true},
+		{"the same again", job(b, "x", 1), false},
+	}
+	queued := 3
+	for i := 3; queued < maxRechecks; i++ {
+		steps = append(steps, step{fmt.Sprintf("client %d", i), job(store.ClientID{byte(i)}, "x", 1), true})
+		queued++
+	}
+	steps = append(steps, step{"one too many", job(store.ClientID{0xff}, "x", 1), false})
+	for _, st := range steps {
+		if got := rc.add(st.job); got != st.want {
+			t.Errorf("%s: add(%v) = %v, want %v", st.what, st.job.ref, got, st.want)
+		}
+	}
+	close(release)
+	wg.Wait()
+	if most != 1 {
+		t.Errorf("%d rechecks ran at once, want 1", most)
+	}
+	if len(ran) != queued {
+		t.Errorf("%d rechecks ran, want %d", len(ran), queued)
+	}
+	seen := make(map[recheckRef]bool)
+	for _, ref := range ran {
+		if seen[ref] {
+			t.Errorf("%v checked twice", ref)
+		}
+		seen[ref] = true
+	}
+
+	// Done, a version may be checked again; a server shutting down
+	// starts none.
+	if !rc.add(job(a, "x", 1)) {
+		t.Error("a version checked before could not be queued again")
+	}
+	wg.Wait()
+	mu.Lock()
+	closed = true
+	mu.Unlock()
+	if rc.add(job(a, "x", 1)) {
+		t.Error("a recheck was queued while the server shuts down")
+	}
+	if len(rc.pending) != 0 || len(rc.queue) != 0 {
+		t.Errorf("left pending %v, queued %v", rc.pending, rc.queue)
+	}
+}
 
 // TestPacer: the scrub's pacer holds its rate, does not make up for a
 // pause with a burst, and stops waiting when its context ends.

@@ -6,6 +6,7 @@ package quicsrv_test
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"io/fs"
 	"log/slog"
 	"os"
@@ -249,6 +250,75 @@ func TestCheckCommand(t *testing.T) {
 	}
 	if _, errOut, code := qbackupd(t, "check", "--data", t.TempDir()); code != 1 || !strings.Contains(errOut, "no qbackup database") {
 		t.Errorf("check of an empty directory: exit %d, %q", code, errOut)
+	}
+}
+
+// TestRestoreFindsDamage: a restore that goes wrong because of the
+// server's copy has that version checked again in the background, so the
+// client's next attempt is refused as damaged at once, instead of
+// downloading the file again only to find it bad.
+func TestRestoreFindsDamage(t *testing.T) {
+	const name = "f"
+	const size, flipAt = 100_000, 90_000
+	tests := []struct {
+		what string
+		// harm damages the stored file; restore then tries to restore it
+		// once, as a client whose attempt fails.
+		harm    func(t *testing.T, path string)
+		restore func(c *rawClient, data []byte)
+	}{
+		{"the client says the checksums did not match",
+			func(t *testing.T, p string) { flipByte(t, p, flipAt) },
+			func(c *rawClient, data []byte) {
+				// Resumed from the first half, which the client has:
+				// the server sends only the rest, so it cannot compare
+				// the whole file's cksum itself; only the client can
+				// tell it.
+				c.acceptData()
+				req := c.nextReq()
+				have := []proto.Range{{Off: 0, Len: size / 2}}
+				c.send(&proto.RestoreResume{Req: req, Name: name, Version: 1, SHA256: sha256.Sum256(data), Have: have})
+				rr, got := c.fetchRestore(req, name, data, have)
+				if sha256.Sum256(got) == rr.SHA256 {
+					c.t.Fatal("the damage did not reach the client")
+				}
+				c.send(&proto.RestoreDone{Xfer: rr.Xfer, Status: proto.DoneMismatch})
+			}},
+		{"the server's cksum of the file on its way out differs",
+			func(t *testing.T, p string) { flipByte(t, p, flipAt) },
+			func(c *rawClient, data []byte) {
+				c.acceptData()
+				req := c.nextReq()
+				c.send(&proto.RestoreRequest{Req: req, Name: name})
+				rr, _ := c.fetchRestore(req, name, nil, nil)
+				c.send(&proto.RestoreDone{Xfer: rr.Xfer, Status: proto.DoneFailed}) // a client that does not say why
+			}},
+		{"the stored file is gone",
+			func(t *testing.T, p string) {
+				if err := os.Remove(p); err != nil {
+					t.Fatal(err)
+				}
+			},
+			func(c *rawClient, data []byte) {
+				req := c.nextReq()
+				c.send(&proto.RestoreRequest{Req: req, Name: name})
+				c.expectError(req, proto.CodeInternal)
+			}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.what, func(t *testing.T) {
+			logs, logger := newLogBuffer(t, slog.LevelInfo)
+			srv := srvtest.Start(t, func(s *quicsrv.Server) { s.Logger = logger })
+			key, _ := testKeys(t)
+			c := registered(t, srv, "alice", key)
+			data := randBytes(size)
+			c.upload(name, data)
+			tt.harm(t, storedPath(t, srv.Dir, name, 1))
+			tt.restore(c, data)
+			c.waitDamaged(name)
+			c.restoreRefused(name)
+			waitLog(t, logs, `level=WARN msg="stored version is damaged[^"]*" client=alice id=[0-9a-f]+ name=f version=1`)
+		})
 	}
 }
 

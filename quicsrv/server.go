@@ -124,12 +124,14 @@ type Server struct {
 	// Default DefaultScrubRate.
 	ScrubRate int64
 
-	// Background work (the scrub) runs under bgCtx, which ends
+	// Background work (the scrub, rechecks) runs under bgCtx, which ends
 	// when Shutdown or Close begins; they wait for bg.
-	bgCtx     context.Context
-	bgCancel  context.CancelFunc
-	bg        sync.WaitGroup
-	scrubRead atomic.Int64 // bytes the scrub read, for tests
+	bgCtx       context.Context
+	bgCancel    context.CancelFunc
+	bg          sync.WaitGroup
+	recheckOnce sync.Once
+	recheck     *rechecker
+	scrubRead   atomic.Int64 // bytes the scrub read, for tests
 
 	// active maps the uploads sessions are receiving to those sessions,
 	// so no two sessions write one upload; byFile indexes them by client
@@ -533,6 +535,24 @@ func (s *Server) Close() error {
 	s.wg.Wait()
 	s.closeTransport()
 	return nil
+}
+
+// goBackground runs fn in a goroutine of the server's background work,
+// with a context that ends when Shutdown or Close begins. It reports
+// false, and does nothing, once the server is shutting down or before
+// Serve.
+func (s *Server) goBackground(fn func(ctx context.Context)) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed || s.bgCtx == nil {
+		return false
+	}
+	s.bg.Add(1)
+	go func() {
+		defer s.bg.Done()
+		fn(s.bgCtx)
+	}()
+	return true
 }
 
 // stopBackground ends the background work and waits for it. None starts
