@@ -41,6 +41,7 @@ type serveCmd struct {
 	TransferTimeout time.Duration `default:"5m" env:"QBACKUPD_TRANSFER_TIMEOUT" help:"End an upload that receives nothing for this long (it is kept for resume)."`
 	ScrubEvery      time.Duration `default:"0s" env:"QBACKUPD_SCRUB_EVERY" help:"Read each stored file again about once per this period, in the background, and mark damage (0: never; 'qbackupd check' does it on demand)." placeholder:"DURATION"`
 	ScrubRate       int64         `default:"${scrub_rate}" env:"QBACKUPD_SCRUB_RATE" help:"How fast the scrub reads, in bytes per second." placeholder:"BYTES"`
+	LogLevel        string        `enum:"debug,info,warn,error" default:"info" env:"QBACKUPD_LOG_LEVEL" help:"Least severe log lines written: debug (adds a line per file), info, warn, error."`
 	LogJSON         bool          `help:"Log as JSON lines."`
 }
 
@@ -54,9 +55,14 @@ func (c *serveCmd) Run(e *cliEnv) error {
 	if c.ScrubEvery < 0 || c.ScrubRate <= 0 {
 		return errors.New("--scrub-every must not be negative and --scrub-rate must be positive")
 	}
-	var h slog.Handler = slog.NewTextHandler(e.stderr, nil)
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(c.LogLevel)); err != nil {
+		return fmt.Errorf("--log-level: %w", err)
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	var h slog.Handler = slog.NewTextHandler(e.stderr, opts)
 	if c.LogJSON {
-		h = slog.NewJSONHandler(e.stderr, nil)
+		h = slog.NewJSONHandler(e.stderr, opts)
 	}
 	return Run(e.ctx, Config{
 		Data:              c.Data,

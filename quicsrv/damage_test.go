@@ -6,6 +6,7 @@ package quicsrv_test
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"io/fs"
 	"log/slog"
@@ -156,7 +157,8 @@ func (c *rawClient) restoreRefused(name string) {
 // send's upload of the same content heals it; the restore then returns
 // the right bytes and the check finds nothing.
 func TestDamageCheckedAndHealed(t *testing.T) {
-	srv := srvtest.Start(t, nil)
+	logs, logger := newLogBuffer(t, slog.LevelInfo)
+	srv := srvtest.Start(t, func(s *quicsrv.Server) { s.Logger = logger })
 	key, _ := testKeys(t)
 	c := registered(t, srv, "alice", key)
 	const name = "docs/report.txt"
@@ -201,6 +203,7 @@ func TestDamageCheckedAndHealed(t *testing.T) {
 	if res := c.finishUpload(r.Xfer, data); res.Status != proto.ResultIdentical || res.Version != 1 {
 		t.Fatalf("sending the same content again: %+v, want identical to version 1 (healed)", res)
 	}
+	waitLog(t, logs, `level=INFO msg="healed a damaged version[^"]*" .*name=`+name+` version=1`)
 	if e := c.entry(name); e.Damaged {
 		t.Errorf("listing after the heal: %+v, want not damaged", e)
 	}
@@ -391,5 +394,49 @@ func TestScrubStopsOnShutdown(t *testing.T) {
 	fv, err := st.Latest(t.Context(), store.ClientID(c.id), "big")
 	if err != nil || !fv.CheckedAt.IsZero() || fv.Damaged {
 		t.Errorf("after a scrub cut short: %+v, %v; want never checked", fv, err)
+	}
+}
+
+// TestLogLevel: qbackupd --log-level: the per-file lines are at debug,
+// session-level ones at info.
+func TestLogLevel(t *testing.T) {
+	key, _ := testKeys(t)
+	tests := []struct {
+		level   string
+		perFile bool
+	}{
+		{"info", false},
+		{"debug", true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.level, func(t *testing.T) {
+			dir := t.TempDir()
+			ctx, cancel := context.WithCancel(t.Context())
+			defer cancel()
+			logs := &logBuffer{}
+			t.Cleanup(func() { t.Logf("server log:\n%s", logs.String()) })
+			done := make(chan int, 1)
+			go func() {
+				done <- quicsrv.Main(ctx, []string{"--data", dir, "--listen", "127.0.0.1:0", "--registration", "open", "--log-level", tt.level}, new(bytes.Buffer), logs)
+			}()
+			m := regexp.MustCompile(`addr=(\S+) fingerprint=([0-9a-f]+)`).FindStringSubmatch(waitLog(t, logs, `msg="qbackupd listening" .*`))
+			if m == nil {
+				t.Fatal("no address and fingerprint in the listening line")
+			}
+			c := registered(t, &srvtest.Server{Addr: m[1], Fingerprint: m[2], Dir: dir}, "alice", key)
+			c.upload("f", randBytes(100))
+			c.close()
+			cancel()
+			if code := <-done; code != 0 {
+				t.Fatalf("qbackupd exited with %d", code)
+			}
+			log := logs.String()
+			if got := regexp.MustCompile(`msg=stored .*name=f`).MatchString(log); got != tt.perFile {
+				t.Errorf("--log-level %s: per-file line logged: %v, want %v", tt.level, got, tt.perFile)
+			}
+			if !strings.Contains(log, `msg="session started"`) {
+				t.Errorf("--log-level %s: no session line", tt.level)
+			}
+		})
 	}
 }

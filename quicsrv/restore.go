@@ -199,7 +199,7 @@ func (ss *session) restoreDone(m *proto.RestoreDone) error {
 	}
 	switch m.Status {
 	case proto.DoneFailed:
-		ss.log.Warn("client could not restore", "name", r.fv.Name, "version", r.fv.Version)
+		ss.log.Debug("client gave up a restore", "name", r.fv.Name, "version", r.fv.Version)
 	case proto.DoneMismatch:
 		ss.recheck(r.fv, "client received a restore whose checksums did not match")
 	}
