@@ -325,6 +325,30 @@ func TestRestoreFindsDamage(t *testing.T) {
 	}
 }
 
+// TestMismatchClaimOfIntactFile: a client that says an intact version
+// did not match has it read again, but cannot have it marked: the mark
+// follows the server's own check.
+func TestMismatchClaimOfIntactFile(t *testing.T) {
+	logs, logger := newLogBuffer(t, slog.LevelInfo)
+	srv := srvtest.Start(t, func(s *quicsrv.Server) { s.Logger = logger })
+	key, _ := testKeys(t)
+	c := registered(t, srv, "alice", key)
+	data := randBytes(10_000)
+	c.upload("f", data)
+	c.acceptData()
+	req := c.nextReq()
+	c.send(&proto.RestoreRequest{Req: req, Name: "f"})
+	rr, _ := c.fetchRestore(req, "f", nil, nil)
+	c.send(&proto.RestoreDone{Xfer: rr.Xfer, Status: proto.DoneMismatch})
+	waitLog(t, logs, `level=INFO msg="stored version checked again: it is intact" client=alice id=[0-9a-f]+ name=f version=1`)
+	if c.entry("f").Damaged {
+		t.Error("an intact version is listed as damaged on the client's word")
+	}
+	if _, got := c.restore("f", 0); !bytes.Equal(got, data) {
+		t.Error("restore after the claim returned other bytes")
+	}
+}
+
 // TestScrub: with ScrubEvery set, the server finds a damaged file by
 // itself, logs it and marks it, then sums up the pass.
 func TestScrub(t *testing.T) {
