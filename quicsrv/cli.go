@@ -208,7 +208,7 @@ func (c *checkCmd) Run(e *cliEnv) error {
 	case errors.Is(err, fs.ErrPermission):
 		return fmt.Errorf("%w: run qbackupd check as the user qbackupd runs as", err)
 	case err != nil && e.ctx.Err() != nil:
-		return fmt.Errorf("check interrupted after %d versions (%d damaged so far); what it found is recorded, run it again to check the rest", st.Versions, st.Damaged)
+		return fmt.Errorf("check interrupted after %d versions (%d damaged so far); the damage it found is recorded, run it again to check the rest", st.Versions, st.Damaged)
 	case err != nil:
 		return err
 	}

@@ -137,7 +137,7 @@ func (s *Store) CheckVersion(ctx context.Context, id ClientID, name string, vers
 	if !found {
 		return CheckResult{}, false, fmt.Errorf("%w: %q version %d", ErrNotFound, name, version)
 	}
-	return vc.checkItem(ctx, it, sum)
+	return vc.checkItem(ctx, it, sum, checkAttempts)
 }
 
 func (s *Store) checker() *versionChecker {
@@ -185,6 +185,22 @@ var checkPage = 256
 // checkAttempts bounds how often one version is read again because a heal
 // or another check changed it while it was read.
 const checkAttempts = 3
+
+// Results are recorded in batches: one write transaction for up to
+// checkBatch versions, or for those read within checkDelay, whichever
+// comes first. A transaction per version would cost the disk a sync each,
+// which for a store of small files takes longer than reading them.
+// Damage is recorded at once, with the results read before it.
+const (
+	checkBatch = 128
+	checkDelay = time.Second
+)
+
+// checked is a version read whose result is not recorded yet.
+type checked struct {
+	it checkItem
+	r  CheckResult
+}
 
 // versionChecker is what checking needs of an open store; Store and
 // Checker share it.
@@ -261,16 +277,10 @@ func (vc *versionChecker) check(ctx context.Context, o CheckOptions) (CheckStats
 	var (
 		last     ClientID
 		haveLast bool
+		pending  []checked // read, not yet recorded
+		since    time.Time // when the first of pending was read
 	)
-	err := vc.walk(ctx, only, o.DueBefore, func(it checkItem) error {
-		r, recorded, err := vc.checkItem(ctx, it, o.Sum)
-		if err != nil {
-			return err
-		}
-		if !recorded {
-			st.Changing++
-			return nil
-		}
+	done := func(r CheckResult) {
 		if !haveLast || r.Client != last {
 			st.Clients++
 			last, haveLast = r.Client, true
@@ -286,8 +296,54 @@ func (vc *versionChecker) check(ctx context.Context, o CheckOptions) (CheckStats
 		if o.Checked != nil {
 			o.Checked(r)
 		}
+	}
+	flush := func() error {
+		ok, err := vc.record(ctx, pending)
+		if err != nil {
+			return err
+		}
+		for i, p := range pending {
+			r := p.r
+			if !ok[i] {
+				// A heal or another check changed it meanwhile: read
+				// it again.
+				it, found, err := vc.reread(ctx, p.it.client, p.it.name, p.it.version)
+				if err != nil {
+					return err
+				}
+				recorded := false
+				if found {
+					if r, recorded, err = vc.checkItem(ctx, it, o.Sum, checkAttempts-1); err != nil {
+						return err
+					}
+				}
+				if !recorded {
+					st.Changing++
+					continue
+				}
+			}
+			done(r)
+		}
+		pending = pending[:0]
+		return nil
+	}
+	err := vc.walk(ctx, only, o.DueBefore, func(it checkItem) error {
+		r, err := vc.read(ctx, it, o.Sum)
+		if err != nil {
+			return err
+		}
+		if len(pending) == 0 {
+			since = time.Now()
+		}
+		pending = append(pending, checked{it, r})
+		if r.Damage != DamageNone || len(pending) >= checkBatch || time.Since(since) >= checkDelay {
+			return flush()
+		}
 		return nil
 	})
+	if err == nil {
+		err = flush()
+	}
 	return st, err
 }
 
@@ -365,20 +421,21 @@ func (vc *versionChecker) reread(ctx context.Context, id ClientID, name string, 
 	return it, true, nil
 }
 
-// checkItem checks one version and records the result. recorded is false
-// if the version changed under every attempt (or is gone): then nothing
-// was recorded.
-func (vc *versionChecker) checkItem(ctx context.Context, it checkItem, sum SumFunc) (r CheckResult, recorded bool, err error) {
+// checkItem checks one version and records the result, reading it again
+// if a heal or another check changed it meanwhile, up to attempts times
+// in all. recorded is false if it changed every time (or is gone): then
+// nothing was recorded.
+func (vc *versionChecker) checkItem(ctx context.Context, it checkItem, sum SumFunc, attempts int) (r CheckResult, recorded bool, err error) {
 	for attempt := 1; ; attempt++ {
 		r, err = vc.read(ctx, it, sum)
 		if err != nil {
 			return r, false, err
 		}
-		ok, err := vc.record(ctx, it, r.Damage != DamageNone)
-		if err != nil || ok {
-			return r, ok, err
+		ok, err := vc.record(ctx, []checked{{it, r}})
+		if err != nil || ok[0] {
+			return r, err == nil, err
 		}
-		if attempt == checkAttempts {
+		if attempt >= attempts {
 			return r, false, nil
 		}
 		var found bool
@@ -456,31 +513,49 @@ func isGone(err error) bool {
 	return errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR)
 }
 
-// record writes a check's result, if the version's checked_at is still
-// what it was when it was listed (see the comment at the top of this
-// file); ok reports whether it was.
-func (vc *versionChecker) record(ctx context.Context, it checkItem, damaged bool) (ok bool, err error) {
-	now := time.Now().UnixNano()
-	if now <= it.checkedAt {
-		now = it.checkedAt + 1 // the guard's value must change
+// record writes the results of checks in one transaction: each only if
+// its version's checked_at is still what it was when it was listed (see
+// the comment at the top of this file); ok[i] reports whether that of
+// list[i] was.
+func (vc *versionChecker) record(ctx context.Context, list []checked) (ok []bool, err error) {
+	if len(list) == 0 {
+		return nil, nil
 	}
 	if vc.lock != nil {
 		if err := vc.lock(ctx); err != nil {
-			return false, err
+			return nil, err
 		}
 		defer vc.unlock()
 	}
-	res, err := vc.db.ExecContext(ctx,
-		"UPDATE files SET damaged = ?, checked_at = ? WHERE client_id = ? AND name = ? AND version = ? AND checked_at = ?",
-		damaged, now, it.client[:], it.name, it.version, it.checkedAt)
+	tx, err := vc.db.BeginTx(ctx, nil)
 	if err != nil {
-		return false, wrapDB("record check", err)
+		return nil, wrapDB("begin", err)
 	}
-	n, err := res.RowsAffected()
+	defer tx.Rollback()
+	stmt, err := tx.PrepareContext(ctx,
+		"UPDATE files SET damaged = ?, checked_at = ? WHERE client_id = ? AND name = ? AND version = ? AND checked_at = ?")
 	if err != nil {
-		return false, wrapDB("record check", err)
+		return nil, wrapDB("record check", err)
 	}
-	return n == 1, nil
+	defer stmt.Close()
+	ok = make([]bool, len(list))
+	now := time.Now().UnixNano()
+	for i, c := range list {
+		at := max(now, c.it.checkedAt+1) // the guard's value must change
+		res, err := stmt.ExecContext(ctx, c.r.Damage != DamageNone, at, c.it.client[:], c.it.name, c.it.version, c.it.checkedAt)
+		if err != nil {
+			return nil, wrapDB("record check", err)
+		}
+		n, err := res.RowsAffected()
+		if err != nil {
+			return nil, wrapDB("record check", err)
+		}
+		ok[i] = n == 1
+	}
+	if err := tx.Commit(); err != nil {
+		return nil, wrapDB("record check", err)
+	}
+	return ok, nil
 }
 
 // checkReader reads a stored file for a check: it fails once ctx is

@@ -304,7 +304,9 @@ func TestCheckRacesHeal(t *testing.T) {
 	ctx := t.Context()
 	c := register(t, s, "laptop")
 	data := randBytes(3000)
+	put(t, s, c.ID, "e", randBytes(10), time.Unix(1, 0), 0o644) // checked in the same batch
 	put(t, s, c.ID, "f", data, time.Unix(1, 0), 0o644)
+	put(t, s, c.ID, "g", randBytes(10), time.Unix(1, 0), 0o644)
 	flipByte(t, storedFile(t, s, c.ID, "f", 1), 7)
 	if st, _ := runCheck(t, s.Check, CheckOptions{}); st.Damaged != 1 {
 		t.Fatalf("first check: %+v, want 1 damaged", st)
@@ -312,6 +314,9 @@ func TestCheckRacesHeal(t *testing.T) {
 
 	calls := 0
 	healDuringRead := func(ctx context.Context, r io.ReaderAt, size int64) (uint32, [32]byte, error) {
+		if size != int64(len(data)) {
+			return testSum(ctx, r, size)
+		}
 		calls++
 		if calls == 1 {
 			// The check has the damaged file open; the client sends it
@@ -334,7 +339,7 @@ func TestCheckRacesHeal(t *testing.T) {
 	if calls != 2 {
 		t.Errorf("the version was read %d times, want 2 (again after the heal)", calls)
 	}
-	if want := (CheckStats{Clients: 1, Versions: 1, Bytes: 3000}); st != want {
+	if want := (CheckStats{Clients: 1, Versions: 3, Bytes: 3020}); st != want {
 		t.Errorf("check during the heal: %+v, want %+v", st, want)
 	}
 	if r := got[versionKey{"laptop", "f", 1}]; r.Damage != DamageNone || r.WasDamaged {
@@ -346,6 +351,31 @@ func TestCheckRacesHeal(t *testing.T) {
 	}
 	if got := content(t, s, c.ID, fv); !bytes.Equal(got, data) {
 		t.Error("the healed version does not hold the data")
+	}
+}
+
+// TestCheckRecordsDamageAtOnce: damage is recorded as soon as it is
+// found, while the check goes on (results of intact versions are written
+// in batches).
+func TestCheckRecordsDamageAtOnce(t *testing.T) {
+	s := openStore(t, t.TempDir())
+	c := register(t, s, "laptop")
+	put(t, s, c.ID, "a", randBytes(100), time.Unix(1, 0), 0o644)
+	put(t, s, c.ID, "b", randBytes(200), time.Unix(1, 0), 0o644)
+	flipByte(t, storedFile(t, s, c.ID, "a", 1), 0)
+	var seen bool
+	sum := func(ctx context.Context, r io.ReaderAt, size int64) (uint32, [32]byte, error) {
+		if size == 200 { // b, after a
+			fv, err := s.Latest(ctx, c.ID, "a")
+			seen = err == nil && fv.Damaged
+		}
+		return testSum(ctx, r, size)
+	}
+	if st, _ := runCheck(t, s.Check, CheckOptions{Sum: sum}); st.Damaged != 1 || st.Versions != 2 {
+		t.Fatalf("check: %+v, want 2 versions, 1 damaged", st)
+	}
+	if !seen {
+		t.Error("the damage found in a was not recorded while b was read")
 	}
 }
 
