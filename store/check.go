@@ -558,6 +558,10 @@ func (vc *versionChecker) record(ctx context.Context, list []checked) (ok []bool
 	return ok, nil
 }
 
+// dropLag is how far before a read a checkReader drops pages from the
+// page cache.
+const dropLag = 4 << 20
+
 // checkReader reads a stored file for a check: it fails once ctx is
 // done, notes where the file ended early or an I/O error (damage, not a
 // failure of the check), counts what it read, and lets the kernel drop
@@ -579,7 +583,11 @@ func (c *checkReader) ReadAt(p []byte, off int64) (int, error) {
 	n, err := c.f.ReadAt(p, off)
 	c.read += int64(n)
 	if n > 0 {
-		dropCache(c.f, off, int64(n))
+		// From a little before off: the page cache may hold the file in
+		// folios larger than a read (up to 2 MiB on Linux 6), and only
+		// a folio the range covers whole is dropped.
+		from := max(0, off-dropLag)
+		dropCache(c.f, from, off+int64(n)-from)
 	}
 	switch {
 	case err == io.EOF && off+int64(n) < c.size && n < len(p):
