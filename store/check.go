@@ -137,7 +137,7 @@ func (s *Store) CheckVersion(ctx context.Context, id ClientID, name string, vers
 	if !found {
 		return CheckResult{}, false, fmt.Errorf("%w: %q version %d", ErrNotFound, name, version)
 	}
-	return vc.checkItem(ctx, it, sum, checkAttempts)
+	return vc.checkOne(ctx, it, sum, checkAttempts)
 }
 
 func (s *Store) checker() *versionChecker {
@@ -262,16 +262,10 @@ func (vc *versionChecker) check(ctx context.Context, o CheckOptions) (CheckStats
 	}
 	var only *ClientID
 	if o.Client != "" {
-		var raw []byte
-		err := vc.db.QueryRowContext(ctx, "SELECT id FROM clients WHERE name = ?", o.Client).Scan(&raw)
-		if errors.Is(err, sql.ErrNoRows) {
-			return st, fmt.Errorf("%w: no client named %q", ErrUnknownClient, o.Client)
-		}
+		id, err := vc.clientID(ctx, o.Client)
 		if err != nil {
-			return st, wrapDB("look up client", err)
+			return st, err
 		}
-		var id ClientID
-		copy(id[:], raw)
 		only = &id
 	}
 	var (
@@ -313,7 +307,7 @@ func (vc *versionChecker) check(ctx context.Context, o CheckOptions) (CheckStats
 				}
 				recorded := false
 				if found {
-					if r, recorded, err = vc.checkItem(ctx, it, o.Sum, checkAttempts-1); err != nil {
+					if r, recorded, err = vc.checkOne(ctx, it, o.Sum, checkAttempts-1); err != nil {
 						return err
 					}
 				}
@@ -345,6 +339,21 @@ func (vc *versionChecker) check(ctx context.Context, o CheckOptions) (CheckStats
 		err = flush()
 	}
 	return st, err
+}
+
+// clientID returns the ID of the client called name, or ErrUnknownClient.
+func (vc *versionChecker) clientID(ctx context.Context, name string) (ClientID, error) {
+	var id ClientID
+	var raw []byte
+	err := vc.db.QueryRowContext(ctx, "SELECT id FROM clients WHERE name = ?", name).Scan(&raw)
+	if errors.Is(err, sql.ErrNoRows) {
+		return id, fmt.Errorf("%w: no client named %q", ErrUnknownClient, name)
+	}
+	if err != nil {
+		return id, wrapDB("look up client", err)
+	}
+	copy(id[:], raw)
+	return id, nil
 }
 
 // walk calls fn with each stored version, of the client only if not nil,
@@ -421,11 +430,11 @@ func (vc *versionChecker) reread(ctx context.Context, id ClientID, name string, 
 	return it, true, nil
 }
 
-// checkItem checks one version and records the result, reading it again
+// checkOne checks one version and records the result, reading it again
 // if a heal or another check changed it meanwhile, up to attempts times
 // in all. recorded is false if it changed every time (or is gone): then
 // nothing was recorded.
-func (vc *versionChecker) checkItem(ctx context.Context, it checkItem, sum SumFunc, attempts int) (r CheckResult, recorded bool, err error) {
+func (vc *versionChecker) checkOne(ctx context.Context, it checkItem, sum SumFunc, attempts int) (r CheckResult, recorded bool, err error) {
 	for attempt := 1; ; attempt++ {
 		r, err = vc.read(ctx, it, sum)
 		if err != nil {
