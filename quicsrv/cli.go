@@ -5,11 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
+	"strconv"
 	"text/tabwriter"
 	"time"
 
 	"github.com/alecthomas/kong"
+	"github.com/qbackup/qbackup/proto"
 	"github.com/qbackup/qbackup/store"
 )
 
@@ -18,6 +21,7 @@ import (
 type cli struct {
 	Serve  serveCmd  `cmd:"" default:"withargs" help:"Serve clients (the default command)."`
 	Invite inviteCmd `cmd:"" help:"Make, list and revoke invites for registration."`
+	Check  checkCmd  `cmd:"" help:"Read every stored file again and compare it with its checksums; mark damage (exit status 1 if any)."`
 }
 
 type serveCmd struct {
@@ -35,6 +39,9 @@ type serveCmd struct {
 	MaxClientConns  int           `default:"40" env:"QBACKUPD_MAX_CLIENT_CONNS" help:"Connections open at once for one client." placeholder:"N"`
 	Memory          int64         `default:"536870912" env:"QBACKUPD_MEMORY" help:"Bytes all clients together can make the server buffer (receive windows and chunks in flight)." placeholder:"BYTES"`
 	TransferTimeout time.Duration `default:"5m" env:"QBACKUPD_TRANSFER_TIMEOUT" help:"End an upload that receives nothing for this long (it is kept for resume)."`
+	ScrubEvery      time.Duration `default:"0s" env:"QBACKUPD_SCRUB_EVERY" help:"Read each stored file again about once per this period, in the background, and mark damage (0: never; 'qbackupd check' does it on demand)." placeholder:"DURATION"`
+	ScrubRate       int64         `default:"${scrub_rate}" env:"QBACKUPD_SCRUB_RATE" help:"How fast the scrub reads, in bytes per second." placeholder:"BYTES"`
+	LogLevel        string        `enum:"debug,info,warn,error" default:"info" env:"QBACKUPD_LOG_LEVEL" help:"Least severe log lines written: debug (adds a line per file), info, warn, error."`
 	LogJSON         bool          `help:"Log as JSON lines."`
 }
 
@@ -45,9 +52,17 @@ func (c *serveCmd) Run(e *cliEnv) error {
 	if c.MaxConns <= 0 || c.MaxClientConns <= 0 || c.Memory <= 0 || c.TransferTimeout <= 0 {
 		return errors.New("--max-conns, --max-client-conns, --memory and --transfer-timeout must be positive")
 	}
-	var h slog.Handler = slog.NewTextHandler(e.stderr, nil)
+	if c.ScrubEvery < 0 || c.ScrubRate <= 0 {
+		return errors.New("--scrub-every must not be negative and --scrub-rate must be positive")
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(c.LogLevel)); err != nil {
+		return fmt.Errorf("--log-level: %w", err)
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	var h slog.Handler = slog.NewTextHandler(e.stderr, opts)
 	if c.LogJSON {
-		h = slog.NewJSONHandler(e.stderr, nil)
+		h = slog.NewJSONHandler(e.stderr, opts)
 	}
 	return Run(e.ctx, Config{
 		Data:              c.Data,
@@ -64,6 +79,8 @@ func (c *serveCmd) Run(e *cliEnv) error {
 		MaxConnsPerClient: c.MaxClientConns,
 		MemoryBudget:      c.Memory,
 		TransferTimeout:   c.TransferTimeout,
+		ScrubEvery:        c.ScrubEvery,
+		ScrubRate:         c.ScrubRate,
 		Logger:            slog.New(h),
 	})
 }
@@ -158,6 +175,54 @@ func (c *inviteRmCmd) Run(e *cliEnv) error {
 	return nil
 }
 
+type checkCmd struct {
+	Data   string `required:"" env:"QBACKUPD_DATA" help:"Data directory of the server." placeholder:"DIR"`
+	Client string `help:"Check only the files of the client of this name." placeholder:"NAME"`
+}
+
+// Run checks every stored version (one file at a time, while the server
+// runs or not), prints a line for each damaged one and a summary, and
+// fails when it found damage.
+func (c *checkCmd) Run(e *cliEnv) error {
+	ck, err := store.OpenChecker(e.ctx, c.Data)
+	if err != nil {
+		return err
+	}
+	defer ck.Close()
+	start := time.Now()
+	st, err := ck.Check(e.ctx, store.CheckOptions{
+		Client: c.Client,
+		Sum:    fileSums,
+		Checked: func(r store.CheckResult) {
+			switch {
+			case r.Damage != store.DamageNone:
+				fmt.Fprintf(e.stdout, "damaged: client %s: %s version %d: %s (%s)\n", r.ClientName, proto.Quote(r.Name), r.Version, r.Damage, r.Detail)
+			case r.WasDamaged:
+				fmt.Fprintf(e.stdout, "intact again: client %s: %s version %d (damaged mark cleared)\n", r.ClientName, proto.Quote(r.Name), r.Version)
+			}
+		},
+	})
+	switch {
+	case errors.Is(err, store.ErrUnknownClient):
+		return fmt.Errorf("no client named %q in %s: give the name the client registered with (qbackup register --name)", c.Client, c.Data)
+	case errors.Is(err, fs.ErrPermission):
+		return fmt.Errorf("%w: run qbackupd check as the user qbackupd runs as", err)
+	case err != nil && e.ctx.Err() != nil:
+		return fmt.Errorf("check interrupted after %d versions (%d damaged so far); the damage it found is recorded, run it again to check the rest", st.Versions, st.Damaged)
+	case err != nil:
+		return err
+	}
+	fmt.Fprintf(e.stdout, "checked %d versions (%s) of %d clients in %v: %d damaged, %d intact again\n",
+		st.Versions, formatBytes(uint64(st.Bytes)), st.Clients, time.Since(start).Round(time.Millisecond), st.Damaged, st.Cleared)
+	if st.Changing > 0 {
+		fmt.Fprintf(e.stdout, "%d versions changed under every attempt to read them (healed meanwhile) and were not checked\n", st.Changing)
+	}
+	if st.Damaged > 0 {
+		return fmt.Errorf("found %d damaged versions, now marked so that restores refuse them: send each file again from its client (qbackup send) to heal it, or restore another version", st.Damaged)
+	}
+	return nil
+}
+
 type cliEnv struct {
 	ctx            context.Context
 	stdout, stderr io.Writer
@@ -174,6 +239,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		kong.Writers(stdout, stderr),
 		kong.Exit(func(code int) { exit = code }),
 		kong.UsageOnError(),
+		kong.Vars{"scrub_rate": strconv.Itoa(DefaultScrubRate)},
 	)
 	if err != nil {
 		fmt.Fprintf(stderr, "qbackupd: %v\n", err)

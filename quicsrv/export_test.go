@@ -52,3 +52,6 @@ func WrittenBytes(s *Server) uint64 {
 	}
 	return n
 }
+
+// ScrubRead reports how many bytes the scrub has read.
+func ScrubRead(s *Server) int64 { return s.scrubRead.Load() }

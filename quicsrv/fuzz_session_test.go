@@ -243,7 +243,7 @@ type fzLog struct {
 
 // Warnings the server logs for a misbehaving client; any other warning,
 // and every error, is a violation.
-var fzExpectedWarnings = []string{`msg="closing connection"`, `msg="client could not restore"`}
+var fzExpectedWarnings = []string{`msg="closing connection"`, `msg="client received a restore whose checksums did not match; checking the stored version again"`}
 
 func (l *fzLog) set(r *fzRun) {
 	l.mu.Lock()
@@ -1733,7 +1733,7 @@ func (fc *fzConn) restoreDone(i int, a, b byte) {
 		fc.illegal(code(proto.CodeProtocol), "a RestoreDone with status 7")
 		return
 	}
-	fc.send(&proto.RestoreDone{Xfer: x, Status: status % 2})
+	fc.send(&proto.RestoreDone{Xfer: x, Status: status}) // 2: a mismatch, which has the version checked again
 	if rs == nil {
 		var cd *proto.ErrorCode
 		if must {
@@ -1940,6 +1940,17 @@ func fzSeeds() [][]byte {
 			[4]byte{opPause, 5},
 			[4]byte{opRestoreDone, 1, 0},
 			[4]byte{opList, 2, 1},
+		),
+		// A restore the client says did not match: the server checks the
+		// version again (it is intact) and restores it again.
+		fzProg(
+			[4]byte{opRestore, stored, 0},
+			[4]byte{opSync},
+			[4]byte{opRestoreDone, 0, 2},
+			[4]byte{opPause, 20},
+			[4]byte{opRestore, stored, 0},
+			[4]byte{opSync},
+			[4]byte{opRestoreDone, 0, 0},
 		),
 		// Chunks after the commit's result: dropped.
 		fzProg(

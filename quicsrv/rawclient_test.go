@@ -601,8 +601,25 @@ func (c *rawClient) resume(name string, version uint32, sha [32]byte, want []byt
 }
 
 // receiveRestore reads the RestoreReady for req and the chunks outside
-// have, whose bytes it takes from want.
+// have, whose bytes it takes from want, checks the whole file against the
+// checksums of RestoreReady and sends RestoreDone.
 func (c *rawClient) receiveRestore(req uint32, name string, want []byte, have []proto.Range) (*proto.RestoreReady, []byte) {
+	c.t.Helper()
+	rr, buf := c.fetchRestore(req, name, want, have)
+	if crc := proto.CksumBytes(buf); crc != rr.CRC {
+		c.t.Fatalf("restored %q: cksum %d, RestoreReady says %d", name, crc, rr.CRC)
+	}
+	if sha256.Sum256(buf) != rr.SHA256 {
+		c.t.Fatalf("restored %q: SHA-256 differs from RestoreReady's", name)
+	}
+	c.send(&proto.RestoreDone{Xfer: rr.Xfer, Status: 0})
+	return rr, buf
+}
+
+// fetchRestore reads the RestoreReady for req and the chunks outside
+// have, whose bytes it takes from want, and returns the file, unchecked;
+// the restore is still open.
+func (c *rawClient) fetchRestore(req uint32, name string, want []byte, have []proto.Range) (*proto.RestoreReady, []byte) {
 	c.t.Helper()
 	rr := expect[*proto.RestoreReady](c)
 	if rr.Req != req || rr.Xfer == 0 || rr.TransferID == ([16]byte{}) {
@@ -643,13 +660,6 @@ func (c *rawClient) receiveRestore(req uint32, name string, want []byte, have []
 		}
 		copy(buf[f.h.Offset:], p)
 	}
-	if crc := proto.CksumBytes(buf); crc != rr.CRC {
-		c.t.Fatalf("restored %q: cksum %d, RestoreReady says %d", name, crc, rr.CRC)
-	}
-	if sha256.Sum256(buf) != rr.SHA256 {
-		c.t.Fatalf("restored %q: SHA-256 differs from RestoreReady's", name)
-	}
-	c.send(&proto.RestoreDone{Xfer: rr.Xfer, Status: 0})
 	return rr, buf
 }
 

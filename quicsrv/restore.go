@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 
@@ -50,7 +51,7 @@ func (ss *session) startRestore(req uint32, name string, version uint32, have []
 		return err
 	}
 	if fv.Damaged {
-		return proto.Errorf(proto.CodeDamaged, "version %d of %q no longer matches its checksums on the server (found %s); send the file again to heal it, or restore another version",
+		return proto.Errorf(proto.CodeDamaged, "version %d of \"%s\" no longer matches its checksums on the server (found %s); send the file again to heal it, or restore another version",
 			fv.Version, proto.Quote(name), fv.CheckedAt.UTC().Format("2006-01-02 15:04 UTC"))
 	}
 	size := uint64(fv.Size)
@@ -70,6 +71,11 @@ func (ss *session) startRestore(req uint32, name string, version uint32, have []
 	}
 	f, err := ss.srv.Store.OpenVersion(ss.ctx, ss.client.ID, fv)
 	if err != nil {
+		if ss.ctx.Err() == nil && !errors.Is(err, store.ErrNotFound) {
+			// Missing, or of another size: a check marks it, so the
+			// client's next attempt hears why.
+			ss.recheck(fv, "stored file cannot be opened for a restore")
+		}
 		return err
 	}
 	r := &restore{req: req, fv: fv, send: send, f: f}
@@ -137,8 +143,9 @@ func (ss *session) chunkSender() *proto.ChunkSender {
 
 // pushRestore reads the stored file once, front to back (only the ranges a
 // resuming client lacks), and queues its chunks. A whole file's stored CRC
-// is checked on the way, so bit rot on the server's disk is logged even
-// though the client verifies what it receives too.
+// is checked on the way: the client verifies what it receives too, but a
+// mismatch seen here has the version checked again (and marked damaged)
+// even if the client does not say so.
 func (ss *session) pushRestore(ctx context.Context, r *restore) error {
 	sender := ss.chunkSender()
 	ck := proto.NewCksum()
@@ -155,7 +162,9 @@ func (ss *session) pushRestore(ctx context.Context, r *restore) error {
 					return nil // released by the client while we read
 				}
 				if errors.Is(err, io.EOF) {
-					ss.log.Error("stored file is shorter than recorded", "name", r.fv.Name, "version", r.fv.Version)
+					ss.recheck(r.fv, "stored file is shorter than recorded")
+				} else {
+					ss.log.Error("reading a stored file for a restore failed", "name", r.fv.Name, "version", r.fv.Version, "err", err)
 				}
 				ss.sendError(r.req, proto.Errorf(proto.CodeInternal, "reading %s version %d on the server failed", r.fv.Name, r.fv.Version))
 				return nil
@@ -169,7 +178,7 @@ func (ss *session) pushRestore(ctx context.Context, r *restore) error {
 	}
 	whole := len(r.send) == 1 && r.send[0].Len == uint64(r.fv.Size)
 	if got := ck.Sum32(); whole && got != r.fv.CRC {
-		ss.log.Error("stored file does not match its recorded checksum", "name", r.fv.Name, "version", r.fv.Version, "recorded", r.fv.CRC, "read", got)
+		ss.recheck(r.fv, fmt.Sprintf("stored file read for a restore has cksum %d, recorded %d", got, r.fv.CRC))
 	}
 	return nil
 }
@@ -188,8 +197,11 @@ func (ss *session) restoreDone(m *proto.RestoreDone) error {
 		}
 		return proto.Errorf(proto.CodeProtocol, "RestoreDone for transfer %d, which is not a restore of this session", m.Xfer)
 	}
-	if m.Status != 0 {
-		ss.log.Warn("client could not restore", "name", r.fv.Name, "version", r.fv.Version)
+	switch m.Status {
+	case proto.DoneFailed:
+		ss.log.Debug("client gave up a restore", "name", r.fv.Name, "version", r.fv.Version)
+	case proto.DoneMismatch:
+		ss.recheck(r.fv, "client received a restore whose checksums did not match")
 	}
 	r.close()
 	ss.transferEnded()

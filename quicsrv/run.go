@@ -29,6 +29,8 @@ type Config struct {
 	MaxConnsPerClient int           // see Server
 	MemoryBudget      int64         // see Server
 	TransferTimeout   time.Duration // see Server
+	ScrubEvery        time.Duration // see Server (0: no scrub)
+	ScrubRate         int64         // see Server
 	Logger            *slog.Logger
 }
 
@@ -98,6 +100,9 @@ func Run(ctx context.Context, cfg Config) error {
 		MaxConnsPerClient: cfg.MaxConnsPerClient,
 		MemoryBudget:      cfg.MemoryBudget,
 		TransferTimeout:   cfg.TransferTimeout,
+
+		ScrubEvery: cfg.ScrubEvery,
+		ScrubRate:  cfg.ScrubRate,
 	}
 	log.Info("qbackupd listening", "addr", pc.LocalAddr().String(), "fingerprint", certs.Fingerprint(cert.Certificate[0]), "data", cfg.Data)
 	switch cfg.Registration {
@@ -107,6 +112,9 @@ func Run(ctx context.Context, cfg Config) error {
 		log.Info("registration by invite: make one with 'qbackupd invite --data " + cfg.Data + "'")
 	default:
 		log.Info("registration is closed: only registered clients are served")
+	}
+	if srv.ScrubEvery > 0 {
+		log.Info("scrub on: each stored file is read again about once per period", "every", srv.ScrubEvery.String(), "rate", formatBytes(uint64(srv.scrubRate()))+"/s")
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(pc) }()

@@ -115,6 +115,24 @@ type Server struct {
 	// DefaultTransferTimeout.
 	TransferTimeout time.Duration
 
+	// ScrubEvery, if positive, has the server re-read each stored
+	// version about once per this period, in the background, and mark
+	// the versions whose files no longer match their checksums as
+	// damaged (see scrub). 0, the default, turns the scrub off.
+	ScrubEvery time.Duration
+	// ScrubRate bounds how fast the scrub reads, in bytes per second.
+	// Default DefaultScrubRate.
+	ScrubRate int64
+
+	// Background work (the scrub, rechecks) runs under bgCtx, which ends
+	// when Shutdown or Close begins; they wait for bg.
+	bgCtx       context.Context
+	bgCancel    context.CancelFunc
+	bg          sync.WaitGroup
+	recheckOnce sync.Once
+	recheck     *rechecker
+	scrubRead   atomic.Int64 // bytes the scrub read, for tests
+
 	// active maps the uploads sessions are receiving to those sessions,
 	// so no two sessions write one upload; byFile indexes them by client
 	// and name, for takeOver.
@@ -367,6 +385,14 @@ func (s *Server) Serve(pc net.PacketConn) error {
 	s.listener = ln
 	s.sessions = make(map[*session]struct{})
 	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.bgCtx, s.bgCancel = context.WithCancel(context.Background())
+	if s.ScrubEvery > 0 {
+		s.bg.Add(1)
+		go func() {
+			defer s.bg.Done()
+			s.scrub(s.bgCtx)
+		}()
+	}
 	s.mu.Unlock()
 
 	log := s.logger()
@@ -383,6 +409,7 @@ func (s *Server) Serve(pc net.PacketConn) error {
 			}
 			s.closeSessions()
 			s.wg.Wait()
+			s.stopBackground()
 			s.closeTransport()
 			return fmt.Errorf("quicsrv: accept: %w", err)
 		}
@@ -468,6 +495,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		sess.drain()
 	}
 	s.mu.Unlock()
+	s.stopBackground()
 	done := make(chan struct{})
 	go func() { s.wg.Wait(); close(done) }()
 	var err error
@@ -493,7 +521,8 @@ func (s *Server) closeTransport() {
 	}
 }
 
-// Close closes every connection at once and waits for the sessions to end.
+// Close closes every connection at once and waits for the sessions and
+// the background work to end.
 func (s *Server) Close() error {
 	s.mu.Lock()
 	s.closed = true
@@ -502,9 +531,40 @@ func (s *Server) Close() error {
 	}
 	s.mu.Unlock()
 	s.closeSessions()
+	s.stopBackground()
 	s.wg.Wait()
 	s.closeTransport()
 	return nil
+}
+
+// goBackground runs fn in a goroutine of the server's background work,
+// with a context that ends when Shutdown or Close begins. It reports
+// false, and does nothing, once the server is shutting down or before
+// Serve.
+func (s *Server) goBackground(fn func(ctx context.Context)) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed || s.bgCtx == nil {
+		return false
+	}
+	s.bg.Add(1)
+	go func() {
+		defer s.bg.Done()
+		fn(s.bgCtx)
+	}()
+	return true
+}
+
+// stopBackground ends the background work and waits for it. None starts
+// after: the caller has set s.closed, or no session is left to start any.
+func (s *Server) stopBackground() {
+	s.mu.Lock()
+	cancel := s.bgCancel
+	s.mu.Unlock()
+	if cancel != nil {
+		cancel()
+	}
+	s.bg.Wait()
 }
 
 func (s *Server) closeSessions() {

@@ -153,7 +153,7 @@ func (ss *session) park(u *upload) {
 		return
 	}
 	u.up.Release()
-	ss.log.Info("kept partial upload for resume", "name", u.name, "have", u.written, "size", u.size)
+	ss.log.Debug("kept partial upload for resume", "name", u.name, "have", u.written, "size", u.size)
 }
 
 // surrender gives up an upload another session of this client wants to
@@ -161,7 +161,7 @@ func (ss *session) park(u *upload) {
 // told the transfer was aborted.
 func (ss *session) surrender(id [16]byte) {
 	ss.giveUp(func(u *upload) bool { return u.id == id && u.owner == ss }, func(u *upload) error {
-		ss.log.Info("upload taken over by a newer session of the client", "name", u.name)
+		ss.log.Debug("upload taken over by a newer session of the client", "name", u.name)
 		return proto.Errorf(proto.CodeAborted, "another session of this client took over the upload of %q", u.name)
 	})
 }
@@ -203,7 +203,7 @@ func (ss *session) stalled(now time.Time) {
 		defer u.mu.Unlock()
 		return u.owner == ss && u.state == receiving && now.Sub(u.lastData) >= timeout
 	}, func(u *upload) error {
-		ss.log.Info("upload stalled; kept for resume", "name", u.name, "timeout", timeout.String())
+		ss.log.Debug("upload stalled; kept for resume", "name", u.name, "timeout", timeout.String())
 		return proto.Errorf(proto.CodeAborted, "no data for %q in %v; what arrived is kept, send again to resume", u.name, timeout)
 	})
 }
@@ -398,7 +398,7 @@ func (ss *session) openUpload(m *proto.UploadRequest) (*upload, error) {
 			u := &upload{id: up.ID(), name: m.Name, size: m.Size, up: up, got: done.Clone(), done: *done, written: done.Total(), lastSync: now, lastData: now, owner: ss}
 			up.SetAttrs(m.Mode, uint8(m.Kind), m.Meta)
 			if ss.srv.claim(u) {
-				ss.log.Info("resuming upload", "name", m.Name, "have", u.written, "size", m.Size)
+				ss.log.Debug("resuming upload", "name", m.Name, "have", u.written, "size", m.Size)
 				return u, nil
 			}
 			up.Release() // another session took it meanwhile
@@ -724,7 +724,10 @@ func (ss *session) uploadCommit(xfer uint32) error {
 		if !created {
 			status = proto.ResultIdentical
 		}
-		ss.log.Info("stored", "name", fv.Name, "version", fv.Version, "size", fv.Size, "new", created)
+		ss.log.Debug("stored", "name", fv.Name, "version", fv.Version, "size", fv.Size, "new", created)
+		if u.up.Healed() {
+			ss.log.Info("healed a damaged version: the client sent the same content again", "name", fv.Name, "version", fv.Version)
+		}
 		ss.send(&proto.UploadResult{Xfer: xfer, Status: status, Version: uint32(fv.Version), StoredAt: fv.StoredAt.UnixNano()})
 	}()
 	return nil
@@ -740,6 +743,6 @@ func (ss *session) uploadAbort(xfer uint32) error {
 		ss.log.Warn("discard", "name", u.name, "err", err)
 	}
 	ss.srv.unclaim(u.id) // gone before the client hears of it
-	ss.log.Info("upload discarded by the client", "name", u.name)
+	ss.log.Debug("upload discarded by the client", "name", u.name)
 	return ss.send(&proto.UploadResult{Xfer: xfer, Status: proto.ResultDiscarded})
 }

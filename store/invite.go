@@ -69,28 +69,40 @@ type InviteBook struct {
 // OpenInvites opens the invites of the store in dir. The store must exist
 // and have the current schema: a qbackupd of this version has opened it.
 func OpenInvites(ctx context.Context, dir string) (*InviteBook, error) {
+	_, db, err := openBeside(ctx, dir)
+	if err != nil {
+		return nil, err
+	}
+	return &InviteBook{db: db}, nil
+}
+
+// openBeside opens the database of the store in dir for use beside a
+// Store that may have it open, in this process or another: without the
+// Store's lock and its crash recovery. The store must exist and have the
+// current schema. It returns the store's absolute directory too.
+func openBeside(ctx context.Context, dir string) (string, *sql.DB, error) {
 	abs, err := filepath.Abs(dir)
 	if err != nil {
-		return nil, fmt.Errorf("store: %w", err)
+		return "", nil, fmt.Errorf("store: %w", err)
 	}
 	path := filepath.Join(abs, dbName)
 	if _, err := os.Stat(path); err != nil {
-		return nil, fmt.Errorf("store: no qbackup database in %s (start qbackupd with --data %s once first): %w", abs, dir, err)
+		return "", nil, fmt.Errorf("store: no qbackup database in %s (start qbackupd with --data %s once first): %w", abs, dir, err)
 	}
 	db, err := openDB(path)
 	if err != nil {
-		return nil, err
+		return "", nil, err
 	}
 	var v int
 	if err := db.QueryRowContext(ctx, "PRAGMA user_version").Scan(&v); err != nil {
 		db.Close()
-		return nil, wrapDB("read schema version", err)
+		return "", nil, wrapDB("read schema version", err)
 	}
 	if v != schemaVersion {
 		db.Close()
-		return nil, fmt.Errorf("store: database schema version %d, this program needs %d: start this version of qbackupd once to upgrade it", v, schemaVersion)
+		return "", nil, fmt.Errorf("store: database schema version %d, this program needs %d: start this version of qbackupd once to upgrade it", v, schemaVersion)
 	}
-	return &InviteBook{db: db}, nil
+	return abs, db, nil
 }
 
 // Close closes the book.

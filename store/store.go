@@ -36,6 +36,11 @@
 // session gets upload and blob back from Store.ResumeUpload. PurgeUploads
 // removes uploads that saw no activity for a while.
 //
+// Damage: Check re-reads stored files and compares them with the size
+// and checksums recorded at commit, marking a version that no longer
+// matches as damaged; a Checker does the same from another process while
+// the Store is open (see check.go).
+//
 // A Store is safe for concurrent use by multiple goroutines. Only one Store
 // may have a directory open at a time; Open fails otherwise.
 package store
@@ -277,9 +282,11 @@ type FileVersion struct {
 	Verified bool
 	Kind     uint8  // a proto.Kind: file, directory, symbolic link...
 	Meta     []byte // the client's metadata record, as sent
-	// Damaged says a check found the stored file no longer matching CRC
-	// and SHA256 (MarkChecked); CheckedAt is when a check last read it
-	// (zero: never).
+	// Damaged says a check found the stored file no longer matching
+	// Size, CRC and SHA256 (Check, CheckVersion), until a check finds it
+	// intact again or an upload of the same content heals it (Commit);
+	// CheckedAt is when a check last read it or a heal replaced it (zero:
+	// never).
 	Damaged   bool
 	CheckedAt time.Time
 }
