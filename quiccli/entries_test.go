@@ -3,7 +3,9 @@
 package quiccli
 
 import (
+	"bytes"
 	"context"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -13,6 +15,7 @@ import (
 	"time"
 
 	"github.com/qbackup/qbackup/proto"
+	"github.com/qbackup/qbackup/quicsrv"
 	"github.com/quic-go/quic-go"
 	"golang.org/x/sys/unix"
 )
@@ -218,4 +221,58 @@ func TestFirstConnectionRetried(t *testing.T) {
 		t.Errorf("no warning about the first try:\n%s", rep.String())
 	}
 	assertRestores(t, x.ctx, connect(t, x.ctx, x.c), "f", data)
+}
+
+// TestCLIDamage is issue 14's damage story as a user meets it: one
+// flipped byte in a stored file; qbackupd check (while the server runs)
+// finds it; ls says DAMAGED; a restore says so at once, in words; the
+// next send of the unchanged file uploads it again, which heals it.
+func TestCLIDamage(t *testing.T) {
+	srv := startServer(t)
+	u := newCLIUser(t)
+	u.register(srv, "alice")
+	src := filepath.Join(t.TempDir(), "notes.txt")
+	data := writeRandom(t, src, 300_000, 1)
+	u.ok("send", src)
+
+	var stored string
+	filepath.WalkDir(filepath.Join(srv.Dir, "clients"), func(p string, d fs.DirEntry, err error) error {
+		if err == nil && d.Name() == "notes.txt;1" {
+			stored = p
+		}
+		return nil
+	})
+	f, err := os.OpenFile(stored, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt([]byte{0x5a}, 123_456); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+
+	var out, errOut bytes.Buffer
+	if code := quicsrv.Main(u.ctx, []string{"check", "--data", srv.Dir}, &out, &errOut); code != 1 {
+		t.Fatalf("qbackupd check: exit %d, want 1\n%s%s", code, out.String(), errOut.String())
+	}
+	t.Logf("qbackupd check:\n%s%s", out.String(), errOut.String())
+	if rows := parseLs(t, u.ok("ls").stdout); len(rows) != 1 || rows[0].verified != "DAMAGED" {
+		t.Errorf("ls after the check: %+v, want notes.txt DAMAGED", rows)
+	}
+	r := u.run("restore", "notes.txt", "-o", filepath.Join(t.TempDir(), "x"))
+	checkFailure(t, r, ExitFailed, "damaged", "send the file again")
+	if strings.Count(r.stdout, "FAILED") != 1 {
+		t.Errorf("restore of a damaged version: want one FAILED line, at once:\n%s", r.stdout)
+	}
+
+	r = u.ok("send", src) // size and mtime unchanged: sent anyway, and it heals
+	if !regexp.MustCompile(`(?m)^identical +notes\.txt`).MatchString(r.stdout) {
+		t.Errorf("send after the damage does not heal the stored copy:\n%s", r.stdout)
+	}
+	if rows := parseLs(t, u.ok("ls").stdout); len(rows) != 1 || rows[0].verified != "yes" || rows[0].version != "1" {
+		t.Errorf("ls after the heal: %+v, want version 1, verified", rows)
+	}
+	dest := filepath.Join(t.TempDir(), "healed")
+	u.ok("restore", "notes.txt", "-o", dest)
+	assertSameFile(t, dest, data)
 }
