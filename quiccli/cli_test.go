@@ -1355,6 +1355,46 @@ func TestCLIProgressBarsOnTerminal(t *testing.T) {
 			t.Errorf("no screen showed the total moving at a speed above 0.0 b/s")
 		}
 	})
+
+	// Ctrl-C in the middle of a send over a slow link: exit 130, the bars
+	// left as they were (the total not drawn complete), and the advice to
+	// run the command again.
+	t.Run("ctrl-c", func(t *testing.T) {
+		p := startUDPProxy(t, srv.Addr, 11)
+		p.SetRate(toServer, 4<<20) // 30 MiB take 7 s
+		slow := newCLIUser(t)
+		slow.ok("register", "--server", p.Addr(), "--name", "bob", "--fingerprint", srv.Fingerprint)
+		// The shell catches the interrupt (trap), so that it lives on to
+		// print the status; qbackup gets it as from a terminal.
+		script := fmt.Sprintf("trap : INT; %s --home %s send %s; echo EXIT=$?; sleep 60", shellQuote(bin), shellQuote(slow.home), shellQuote(file))
+		if out, err := tm("new-session", "-d", "-s", "qb2", "-x", "120", "-y", "30", "sh", "-c", script); err != nil {
+			t.Fatalf("tmux new-session: %v\n%s", err, out)
+		}
+		movingRE := regexp.MustCompile(`total \(1 file\) +([1-9][\d.]*) MiB / 30\.0 MiB`)
+		var s string
+		for deadline := time.Now().Add(20 * time.Second); !movingRE.MatchString(s); time.Sleep(20 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("the slow send never showed progress:\n%s", s)
+			}
+			s, _ = tm("capture-pane", "-p", "-t", "qb2")
+		}
+		if out, err := tm("send-keys", "-t", "qb2", "C-c"); err != nil {
+			t.Fatalf("tmux send-keys: %v\n%s", err, out)
+		}
+		for deadline := time.Now().Add(10 * time.Second); !strings.Contains(s, "EXIT="); time.Sleep(20 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("the send did not end after Ctrl-C:\n%s", s)
+			}
+			s, _ = tm("capture-pane", "-p", "-t", "qb2")
+		}
+		t.Logf("screen after Ctrl-C:\n%s", s)
+		if !strings.Contains(s, "EXIT=130") || !strings.Contains(s, "interrupted; run the same command again to resume") {
+			t.Errorf("Ctrl-C: want exit 130 and the advice to run the send again:\n%s", s)
+		}
+		if strings.Contains(s, "30.0 MiB / 30.0 MiB") || !movingRE.MatchString(s) {
+			t.Errorf("after Ctrl-C the total bar is not left where it was:\n%s", s)
+		}
+	})
 }
 
 func shellQuote(s string) string {

@@ -233,6 +233,12 @@ func (f *barFile) Done(result string, err error) {
 	if result != "interrupted" { // an interrupted file comes back after a reconnect
 		f.countLocked(f.size) // the rest: unchanged, failed or skipped bytes
 	}
+	if result == "interrupted" && f.r.isInterrupted() {
+		if f.bar != nil {
+			f.bar.Abort(false) // left as it was: it says where the file stopped
+		}
+		return
+	}
 	if err != nil {
 		fmt.Fprintf(f.r.p, "FAILED     %s: %v\n", f.name, err)
 	} else {
@@ -243,11 +249,7 @@ func (f *barFile) Done(result string, err error) {
 		fmt.Fprintf(f.r.p, "%-10s %s (%s%s)\n", result, f.name, formatBytes(f.size), extra)
 	}
 	if f.bar != nil {
-		if result == "interrupted" && f.r.isInterrupted() {
-			f.bar.Abort(false) // left as it was
-		} else {
-			f.bar.SetTotal(-1, true)
-		}
+		f.bar.SetTotal(-1, true)
 	}
 }
 
