@@ -344,6 +344,9 @@ type ReconnectOptions struct {
 func (c *Client) SendResilient(ctx context.Context, server, name string, opts SendOptions, ro ReconnectOptions, rep Reporter) (*SendResult, error) {
 	start := time.Now()
 	res := &SendResult{}
+	// The walk first: a session that waits for a long one is idle, and a
+	// server closes idle sessions.
+	items := collectReported(opts.Paths, rep, res)
 	reconnects := 0
 	s, err := c.connectRetrying(ctx, server, name, ro, &reconnects, rep)
 	if err != nil {
@@ -374,7 +377,6 @@ func (c *Client) SendResilient(ctx context.Context, server, name string, opts Se
 	case conns > 1:
 		c.connectPeers(ctx, s, conns)
 	}
-	items := collectReported(opts.Paths, rep, res)
 	for {
 		lost := s.sendItems(ctx, items, opts, rep, res, reconnects < ro.Attempts)
 		lastErr := s.Err()

@@ -9,6 +9,7 @@ import (
 	"crypto/rsa"
 	"fmt"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -137,17 +138,33 @@ func TestConnectionLimits(t *testing.T) {
 	m3 := w.mallory(t) // room again
 	m3.list("", 0)
 
-	// In total: m1, m3 and two idle connections fill the four places.
+	// In total: m1, m3 and two connections that have not authenticated
+	// fill the four places. One more pushes out the oldest of those two
+	// (strangers only ever push out strangers)...
 	idle1, idle2 := dialRaw(t, srv), dialRaw(t, srv)
 	waitFor(t, "four sessions", func() bool { return quicsrv.SessionCount(srv.Srv) == 4 })
-	extra, err := dialConn(t, srv, proto.ALPN)
+	extra := dialRaw(t, srv)
+	ae = idle1.expectClosed(proto.CodeLimit)
+	if !strings.Contains(ae.ErrorMessage, "connection limit") {
+		t.Errorf("close reason %q does not say why", ae.ErrorMessage)
+	}
+	// ...and authenticates in its place; with the four places taken by
+	// authenticated sessions, one more is refused.
+	idle2.close()
+	extra.register(goodName, w.key)
+	g2 := registered(t, srv, goodName, w.key)
+	waitFor(t, "four sessions", func() bool { return quicsrv.SessionCount(srv.Srv) == 4 })
+	over, err := dialConn(t, srv, proto.ALPN)
 	if err != nil {
 		t.Fatal(err)
 	}
-	expectConnClosed(t, extra, proto.CodeLimit)
-	idle1.close()
-	idle2.close()
-	waitFor(t, "the idle sessions to end", func() bool { return quicsrv.SessionCount(srv.Srv) == 2 })
+	ae = expectConnClosed(t, over, proto.CodeLimit)
+	if !strings.Contains(ae.ErrorMessage, "4 connections open") {
+		t.Errorf("close reason %q does not give the limit", ae.ErrorMessage)
+	}
+	extra.close()
+	g2.close()
+	waitFor(t, "the sessions to end", func() bool { return quicsrv.SessionCount(srv.Srv) == 2 })
 	w.healthy(t)
 	m1.close()
 	m3.close()
@@ -156,29 +173,35 @@ func TestConnectionLimits(t *testing.T) {
 
 // TestMemoryBudget runs uploads through a budget far smaller than what
 // they move: windows stop growing and chunk readers wait, the uploads
-// finish, a connection that does not fit is refused, and every byte is
-// given back at the end.
+// finish, neither the server's budget nor a client's share is ever
+// passed, and every byte is given back at the end.
 func TestMemoryBudget(t *testing.T) {
 	const chunk = 64 << 10
-	initial := int64(4 * chunk) // the server's initial connection window
-	budget := 2*initial + 3*(chunk+proto.TagSize)
-	w := newWorld(t, func(s *quicsrv.Server) { s.ChunkSize = chunk; s.MemoryBudget = budget })
+	const maxConns, share = 4, 256 << 10
+	budget := int64(maxConns*quicsrv.InitialConnWindow + quicsrv.MinTransferMemory)
+	w := newWorld(t, func(s *quicsrv.Server) {
+		s.ChunkSize, s.MemoryBudget, s.MaxConns, s.ClientMemory = chunk, budget, maxConns, share
+	})
 	srv := w.srv
 	waitFor(t, "the budget to be free", func() bool { return quicsrv.BudgetInUse(srv.Srv) == 0 })
 
 	a, b := w.mallory(t), w.mallory(t)
-	// Both connections hold their initial windows: a third does not fit.
-	c, err := dialConn(t, srv, proto.ALPN)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ae := expectConnClosed(t, c, proto.CodeLimit)
-	if !strings.Contains(ae.ErrorMessage, "memory") {
-		t.Errorf("close reason %q does not say why", ae.ErrorMessage)
-	}
-
 	data := [][]byte{randBytes(3<<20 + 17), randBytes(2<<20 + 5)}
 	done := make(chan error, 2)
+	var peak atomic.Int64
+	stop := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(time.Millisecond):
+				if n := quicsrv.ClientMemoryInUse(srv.Srv, a.id); n > peak.Load() {
+					peak.Store(n)
+				}
+			}
+		}
+	}()
 	for i, rc := range []*rawClient{a, b} {
 		go func() {
 			defer func() { done <- nil }()
@@ -205,8 +228,12 @@ func TestMemoryBudget(t *testing.T) {
 	for range 2 {
 		<-done
 	}
-	if used := quicsrv.BudgetInUse(srv.Srv); used > budget {
-		t.Errorf("budget in use %d > %d", used, budget)
+	close(stop)
+	if used, limit := quicsrv.BudgetInUse(srv.Srv), budget-maxConns*quicsrv.InitialConnWindow; used > limit {
+		t.Errorf("budget in use %d > %d", used, limit)
+	}
+	if p := peak.Load(); p > share || p == 0 {
+		t.Errorf("one client's share peaked at %d bytes, want 1 to %d", p, share)
 	}
 	for i, rc := range []*rawClient{a, b} {
 		_, got := rc.restore(fmt.Sprintf("big-%d", i), 0)

@@ -2,7 +2,9 @@ package quicsrv
 
 import (
 	"context"
+	"log/slog"
 	"sync"
+	"time"
 )
 
 // budget is a count of bytes shared by every connection: the memory the
@@ -97,4 +99,76 @@ func (b *budget) inUse() int64 {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.used
+}
+
+// account is one client's share of the budget: what the client's
+// sessions make the server hold (receive window growth, the buffers of
+// chunks being received and sent) counts against both the client's own
+// share and the server's budget, so that one client, however many
+// connections and transfers it opens, cannot take it all.
+type account struct {
+	share *budget // this client's
+	all   *budget // the server's
+}
+
+// tryAcquire takes n bytes from both, if both have them now.
+func (a *account) tryAcquire(n int64) bool {
+	if !a.share.tryAcquire(n) {
+		return false
+	}
+	if !a.all.tryAcquire(n) {
+		a.share.release(n)
+		return false
+	}
+	return true
+}
+
+// acquire takes n bytes from both, waiting in the client's queue first,
+// then in the server's; the order is always the same, so no two waiters
+// hold what the other waits for.
+func (a *account) acquire(ctx context.Context, n int64) error {
+	if err := a.share.acquire(ctx, n); err != nil {
+		return err
+	}
+	if err := a.all.acquire(ctx, n); err != nil {
+		a.share.release(n)
+		return err
+	}
+	return nil
+}
+
+// release gives n bytes back to both.
+func (a *account) release(n int64) {
+	a.all.release(n)
+	a.share.release(n)
+}
+
+// refusalLog rate-limits the log lines of refusals a stranger can cause
+// at will (connections refused or closed to make room): one line per
+// message at most every refusalLogEvery, counting those in between, so
+// that a flood costs a few lines, not one each.
+type refusalLog struct {
+	mu   sync.Mutex
+	last map[string]time.Time
+	n    map[string]int
+}
+
+const refusalLogEvery = 10 * time.Second
+
+// note counts one refusal of kind msg and logs it if its line is due.
+func (r *refusalLog) note(log *slog.Logger, msg string, args ...any) {
+	r.mu.Lock()
+	if r.last == nil {
+		r.last, r.n = make(map[string]time.Time), make(map[string]int)
+	}
+	r.n[msg]++
+	now := time.Now()
+	if now.Sub(r.last[msg]) < refusalLogEvery {
+		r.mu.Unlock()
+		return
+	}
+	n := r.n[msg]
+	r.n[msg], r.last[msg] = 0, now
+	r.mu.Unlock()
+	log.Warn(msg, append(args, "count", n, "in", refusalLogEvery.String())...)
 }

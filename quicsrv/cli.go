@@ -37,7 +37,11 @@ type serveCmd struct {
 	QuotaFiles      int           `default:"0" env:"QBACKUPD_QUOTA_FILES" help:"File versions one client may store (0: unlimited)." placeholder:"N"`
 	MaxConns        int           `default:"1024" env:"QBACKUPD_MAX_CONNS" help:"Connections open at once, in total." placeholder:"N"`
 	MaxClientConns  int           `default:"40" env:"QBACKUPD_MAX_CLIENT_CONNS" help:"Connections open at once for one client." placeholder:"N"`
-	Memory          int64         `default:"536870912" env:"QBACKUPD_MEMORY" help:"Bytes all clients together can make the server buffer (receive windows and chunks in flight)." placeholder:"BYTES"`
+	Memory          int64         `default:"536870912" env:"QBACKUPD_MEMORY" help:"Bytes all clients together can make the server buffer (receive windows and chunks in flight); the initial windows of --max-conns connections (256 KiB each) are set aside from it." placeholder:"BYTES"`
+	ClientMemory    int64         `default:"0" env:"QBACKUPD_CLIENT_MEMORY" help:"Bytes of --memory one client's connections may take beyond their initial windows (0: a quarter of what those leave)." placeholder:"BYTES"`
+	MaxHandshakes   int           `default:"${max_handshakes}" env:"QBACKUPD_MAX_HANDSHAKES" help:"Connections waiting to authenticate, in total; one more closes the oldest of them." placeholder:"N"`
+	MaxHandshakesIP int           `name:"max-handshakes-per-addr" default:"${max_handshakes_ip}" env:"QBACKUPD_MAX_HANDSHAKES_PER_ADDR" help:"Connections waiting to authenticate from one IP address; one more closes the oldest of them." placeholder:"N"`
+	IdleSession     time.Duration `default:"${idle_session}" env:"QBACKUPD_IDLE_SESSION" help:"Close a session whose client has had no request or transfer in any session for this long (negative: never)." placeholder:"DURATION"`
 	TransferTimeout time.Duration `default:"5m" env:"QBACKUPD_TRANSFER_TIMEOUT" help:"End an upload that receives nothing for this long (it is kept for resume)."`
 	ScrubEvery      time.Duration `default:"0s" env:"QBACKUPD_SCRUB_EVERY" help:"Read each stored file again about once per this period, in the background, and mark damage (0: never; 'qbackupd check' does it on demand)." placeholder:"DURATION"`
 	ScrubRate       int64         `default:"${scrub_rate}" env:"QBACKUPD_SCRUB_RATE" help:"How fast the scrub reads, in bytes per second." placeholder:"BYTES"`
@@ -49,8 +53,11 @@ func (c *serveCmd) Run(e *cliEnv) error {
 	if c.MaxFileSize < 0 || c.QuotaBytes < 0 || c.QuotaFiles < 0 {
 		return errors.New("--max-file-size, --quota-bytes and --quota-files must not be negative")
 	}
-	if c.MaxConns <= 0 || c.MaxClientConns <= 0 || c.Memory <= 0 || c.TransferTimeout <= 0 {
-		return errors.New("--max-conns, --max-client-conns, --memory and --transfer-timeout must be positive")
+	if c.MaxConns <= 0 || c.MaxClientConns <= 0 || c.Memory <= 0 || c.TransferTimeout <= 0 || c.MaxHandshakes <= 0 || c.MaxHandshakesIP <= 0 {
+		return errors.New("--max-conns, --max-client-conns, --memory, --transfer-timeout, --max-handshakes and --max-handshakes-per-addr must be positive")
+	}
+	if c.ClientMemory < 0 || c.IdleSession == 0 {
+		return errors.New("--client-memory must not be negative and --idle-session not 0 (negative: never)")
 	}
 	if c.ScrubEvery < 0 || c.ScrubRate <= 0 {
 		return errors.New("--scrub-every must not be negative and --scrub-rate must be positive")
@@ -78,6 +85,10 @@ func (c *serveCmd) Run(e *cliEnv) error {
 		MaxConns:          c.MaxConns,
 		MaxConnsPerClient: c.MaxClientConns,
 		MemoryBudget:      c.Memory,
+		ClientMemory:      c.ClientMemory,
+		MaxHandshakes:     c.MaxHandshakes,
+		MaxHandshakesIP:   c.MaxHandshakesIP,
+		IdleSession:       c.IdleSession,
 		TransferTimeout:   c.TransferTimeout,
 		ScrubEvery:        c.ScrubEvery,
 		ScrubRate:         c.ScrubRate,
@@ -239,7 +250,8 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		kong.Writers(stdout, stderr),
 		kong.Exit(func(code int) { exit = code }),
 		kong.UsageOnError(),
-		kong.Vars{"scrub_rate": strconv.Itoa(DefaultScrubRate)},
+		kong.Vars{"scrub_rate": strconv.Itoa(DefaultScrubRate), "max_handshakes": strconv.Itoa(DefaultMaxHandshakes),
+			"max_handshakes_ip": strconv.Itoa(DefaultMaxHandshakesIP), "idle_session": DefaultIdleSession.String()},
 	)
 	if err != nil {
 		fmt.Fprintf(stderr, "qbackupd: %v\n", err)

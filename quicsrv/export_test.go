@@ -37,7 +37,23 @@ func ActiveUploads(s *Server) int {
 }
 
 // BudgetInUse reports the bytes taken from the server's memory budget.
-func BudgetInUse(s *Server) int64 { return s.budget().inUse() }
+func BudgetInUse(s *Server) int64 { return s.memoryInUse() }
+
+// ClientMemoryInUse is what a client's sessions hold of its share.
+func ClientMemoryInUse(s *Server, id [16]byte) int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if st := s.accounts[id]; st != nil {
+		return st.windows.share.inUse() + st.buffers.share.inUse()
+	}
+	return 0
+}
+
+// Sizes of the memory budget's parts, for tests.
+const (
+	InitialConnWindow = initialConnWindow
+	MinTransferMemory = minTransferMemory
+)
 
 // WrittenBytes reports how many bytes the uploads sessions are receiving
 // have written so far, all together.

@@ -3,6 +3,7 @@ package quicsrv
 import (
 	"errors"
 	"testing"
+	"time"
 
 	"github.com/qbackup/qbackup/proto"
 	"github.com/quic-go/quic-go"
@@ -27,8 +28,8 @@ var benchChunkSizes = []struct {
 func BenchmarkChunkBuffers(b *testing.B) {
 	for _, cs := range benchChunkSizes {
 		b.Run(cs.name, func(b *testing.B) {
-			ss := &session{srv: &Server{ChunkSize: cs.size}, ctx: b.Context()}
-			bufs := &chunkBuffers{ss: ss, rs: new(quic.ReceiveStream)}
+			ss := benchSession(b, cs.size)
+			bufs := &chunkBuffers{ss: ss, pr: &progressReader{rs: new(quic.ReceiveStream), stall: time.Minute}}
 			n := cs.size + proto.TagSize
 			b.ReportAllocs()
 			for b.Loop() {
@@ -38,7 +39,7 @@ func BenchmarkChunkBuffers(b *testing.B) {
 				}
 				bufs.Put(p)
 			}
-			if used := ss.srv.budget().inUse(); used != 0 {
+			if used := ss.srv.memoryInUse(); used != 0 {
 				b.Fatalf("%d bytes of the budget still in use", used)
 			}
 		})
@@ -68,9 +69,9 @@ func BenchmarkReceiveChunks(b *testing.B) {
 				}
 			}
 
-			ss := &session{srv: &Server{ChunkSize: cs.size}, ctx: b.Context()}
+			ss := benchSession(b, cs.size)
 			cr := proto.NewChunkReader(&repeatReader{b: stream}, uint32(ss.srv.chunkSize()))
-			cr.Buffers = &chunkBuffers{ss: ss, rs: new(quic.ReceiveStream)}
+			cr.Buffers = &chunkBuffers{ss: ss, pr: &progressReader{rs: new(quic.ReceiveStream), stall: time.Minute}}
 			resolve := func(uint32) (*[16]byte, error) { return &id, nil }
 			n := 0
 			handle := func(*proto.ChunkHeader, []byte) error {
@@ -86,7 +87,7 @@ func BenchmarkReceiveChunks(b *testing.B) {
 				b.Fatal(err)
 			}
 			b.StopTimer()
-			if used := ss.srv.budget().inUse(); used != 0 {
+			if used := ss.srv.memoryInUse(); used != 0 {
 				b.Fatalf("%d bytes of the budget still in use", used)
 			}
 		})
@@ -94,6 +95,15 @@ func BenchmarkReceiveChunks(b *testing.B) {
 }
 
 var errBenchDone = errors.New("benchmark done")
+
+// benchSession is a session with a client account, as after the
+// handshake.
+func benchSession(b *testing.B, chunk int) *session {
+	ss := &session{srv: &Server{ChunkSize: chunk}, ctx: b.Context()}
+	_, buffers := ss.srv.budgets()
+	ss.acct = &account{share: newBudget(ss.srv.clientMemory()), all: buffers}
+	return ss
+}
 
 // repeatReader reads b over and over.
 type repeatReader struct {

@@ -7,9 +7,11 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"time"
 
 	"github.com/qbackup/qbackup/proto"
 	"github.com/qbackup/qbackup/store"
+	"github.com/quic-go/quic-go"
 )
 
 // restore is one stored file on its way back to the client.
@@ -134,11 +136,47 @@ func (ss *session) chunkSender() *proto.ChunkSender {
 	defer ss.mu.Unlock()
 	if ss.sender == nil {
 		open := func(ctx context.Context) (io.WriteCloser, error) {
-			return ss.conn.OpenUniStreamSync(ctx)
+			s, err := ss.conn.OpenUniStreamSync(ctx)
+			if err != nil {
+				return nil, err
+			}
+			return &stalling{s: s, timeout: ss.srv.transferTimeout()}, nil
 		}
 		ss.sender = proto.NewChunkSender(ss.ctx, ss.sealer, ss.srv.streams(), ss.srv.chunkSize(), open)
 	}
 	return ss.sender
+}
+
+// stalling is a restore's data stream whose writes fail once the client
+// has read nothing for the transfer timeout: keep-alives would otherwise
+// keep a client that never reads, and what its restores hold, forever.
+type stalling struct {
+	s       *quic.SendStream
+	timeout time.Duration
+}
+
+func (w *stalling) Write(p []byte) (int, error) {
+	w.s.SetWriteDeadline(time.Now().Add(w.timeout))
+	return w.s.Write(p)
+}
+
+func (w *stalling) Close() error                               { return w.s.Close() }
+func (w *stalling) SetPriority(urgency int8, incremental bool) { w.s.SetPriority(urgency, incremental) }
+
+// closeIdleSenderLocked closes the session's chunk sender once no
+// restore needs it, so that the buffers it grew for them go (the next
+// restore starts another). ss.mu is held.
+func (ss *session) closeIdleSenderLocked() {
+	if ss.sender == nil || len(ss.restores) > 0 {
+		return
+	}
+	sender := ss.sender
+	ss.sender = nil
+	ss.wg.Add(1)
+	go func() {
+		defer ss.wg.Done()
+		sender.Close()
+	}()
 }
 
 // pushRestore reads the stored file once, front to back (only the ranges a
@@ -149,15 +187,25 @@ func (ss *session) chunkSender() *proto.ChunkSender {
 func (ss *session) pushRestore(ctx context.Context, r *restore) error {
 	sender := ss.chunkSender()
 	ck := proto.NewCksum()
+	charge := int64(ss.srv.chunkSize() + proto.TagSize) // a chunk's buffer, plaintext then frame
+	sent := func(int, error) {
+		ss.acct.release(charge)
+		ss.busy()
+	}
 	for _, rg := range r.send {
 		for off, end := rg.Off, rg.Off+rg.Len; off < end; {
+			if err := ss.acct.acquire(ctx, charge); err != nil {
+				return err
+			}
 			buf, err := sender.Buffer(ctx)
 			if err != nil {
-				return err
+				ss.acct.release(charge)
+				return stalled(err, ss.srv.transferTimeout())
 			}
 			n := min(uint64(len(buf)), end-off)
 			if _, err := r.f.ReadAt(buf[:n], int64(off)); err != nil {
 				sender.Release(buf)
+				ss.acct.release(charge)
 				if ctx.Err() != nil {
 					return nil // released by the client while we read
 				}
@@ -170,8 +218,9 @@ func (ss *session) pushRestore(ctx context.Context, r *restore) error {
 				return nil
 			}
 			ck.Write(buf[:n])
-			if err := sender.Send(ctx, r.xfer, &r.id, off, buf[:n], nil); err != nil {
-				return err
+			if err := sender.Send(ctx, r.xfer, &r.id, off, buf[:n], sent); err != nil {
+				ss.acct.release(charge) // sent is called only for what Send queued
+				return stalled(err, ss.srv.transferTimeout())
 			}
 			off += n
 		}
@@ -204,6 +253,19 @@ func (ss *session) restoreDone(m *proto.RestoreDone) error {
 		ss.recheck(r.fv, "client received a restore whose checksums did not match")
 	}
 	r.close()
+	ss.mu.Lock()
+	ss.closeIdleSenderLocked()
+	ss.mu.Unlock()
 	ss.transferEnded()
 	return nil
+}
+
+// stalled is why a restore's chunk could not be queued: the client read
+// nothing for the transfer timeout (a stream write's deadline passed,
+// which stops the session's sender), or whatever else err says.
+func stalled(err error, timeout time.Duration) error {
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return proto.Errorf(proto.CodeAborted, "the client read no restored data for %v", timeout)
+	}
+	return err
 }

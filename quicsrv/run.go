@@ -28,6 +28,10 @@ type Config struct {
 	MaxConns          int           // see Server
 	MaxConnsPerClient int           // see Server
 	MemoryBudget      int64         // see Server
+	ClientMemory      int64         // see Server
+	MaxHandshakes     int           // see Server
+	MaxHandshakesIP   int           // see Server.MaxHandshakesPerAddr
+	IdleSession       time.Duration // see Server
 	TransferTimeout   time.Duration // see Server
 	ScrubEvery        time.Duration // see Server (0: no scrub)
 	ScrubRate         int64         // see Server
@@ -99,7 +103,12 @@ func Run(ctx context.Context, cfg Config) error {
 		MaxConns:          cfg.MaxConns,
 		MaxConnsPerClient: cfg.MaxConnsPerClient,
 		MemoryBudget:      cfg.MemoryBudget,
+		ClientMemory:      cfg.ClientMemory,
 		TransferTimeout:   cfg.TransferTimeout,
+
+		MaxHandshakes:        cfg.MaxHandshakes,
+		MaxHandshakesPerAddr: cfg.MaxHandshakesIP,
+		IdleSession:          cfg.IdleSession,
 
 		ScrubEvery: cfg.ScrubEvery,
 		ScrubRate:  cfg.ScrubRate,

@@ -35,6 +35,24 @@ const (
 	DefaultMaxConnsClient   = 40
 	DefaultMemoryBudget     = 512 << 20
 	DefaultTransferTimeout  = 5 * time.Minute
+	DefaultMaxHandshakes    = 256
+	DefaultMaxHandshakesIP  = 32
+	DefaultIdleSession      = 5 * time.Minute
+)
+
+// Initial receive windows of every connection. They are small, so that a
+// connection, authenticated or not, can make the server hold little
+// before it shows it needs more; they grow (doubling, as quic-go tunes
+// them) with data actually read, and each increase is charged to the
+// client's share of the memory budget. What the initial windows of
+// MaxConns connections hold is set aside from the budget at start, so no
+// connection ever waits for, or is refused, the memory it starts with.
+const (
+	initialStreamWindow = 128 << 10
+	initialConnWindow   = 256 << 10
+	// minTransferMemory is the least the budget must leave for window
+	// growth and chunks once the initial windows are set aside.
+	minTransferMemory = 8 << 20
 )
 
 // ErrServerClosed is returned by Serve after Shutdown or Close.
@@ -100,12 +118,37 @@ type Server struct {
 	// Default DefaultMaxConnsClient.
 	MaxConnsPerClient int
 	// MemoryBudget bounds, across all connections, the bytes clients can
-	// make the server hold: QUIC connection receive windows and the
-	// buffers of chunks being read. A connection that does not fit is
-	// refused with CodeLimit; past it, windows stop growing and chunk
-	// readers wait, which slows senders rather than failing them.
-	// Default DefaultMemoryBudget.
+	// make the server hold: QUIC connection receive windows, the buffers
+	// of chunks being received and of chunks being sent for restores.
+	// The initial windows of MaxConns connections (256 KiB each) are set
+	// aside from it at start (Serve fails if that leaves less than 8 MiB);
+	// the rest is shared, each client taking at most ClientMemory of it.
+	// Past it, windows stop growing, chunk readers and restores wait,
+	// which slows senders rather than failing them. Default
+	// DefaultMemoryBudget.
 	MemoryBudget int64
+	// ClientMemory bounds what one client's sessions together take of
+	// MemoryBudget beyond their initial windows, so that a few greedy or
+	// idle clients cannot hold all of it. Default: a quarter of what the
+	// initial windows leave.
+	ClientMemory int64
+	// MaxHandshakes bounds the connections that have not authenticated
+	// yet, in total, and MaxHandshakesPerAddr those from one IP address.
+	// When one more arrives, the oldest of them (of that address, for the
+	// second) is closed with CodeLimit to make room: strangers can only
+	// push out strangers, never authenticated sessions. Over half of
+	// MaxHandshakes, new connections must prove their address first
+	// (QUIC Retry), so spoofed packets cannot fill them. Defaults
+	// DefaultMaxHandshakes (at most MaxConns) and DefaultMaxHandshakesIP.
+	MaxHandshakes        int
+	MaxHandshakesPerAddr int
+	// IdleSession closes an authenticated session with no request or
+	// transfer of its own when its client has had none in any session for
+	// this long (code 0, reason "idle"): keep-alives would otherwise keep
+	// an idle session, and what it holds, open forever. The parallel
+	// connections of one busy client are not idle. Default
+	// DefaultIdleSession; negative: never.
+	IdleSession time.Duration
 	// TransferTimeout ends an upload that has received nothing for this
 	// long (it is kept for resume and the client is told, CodeAborted),
 	// and a connection whose data stream stops in the middle of a chunk
@@ -141,8 +184,10 @@ type Server struct {
 	byFile   map[fileRef][]*upload
 
 	budgetOnce sync.Once
-	mem        *budget
-	windows    sync.Map // *quic.Conn -> *int64: receive window bytes charged to mem
+	memWindows *budget                         // window growth, half of transferMemory
+	memBuffers *budget                         // chunk buffers, the other half
+	windows    sync.Map                        // *quic.Conn -> *windowCharge: its growth, charged to its client's account
+	accounts   map[store.ClientID]*clientState // guarded by mu
 
 	mu        sync.Mutex
 	tr        *quic.Transport
@@ -150,10 +195,15 @@ type Server struct {
 	listener  *quic.Listener
 	sessions  map[*session]struct{}
 	perClient map[store.ClientID]int // authenticated sessions of each client
-	closed    bool
-	wg        sync.WaitGroup
-	ctx       context.Context
-	cancel    context.CancelFunc
+	// handshaking holds the sessions not yet authenticated, oldest first,
+	// and perAddr counts them by IP address (see MaxHandshakes).
+	handshaking []*session
+	perAddr     map[string]int
+	refusals    refusalLog
+	closed      bool
+	wg          sync.WaitGroup
+	ctx         context.Context
+	cancel      context.CancelFunc
 }
 
 func (s *Server) chunkSize() int {
@@ -205,33 +255,133 @@ func (s *Server) transferTimeout() time.Duration {
 	return DefaultTransferTimeout
 }
 
-// budget returns the memory budget shared by all connections.
-func (s *Server) budget() *budget {
+// budgets returns the memory budget shared by all connections, what
+// MemoryBudget leaves once the initial windows of MaxConns connections
+// are set aside (transferMemory), in two halves: one for receive window
+// growth, one for chunk buffers. Windows never shrink, so were they to
+// share one budget with the buffers they would, growing a little each
+// time a chunk gives its buffer back, end up holding all of it, and the
+// chunks none.
+func (s *Server) budgets() (windows, buffers *budget) {
 	s.budgetOnce.Do(func() {
-		size := s.MemoryBudget
-		if size <= 0 {
-			size = DefaultMemoryBudget
-		}
-		s.mem = newBudget(size)
+		s.memWindows = newBudget(s.transferMemory() / 2)
+		s.memBuffers = newBudget(s.transferMemory() - s.transferMemory()/2)
 	})
-	return s.mem
+	return s.memWindows, s.memBuffers
 }
 
-// chargeWindow charges a connection receive window increase to the budget;
-// false refuses it (quic-go then keeps the smaller window).
+// memoryInUse is what the budget has lent, both halves.
+func (s *Server) memoryInUse() int64 {
+	w, b := s.budgets()
+	return w.inUse() + b.inUse()
+}
+
+func (s *Server) memoryBudget() int64 {
+	if s.MemoryBudget > 0 {
+		return s.MemoryBudget
+	}
+	return DefaultMemoryBudget
+}
+
+// transferMemory is what MemoryBudget leaves for window growth and chunk
+// buffers once every connection's initial window is set aside.
+func (s *Server) transferMemory() int64 {
+	return s.memoryBudget() - int64(s.maxConns())*initialConnWindow
+}
+
+// clientMemory is one client's share of transferMemory, in two halves
+// like the budget (see budgets).
+func (s *Server) clientMemory() int64 {
+	if s.ClientMemory > 0 {
+		return min(s.ClientMemory, s.transferMemory())
+	}
+	return max(s.transferMemory()/4, 1)
+}
+
+func (s *Server) maxHandshakes() int {
+	n := DefaultMaxHandshakes
+	if s.MaxHandshakes > 0 {
+		n = s.MaxHandshakes
+	}
+	return min(n, s.maxConns())
+}
+
+func (s *Server) maxHandshakesPerAddr() int {
+	if s.MaxHandshakesPerAddr > 0 {
+		return s.MaxHandshakesPerAddr
+	}
+	return DefaultMaxHandshakesIP
+}
+
+// chunkStall is how long a chunk being received may go without a byte
+// before its stream, and its connection, are ended: the transfer
+// timeout, at most 30 s, since the chunk holds a buffer of the budget.
+func (s *Server) chunkStall() time.Duration { return min(s.transferTimeout(), 30*time.Second) }
+
+func (s *Server) idleSession() time.Duration {
+	if s.IdleSession != 0 {
+		return s.IdleSession
+	}
+	return DefaultIdleSession
+}
+
+// clientState is what the server keeps of a client while it has
+// sessions or holds memory: its share of the budget, for window growth
+// and for chunk buffers, and when any of its sessions last did something
+// (for IdleSession).
+type clientState struct {
+	windows, buffers *account
+	lastBusy         atomic.Int64 // unix nanoseconds
+}
+
+// clientStateLocked returns c's state, made on first need; s.mu is held.
+func (s *Server) clientStateLocked(c store.ClientID) *clientState {
+	if s.accounts == nil {
+		s.accounts = make(map[store.ClientID]*clientState)
+	}
+	st := s.accounts[c]
+	if st == nil {
+		windows, buffers := s.budgets()
+		half := s.clientMemory() / 2
+		st = &clientState{
+			windows: &account{share: newBudget(max(half, 1)), all: windows},
+			buffers: &account{share: newBudget(max(s.clientMemory()-half, 1)), all: buffers},
+		}
+		st.lastBusy.Store(time.Now().UnixNano())
+		s.accounts[c] = st
+	}
+	return st
+}
+
+// windowCharge is what a connection's window growth holds of its
+// client's account.
+type windowCharge struct {
+	acct *account
+	n    atomic.Int64
+}
+
+// chargeWindow charges a connection receive window increase to its
+// client's account; false refuses it (quic-go then keeps the smaller
+// window). A connection that has not authenticated gets no increase: it
+// keeps its initial window, set aside at start.
 func (s *Server) chargeWindow(conn *quic.Conn, delta uint64) bool {
-	if delta > math.MaxInt64 || !s.budget().tryAcquire(int64(delta)) {
+	v, ok := s.windows.Load(conn)
+	if !ok || delta > math.MaxInt64 {
 		return false
 	}
-	v, _ := s.windows.LoadOrStore(conn, new(int64))
-	atomic.AddInt64(v.(*int64), int64(delta))
+	wc := v.(*windowCharge)
+	if !wc.acct.tryAcquire(int64(delta)) {
+		return false
+	}
+	wc.n.Add(int64(delta))
 	return true
 }
 
-// releaseWindow gives back what a closed connection's window held.
+// releaseWindow gives back what a closed connection's window growth held.
 func (s *Server) releaseWindow(conn *quic.Conn) {
 	if v, ok := s.windows.LoadAndDelete(conn); ok {
-		s.budget().release(atomic.LoadInt64(v.(*int64)))
+		wc := v.(*windowCharge)
+		wc.acct.release(wc.n.Load())
 	}
 }
 
@@ -344,15 +494,16 @@ func (s *Server) QUICConfig() *quic.Config {
 		KeepAlivePeriod:       DefaultKeepAlive,
 		MaxIncomingStreams:    1, // the control stream; nothing else is bidirectional
 		MaxIncomingUniStreams: int64(s.streams()),
-		// Windows big enough for a few chunks per stream in flight.
-		InitialStreamReceiveWindow:     uint64(s.chunkSize()) * 2,
+		// Small to start with (see initialConnWindow); they grow with use.
+		InitialStreamReceiveWindow:     initialStreamWindow,
 		MaxStreamReceiveWindow:         8 << 20,
-		InitialConnectionReceiveWindow: uint64(s.chunkSize()) * 4,
+		InitialConnectionReceiveWindow: initialConnWindow,
 		// Bounds what one connection can make the server buffer; ample for
 		// the bandwidth-delay product of a 100 Mbit/s link at 300 ms.
 		MaxConnectionReceiveWindow: 32 << 20,
-		// Every increase is charged to the memory budget, which bounds
-		// what all connections together can make the server buffer.
+		// Every increase is charged to the client's account, which bounds
+		// what each client, and all connections together, can make the
+		// server buffer.
 		AllowConnectionWindowIncrease: s.chargeWindow,
 	}
 }
@@ -366,7 +517,12 @@ func (s *Server) Serve(pc net.PacketConn) error {
 	tlsConf := s.TLSConfig.Clone()
 	tlsConf.NextProtos = []string{proto.ALPN}
 	tlsConf.MinVersion = tls.VersionTLS13
-	tr := &quic.Transport{Conn: pc}
+	if left := s.transferMemory(); left < minTransferMemory {
+		pc.Close()
+		return fmt.Errorf("quicsrv: a memory budget of %d bytes leaves %d for transfers once the initial windows of %d connections (%d bytes each) are set aside, under the %d needed: raise the budget or lower the connection limit",
+			s.memoryBudget(), left, s.maxConns(), initialConnWindow, minTransferMemory)
+	}
+	tr := &quic.Transport{Conn: pc, VerifySourceAddress: s.underLoad}
 	ln, err := tr.Listen(tlsConf, s.QUICConfig())
 	if err != nil {
 		tr.Close()
@@ -420,21 +576,16 @@ func (s *Server) Serve(pc net.PacketConn) error {
 			conn.CloseWithError(quic.ApplicationErrorCode(proto.CodeShutdown), "server shutting down")
 			continue
 		}
-		if n := len(s.sessions); n >= s.maxConns() {
+		if !s.makeRoomLocked(sess) {
+			n := len(s.sessions)
 			s.mu.Unlock()
-			log.Warn("refusing a connection: too many open", "remote", conn.RemoteAddr().String(), "limit", s.maxConns())
+			s.refusals.note(log, "refusing connections: too many open", "limit", s.maxConns())
 			conn.CloseWithError(quic.ApplicationErrorCode(proto.CodeLimit), fmt.Sprintf("server busy: %d connections open; try again later", n))
 			continue
 		}
-		// The initial receive window is granted without asking: charge it
-		// now, and refuse the connection if it does not fit.
-		if !s.chargeWindow(conn, s.QUICConfig().InitialConnectionReceiveWindow) {
-			s.mu.Unlock()
-			log.Warn("refusing a connection: memory budget used up", "remote", conn.RemoteAddr().String(), "in_use", s.budget().inUse())
-			conn.CloseWithError(quic.ApplicationErrorCode(proto.CodeLimit), "server busy: memory budget used up; try again later")
-			continue
-		}
 		s.sessions[sess] = struct{}{}
+		s.handshaking = append(s.handshaking, sess)
+		s.perAddr[sess.addr]++
 		s.wg.Add(1)
 		s.mu.Unlock()
 		go func() {
@@ -442,25 +593,101 @@ func (s *Server) Serve(pc net.PacketConn) error {
 			sess.run()
 			s.mu.Lock()
 			delete(s.sessions, sess)
+			s.authenticatedLocked(sess) // if it never did
 			s.mu.Unlock()
 			s.releaseWindow(conn)
 		}()
 	}
 }
 
+// makeRoomLocked makes room for sess, a new connection, among those not
+// authenticated yet: over MaxHandshakes in all or MaxHandshakesPerAddr
+// from its address, the oldest of them (from that address) is closed. It
+// reports false if sess cannot come in: MaxConns are open, all of them
+// authenticated. s.mu is held.
+func (s *Server) makeRoomLocked(sess *session) bool {
+	if s.perAddr == nil {
+		s.perAddr = make(map[string]int)
+	}
+	evict := func(match func(*session) bool, why string) bool {
+		for _, old := range s.handshaking {
+			if match(old) {
+				s.authenticatedLocked(old) // no longer counted: it is closing
+				s.refusals.note(s.logger(), "closing connections that had not authenticated, to make room", "why", why)
+				old.closeWith(proto.CodeLimit, "server busy: "+why+"; try again")
+				return true
+			}
+		}
+		return false
+	}
+	if s.perAddr[sess.addr] >= s.maxHandshakesPerAddr() {
+		evict(func(o *session) bool { return o.addr == sess.addr }, "too many connections from one address waiting to authenticate")
+	}
+	if len(s.handshaking) >= s.maxHandshakes() {
+		evict(func(*session) bool { return true }, "too many connections waiting to authenticate")
+	}
+	if len(s.sessions)-s.evictedLocked() < s.maxConns() {
+		return true
+	}
+	return evict(func(*session) bool { return true }, "the connection limit is reached")
+}
+
+// evictedLocked counts the sessions closed to make room that have not
+// ended yet: they are still in s.sessions but hold no place.
+func (s *Server) evictedLocked() int {
+	n := 0
+	for sess := range s.sessions {
+		if sess.evicted {
+			n++
+		}
+	}
+	return n
+}
+
+// authenticatedLocked takes sess off the list of connections not yet
+// authenticated, if it is there. s.mu is held.
+func (s *Server) authenticatedLocked(sess *session) {
+	i := slices.Index(s.handshaking, sess)
+	if i < 0 {
+		return
+	}
+	s.handshaking = slices.Delete(s.handshaking, i, i+1)
+	if s.perAddr[sess.addr]--; s.perAddr[sess.addr] <= 0 {
+		delete(s.perAddr, sess.addr)
+	}
+	if sess.authenticatedAt.IsZero() {
+		sess.evicted = true // taken off without authenticating: closing
+	}
+}
+
+// underLoad reports whether new connections must prove their address
+// (QUIC Retry, one round trip more) before the server keeps any state for
+// them: when over half of MaxHandshakes connections wait to authenticate.
+func (s *Server) underLoad(net.Addr) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.handshaking) > s.maxHandshakes()/2
+}
+
 // admitClient counts an authenticated session of client c, or refuses it
-// over the per-client limit.
-func (s *Server) admitClient(c store.ClientID) error {
+// over the per-client limit. An admitted session leaves the connections
+// waiting to authenticate, and its window may grow, charged to c's
+// account, which it returns.
+func (s *Server) admitClient(sess *session, c store.ClientID) (*clientState, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.perClient == nil {
 		s.perClient = make(map[store.ClientID]int)
 	}
 	if n := s.perClient[c]; n >= s.maxConnsPerClient() {
-		return proto.Errorf(proto.CodeLimit, "this client has %d connections open, the server's limit; close some or try again later", n)
+		return nil, proto.Errorf(proto.CodeLimit, "this client has %d connections open, the server's limit; close some or try again later", n)
 	}
 	s.perClient[c]++
-	return nil
+	sess.authenticatedAt = time.Now()
+	s.authenticatedLocked(sess)
+	st := s.clientStateLocked(c)
+	s.windows.Store(sess.conn, &windowCharge{acct: st.windows})
+	return st, nil
 }
 
 func (s *Server) leaveClient(c store.ClientID) {

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"math"
+	"net"
 	"os"
 	"strings"
 	"sync"
@@ -36,8 +37,16 @@ type session struct {
 
 	client   store.Client
 	admitted bool // counted in the server's per-client connections
-	opener   *proto.Opener
-	sealer   *proto.Sealer
+	state    *clientState
+	acct     *account // what the client's chunk buffers hold is charged to
+
+	// addr is the client's IP address; authenticatedAt (zero until then)
+	// and evicted (closed to make room) are guarded by srv.mu.
+	addr            string
+	authenticatedAt time.Time
+	evicted         bool
+	opener          *proto.Opener
+	sealer          *proto.Sealer
 
 	mu       sync.Mutex
 	uploads  map[uint32]*upload
@@ -55,9 +64,14 @@ type session struct {
 
 func newSession(srv *Server, conn *quic.Conn, log *slog.Logger) *session {
 	ctx, cancel := context.WithCancel(conn.Context())
+	addr := conn.RemoteAddr().String()
+	if host, _, err := net.SplitHostPort(addr); err == nil {
+		addr = host
+	}
 	return &session{
 		srv:         srv,
 		conn:        conn,
+		addr:        addr,
 		log:         log,
 		ctx:         ctx,
 		cancel:      cancel,
@@ -87,7 +101,12 @@ func (ss *session) fail(err error) {
 		return
 	}
 	code := proto.CodeOf(err)
-	ss.log.Warn("closing connection", "code", code.String(), "err", err)
+	if ss.state == nil {
+		// Not authenticated: a stranger may cause this at will.
+		ss.srv.refusals.note(ss.srv.logger(), "closing connections that failed to authenticate", "code", code.String(), "last", err.Error())
+	} else {
+		ss.log.Warn("closing connection", "code", code.String(), "err", err)
+	}
 	ss.closeWith(code, errorText(err))
 }
 
@@ -307,11 +326,14 @@ func (ss *session) handshake() error {
 	default:
 		return proto.Errorf(proto.CodeProtocol, "the first message must be Register or Reconnect, not %v", m.Type())
 	}
-	if err := ss.srv.admitClient(ss.client.ID); err != nil {
-		ss.log.Warn("refusing a connection: too many for the client", "client", ss.client.Name, "limit", ss.srv.maxConnsPerClient())
+	st, err := ss.srv.admitClient(ss, ss.client.ID)
+	if err != nil {
+		ss.srv.refusals.note(ss.srv.logger(), "refusing connections: too many for one client", "client", ss.client.Name, "limit", ss.srv.maxConnsPerClient())
 		return err
 	}
 	ss.admitted = true
+	ss.state, ss.acct = st, st.buffers
+	ss.busy()
 
 	key, err := proto.NewSessionKey()
 	if err != nil {
@@ -391,6 +413,7 @@ func (ss *session) controlLoop() error {
 		if err != nil {
 			return err
 		}
+		ss.busy()
 		if req, ok := requestNumber(m); ok && req == 0 {
 			return proto.Errorf(proto.CodeProtocol, "%v with request number 0, which is reserved for the session", m.Type())
 		}

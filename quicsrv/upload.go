@@ -208,9 +208,14 @@ func (ss *session) stalled(now time.Time) {
 	})
 }
 
-// watch checks for stalled uploads until the session ends.
+// watch checks for stalled uploads, and for the session being idle,
+// until the session ends.
 func (ss *session) watch() {
-	t := time.NewTicker(max(ss.srv.transferTimeout()/4, 10*time.Millisecond))
+	every := ss.srv.transferTimeout() / 4
+	if idle := ss.srv.idleSession(); idle > 0 {
+		every = min(every, idle/4)
+	}
+	t := time.NewTicker(max(every, 10*time.Millisecond))
 	defer t.Stop()
 	for {
 		select {
@@ -218,8 +223,39 @@ func (ss *session) watch() {
 			return
 		case now := <-t.C:
 			ss.stalled(now)
+			if ss.idle(now) {
+				ss.log.Debug("closing an idle session", "after", ss.srv.idleSession().String())
+				ss.closeWith(proto.CodeNoError, "idle")
+				return
+			}
 		}
 	}
+}
+
+// busy notes that the session does something for its client: a request,
+// a chunk in or out.
+func (ss *session) busy() {
+	if st := ss.state; st != nil {
+		st.lastBusy.Store(time.Now().UnixNano())
+	}
+}
+
+// idle reports whether the session should end for IdleSession: it has no
+// request or transfer open, and its client has done nothing in any
+// session for that long.
+func (ss *session) idle(now time.Time) bool {
+	timeout := ss.srv.idleSession()
+	if timeout < 0 || ss.state == nil {
+		return false
+	}
+	ss.mu.Lock()
+	open := ss.opening > 0 || len(ss.uploads) > 0 || len(ss.restores) > 0
+	ss.mu.Unlock()
+	if open {
+		ss.busy()
+		return false
+	}
+	return now.Sub(time.Unix(0, ss.state.lastBusy.Load())) >= timeout
 }
 
 func (ss *session) uploadRequest(m *proto.UploadRequest) {
@@ -480,17 +516,46 @@ func (ss *session) readData(rs *quic.ReceiveStream) error {
 	handle := func(h *proto.ChunkHeader, p []byte) error {
 		return ss.receive(cur, h.Offset, p)
 	}
-	cr := proto.NewChunkReader(rs, uint32(ss.srv.chunkSize()))
-	cr.Buffers = &chunkBuffers{ss: ss, rs: rs}
+	pr := &progressReader{rs: rs, stall: ss.srv.chunkStall()}
+	cr := proto.NewChunkReader(pr, uint32(ss.srv.chunkSize()))
+	cr.Buffers = &chunkBuffers{ss: ss, pr: pr}
 	err := proto.ReadChunkFrames(cr, ss.opener, resolve, handle)
 	var serr *quic.StreamError
 	if errors.As(err, &serr) {
 		return nil // the client reset the stream; its transfers will say why
 	}
 	if errors.Is(err, os.ErrDeadlineExceeded) {
-		return proto.Errorf(proto.CodeAborted, "a data stream stopped in the middle of a chunk for %v", ss.srv.transferTimeout())
+		return proto.Errorf(proto.CodeAborted, "a data stream stopped in the middle of a chunk for %v", ss.srv.chunkStall())
 	}
 	return err
+}
+
+// progressReader reads a data stream; while a chunk is being read into a
+// buffer from the budget (armed), each read that brings bytes moves the
+// stream's deadline chunkStall ahead, so that a chunk that stops arriving
+// gives its buffer back within chunkStall, however slowly a live one
+// comes.
+type progressReader struct {
+	rs    *quic.ReceiveStream
+	stall time.Duration
+	armed bool // only the stream's own goroutine reads it
+}
+
+func (r *progressReader) Read(p []byte) (int, error) {
+	n, err := r.rs.Read(p)
+	if n > 0 && r.armed {
+		r.rs.SetReadDeadline(time.Now().Add(r.stall))
+	}
+	return n, err
+}
+
+func (r *progressReader) arm(on bool) {
+	r.armed = on
+	if on {
+		r.rs.SetReadDeadline(time.Now().Add(r.stall))
+	} else {
+		r.rs.SetReadDeadline(time.Time{})
+	}
 }
 
 // chunkPool recycles chunk buffers across streams and connections.
@@ -501,15 +566,15 @@ var chunkPool sync.Pool
 // header has.
 type chunkBuffers struct {
 	ss   *session
-	rs   *quic.ReceiveStream
+	pr   *progressReader
 	held *[]byte // the pool's box for the buffer lent, so Put allocates none
 }
 
 func (b *chunkBuffers) Get(n int) ([]byte, error) {
-	if err := b.ss.srv.budget().acquire(b.ss.ctx, int64(n)); err != nil {
+	if err := b.ss.acct.acquire(b.ss.ctx, int64(n)); err != nil {
 		return nil, err
 	}
-	b.rs.SetReadDeadline(time.Now().Add(b.ss.srv.transferTimeout()))
+	b.pr.arm(true)
 	if p, ok := chunkPool.Get().(*[]byte); ok {
 		if cap(*p) >= n {
 			b.held = p
@@ -521,8 +586,8 @@ func (b *chunkBuffers) Get(n int) ([]byte, error) {
 }
 
 func (b *chunkBuffers) Put(p []byte) {
-	b.rs.SetReadDeadline(time.Time{})
-	b.ss.srv.budget().release(int64(len(p)))
+	b.pr.arm(false)
+	b.ss.acct.release(int64(len(p)))
 	box := b.held
 	b.held = nil
 	if box == nil {
@@ -579,6 +644,7 @@ func (ss *session) receive(u *upload, off uint64, p []byte) error {
 	}
 	u.written += n
 	u.lastData = time.Now()
+	ss.busy()
 	done := u.written == u.size
 	if done {
 		u.state = checking
