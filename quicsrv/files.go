@@ -1,6 +1,7 @@
 package quicsrv
 
 import (
+	"fmt"
 	"log/slog"
 	"sync"
 	"time"
@@ -258,5 +259,23 @@ func (h *fileHold) release() {
 	if h.held > 0 {
 		h.b.give(h.client, h.held, true)
 		h.held = 0
+	}
+}
+
+// logOpenFiles logs the open-file limit in force and the caps on
+// transfers' files, and warns when they leave little room.
+func logOpenFiles(log *slog.Logger, srv *Server) {
+	total, perClient := srv.openFileCaps()
+	soft, hard, ok := openFileLimit()
+	if !ok {
+		log.Info("open files: the limit cannot be read here", "max_open_files", total, "max_client_open_files", perClient)
+		return
+	}
+	log.Info("open files", "limit", soft, "hard_limit", hard, "max_open_files", total, "max_client_open_files", perClient)
+	switch room := defaultOpenFiles(soft); {
+	case total > room:
+		log.Warn(fmt.Sprintf("--max-open-files %d leaves too little of the open-file limit (%d) for the rest of the server, whose own files may then fail with 'too many open files'; lower it to %d or raise the limit (LimitNOFILE= in a systemd unit, ulimit -n)", total, soft, room))
+	case srv.MaxOpenFiles <= 0 && srv.MaxOpenFilesPerClient <= 0 && perClient < srv.maxTransfers():
+		log.Warn(fmt.Sprintf("the open-file limit (%d) is low: a client may hold only %d files open for transfers, fewer than the %d transfers of one session; raise it (LimitNOFILE= in a systemd unit, ulimit -n)", soft, perClient, srv.maxTransfers()))
 	}
 }

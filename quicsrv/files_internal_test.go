@@ -3,6 +3,7 @@ package quicsrv
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"log/slog"
 	"strings"
 	"testing"
@@ -173,4 +174,38 @@ func TestFileBudgetLog(t *testing.T) {
 			t.Fatalf("a line with nothing refused:\n%s", buf.String())
 		}
 	})
+}
+
+// TestLogOpenFiles: the line qbackupd logs at start, and its warnings.
+func TestLogOpenFiles(t *testing.T) {
+	soft, _, ok := openFileLimit()
+	if !ok {
+		t.Skip("no open-file limit here")
+	}
+	defaultWarn := "" // a limit too low for one session's transfers is worth a warning
+	if defaultClientOpenFiles(defaultOpenFiles(soft)) < DefaultMaxTransfers {
+		defaultWarn = fmt.Sprintf("the open-file limit (%d) is low", soft)
+	}
+	tests := []struct {
+		name string
+		srv  *Server
+		warn string // "": none
+	}{
+		{"defaults", &Server{}, defaultWarn},
+		{"above the limit", &Server{MaxOpenFiles: int(min(soft, 1<<30))}, "leaves too little of the open-file limit"},
+		{"a small share set on purpose", &Server{MaxOpenFiles: 100, MaxOpenFilesPerClient: 5}, ""},
+	}
+	for _, tt := range tests {
+		var buf bytes.Buffer
+		logOpenFiles(slog.New(slog.NewTextHandler(&buf, nil)), tt.srv)
+		total, perClient := tt.srv.openFileCaps()
+		info := fmt.Sprintf(`level=INFO msg="open files" limit=%d`, soft)
+		caps := fmt.Sprintf("max_open_files=%d max_client_open_files=%d", total, perClient)
+		if !strings.Contains(buf.String(), info) || !strings.Contains(buf.String(), caps) {
+			t.Errorf("%s: logged\n%s\nwant a line with %q and %q", tt.name, buf.String(), info, caps)
+		}
+		if warned := strings.Contains(buf.String(), "level=WARN"); warned != (tt.warn != "") || !strings.Contains(buf.String(), tt.warn) {
+			t.Errorf("%s: logged\n%s\nwant a warning saying %q (none if empty)", tt.name, buf.String(), tt.warn)
+		}
+	}
 }

@@ -5,10 +5,13 @@ package quicsrv_test
 // while another client is served, and every path gives its file back.
 
 import (
+	"bytes"
+	"context"
 	"crypto/rsa"
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -423,5 +426,47 @@ func TestOpenFilesReleased(t *testing.T) {
 			n, _ := countFDs(t, srv.Dir)
 			return n.transfer == 0 && n.other <= before.other
 		})
+	}
+}
+
+// TestOpenFileFlags: qbackupd takes the caps from flags or the
+// environment, logs them with the open-file limit, and refuses negative
+// ones.
+func TestOpenFileFlags(t *testing.T) {
+	tests := []struct {
+		name string
+		args []string
+		env  map[string]string
+		want string // in the log line about open files
+	}{
+		{"flags", []string{"--max-open-files", "300", "--max-client-open-files", "20"}, nil, "max_open_files=300 max_client_open_files=20"},
+		{"environment", nil, map[string]string{"QBACKUPD_MAX_OPEN_FILES": "400", "QBACKUPD_MAX_CLIENT_OPEN_FILES": "30"}, "max_open_files=400 max_client_open_files=30"},
+		{"share of the total", []string{"--max-open-files", "400"}, nil, "max_open_files=400 max_client_open_files=100"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			for k, v := range tt.env {
+				t.Setenv(k, v)
+			}
+			ctx, cancel := context.WithCancel(t.Context())
+			defer cancel()
+			logs := &logBuffer{}
+			t.Cleanup(func() { t.Logf("server log:\n%s", logs.String()) })
+			done := make(chan int, 1)
+			args := append([]string{"--data", t.TempDir(), "--listen", "127.0.0.1:0"}, tt.args...)
+			go func() { done <- quicsrv.Main(ctx, args, new(bytes.Buffer), logs) }()
+			line := waitLog(t, logs, `msg="open files" .*`)
+			if !strings.Contains(line, tt.want) || !regexp.MustCompile(`limit=\d+ hard_limit=\d+ `).MatchString(line) {
+				t.Errorf("log line %q; want the limit and %q", line, tt.want)
+			}
+			cancel()
+			if code := <-done; code != 0 {
+				t.Fatalf("qbackupd exited with %d", code)
+			}
+		})
+	}
+	_, stderr, code := qbackupd(t, "--data", t.TempDir(), "--max-client-open-files=-1")
+	if code != 1 || !strings.Contains(stderr, "--max-open-files and --max-client-open-files must not be negative") {
+		t.Errorf("a negative cap: exit %d, %q", code, stderr)
 	}
 }

@@ -29,6 +29,8 @@ type Config struct {
 	MaxConnsPerClient int           // see Server
 	MemoryBudget      int64         // see Server
 	TransferTimeout   time.Duration // see Server
+	MaxOpenFiles      int           // see Server (0: from the open-file limit)
+	MaxClientFiles    int           // see Server.MaxOpenFilesPerClient (0: a quarter of MaxOpenFiles)
 	ScrubEvery        time.Duration // see Server (0: no scrub)
 	ScrubRate         int64         // see Server
 	Logger            *slog.Logger
@@ -101,6 +103,9 @@ func Run(ctx context.Context, cfg Config) error {
 		MemoryBudget:      cfg.MemoryBudget,
 		TransferTimeout:   cfg.TransferTimeout,
 
+		MaxOpenFiles:          cfg.MaxOpenFiles,
+		MaxOpenFilesPerClient: cfg.MaxClientFiles,
+
 		ScrubEvery: cfg.ScrubEvery,
 		ScrubRate:  cfg.ScrubRate,
 	}
@@ -113,6 +118,7 @@ func Run(ctx context.Context, cfg Config) error {
 	default:
 		log.Info("registration is closed: only registered clients are served")
 	}
+	logOpenFiles(log, srv)
 	if srv.ScrubEvery > 0 {
 		log.Info("scrub on: each stored file is read again about once per period", "every", srv.ScrubEvery.String(), "rate", formatBytes(uint64(srv.scrubRate()))+"/s")
 	}
