@@ -470,3 +470,34 @@ func TestOpenFileFlags(t *testing.T) {
 		t.Errorf("a negative cap: exit %d, %q", code, stderr)
 	}
 }
+
+// TestOpenFileTakeOverAtShare: a client whose older session holds its
+// whole share (its connection died, and the server has not noticed yet)
+// can resume a file from a new session: the takeover gives back the old
+// session's file before the new request takes one.
+func TestOpenFileTakeOverAtShare(t *testing.T) {
+	w := newWorld(t, func(s *quicsrv.Server) { s.ChunkSize = 1024; s.MaxOpenFilesPerClient = 2 })
+	old := w.mallory(t)
+	data := randBytes(4096)
+	r := old.startUpload("a.bin", data)
+	old.sendData(framesAt(old, r.Xfer, r.UploadID, data, 0, 2048, 1024)...)
+	old.startUpload("b.bin", data)
+	now := dialRaw(t, w.srv)
+	now.reconnect(old.id, w.bad)
+	now.send(now.uploadReq("c.bin", data))
+	if em := now.expectError(now.req, proto.CodeLimit); !strings.Contains(em.Message, "limit per client") {
+		t.Fatalf("a third file refused with %q", em.Message)
+	}
+	now.send(now.uploadReq("a.bin", data))
+	old.expectError(r.Req, proto.CodeAborted)
+	ready := expect[*proto.UploadReady](now)
+	if ready.UploadID != r.UploadID || len(ready.Missing) != 1 || ready.Missing[0].Off != 2048 {
+		t.Fatalf("the new session got upload %x missing %v; want %x missing [2048, 4096)", ready.UploadID, ready.Missing, r.UploadID)
+	}
+	now.sendData(framesAt(now, ready.Xfer, ready.UploadID, data, 2048, len(data), 1024)...)
+	now.finishUpload(ready.Xfer, data)
+	old.close()
+	now.close()
+	waitFor(t, "every file to be given back", func() bool { return quicsrv.FilesInUse(w.srv.Srv) == 0 })
+	w.healthy(t)
+}
