@@ -23,12 +23,14 @@ import (
 // fit is refused with CodeLimit before anything is opened.
 //
 // Refused, not queued: a client at its share is the one holding those
-// files (a well-behaved one keeps a few hundred open at most: the
-// reference client sends at most MaxTransfers files at once per session,
-// and restores 8), and a flood that fills the total holds its files until
-// the transfer timeout; waiting would pin the request's goroutine, and a
-// restore request, which the control loop handles itself, would stop the
-// very commits and RestoreDones that give files back.
+// files (a well-behaved one keeps a few hundred open at most: qbackup
+// send has 8 large and 128 small files in flight per connection by
+// default, never more than MaxTransfers, and a restore 8), and a flood
+// that fills the total holds its files as long as it likes (an idle
+// upload until the transfer timeout); waiting would pin the request's
+// goroutine, and a restore request, which the control loop handles
+// itself, would stop the very commits and RestoreDones that give files
+// back.
 //
 // A file being opened counts twice toward the total: os.Root resolves a
 // path one directory at a time, so opening a stored file (or a temp file
