@@ -43,6 +43,8 @@ type serveCmd struct {
 	MaxHandshakesIP int           `name:"max-handshakes-per-addr" default:"${max_handshakes_ip}" env:"QBACKUPD_MAX_HANDSHAKES_PER_ADDR" help:"Connections waiting to authenticate from one IP address; one more closes the oldest of them." placeholder:"N"`
 	IdleSession     time.Duration `default:"${idle_session}" env:"QBACKUPD_IDLE_SESSION" help:"Close a session whose client has had no request or transfer in any session for this long (negative: never)." placeholder:"DURATION"`
 	TransferTimeout time.Duration `default:"5m" env:"QBACKUPD_TRANSFER_TIMEOUT" help:"End an upload that receives nothing for this long (it is kept for resume)."`
+	MaxOpenFiles    int           `default:"0" env:"QBACKUPD_MAX_OPEN_FILES" help:"Files transfers may hold open at once, in total: uploads' temp files and restored files (0: the open-file limit less 512 and an eighth of it)." placeholder:"N"`
+	MaxClientFiles  int           `name:"max-client-open-files" default:"0" env:"QBACKUPD_MAX_CLIENT_OPEN_FILES" help:"Files one client's transfers may hold open at once (0: a quarter of --max-open-files)." placeholder:"N"`
 	ScrubEvery      time.Duration `default:"0s" env:"QBACKUPD_SCRUB_EVERY" help:"Read each stored file again about once per this period, in the background, and mark damage (0: never; 'qbackupd check' does it on demand)." placeholder:"DURATION"`
 	ScrubRate       int64         `default:"${scrub_rate}" env:"QBACKUPD_SCRUB_RATE" help:"How fast the scrub reads, in bytes per second." placeholder:"BYTES"`
 	LogLevel        string        `enum:"debug,info,warn,error" default:"info" env:"QBACKUPD_LOG_LEVEL" help:"Least severe log lines written: debug (adds a line per file), info, warn, error."`
@@ -58,6 +60,9 @@ func (c *serveCmd) Run(e *cliEnv) error {
 	}
 	if c.ClientMemory < 0 || c.IdleSession == 0 {
 		return errors.New("--client-memory must not be negative and --idle-session not 0 (negative: never)")
+	}
+	if c.MaxOpenFiles < 0 || c.MaxClientFiles < 0 {
+		return errors.New("--max-open-files and --max-client-open-files must not be negative (0: computed from the open-file limit)")
 	}
 	if c.ScrubEvery < 0 || c.ScrubRate <= 0 {
 		return errors.New("--scrub-every must not be negative and --scrub-rate must be positive")
@@ -90,6 +95,8 @@ func (c *serveCmd) Run(e *cliEnv) error {
 		MaxHandshakesIP:   c.MaxHandshakesIP,
 		IdleSession:       c.IdleSession,
 		TransferTimeout:   c.TransferTimeout,
+		MaxOpenFiles:      c.MaxOpenFiles,
+		MaxClientFiles:    c.MaxClientFiles,
 		ScrubEvery:        c.ScrubEvery,
 		ScrubRate:         c.ScrubRate,
 		Logger:            slog.New(h),

@@ -71,3 +71,13 @@ func WrittenBytes(s *Server) uint64 {
 
 // ScrubRead reports how many bytes the scrub has read.
 func ScrubRead(s *Server) int64 { return s.scrubRead.Load() }
+
+// FilesInUse reports the descriptors transfers hold in the server's
+// open-file budget (a file being opened counts twice).
+func FilesInUse(s *Server) int {
+	n, _ := s.files().inUse([16]byte{})
+	return n
+}
+
+// OpenFileCaps reports the caps on transfers' open files in force.
+func OpenFileCaps(s *Server) (total, perClient int) { return s.files().total, s.files().perClient }

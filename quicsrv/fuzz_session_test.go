@@ -29,9 +29,9 @@ package quicsrv_test
 //     control stream, a forged chunk, a commit before any checksum could
 //     exist, ...) is closed with the code PROTOCOL.md gives;
 //   - once the client has closed its connections, the server's session
-//     count, active uploads and memory budget in use drop to 0 within a
-//     bounded wait, and after partial uploads expire tmp/ is empty
-//     (nothing leaks);
+//     count, active uploads, memory budget and open files in use drop to
+//     0 within a bounded wait, and after partial uploads expire tmp/ is
+//     empty (nothing leaks);
 //   - the reference files stored before the fuzzing are unchanged, and
 //     (every fzHealthEvery inputs when fuzzing, every fzSeedHealthEvery
 //     and at the end when the seed corpus runs as a test) a well-behaved
@@ -570,12 +570,13 @@ func (h *fzHarness) settle(t *testing.T, r *fzRun) {
 	deadline := time.Now().Add(fzSettleWait)
 	for {
 		n, u, b := quicsrv.SessionCount(srv.Srv), quicsrv.ActiveUploads(srv.Srv), quicsrv.BudgetInUse(srv.Srv)
-		if n == 0 && u == 0 && b == 0 {
+		f := quicsrv.FilesInUse(srv.Srv)
+		if n == 0 && u == 0 && b == 0 && f == 0 {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%d sessions, %d active uploads and %d bytes of the memory budget left %v after the client closed its connections:\n%s",
-				n, u, b, fzSettleWait, r.traceText())
+			t.Fatalf("%d sessions, %d active uploads, %d bytes of the memory budget and %d open files left %v after the client closed its connections:\n%s",
+				n, u, b, f, fzSettleWait, r.traceText())
 		}
 		time.Sleep(time.Millisecond)
 	}

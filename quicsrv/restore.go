@@ -22,12 +22,14 @@ type restore struct {
 	fv     store.FileVersion
 	send   []proto.Range // what to send: all of it, or what a resuming client lacks
 	f      *os.File
+	files  *fileHold // f's place in the server's open-file budget
 	cancel context.CancelFunc
 }
 
 func (r *restore) close() {
 	r.cancel()
 	r.f.Close()
+	r.files.release()
 }
 
 // restoreRequest answers a RestoreRequest (sha nil) or a RestoreResume
@@ -71,8 +73,13 @@ func (ss *session) startRestore(req uint32, name string, version uint32, have []
 		}
 		send = kept.Missing(size)
 	}
+	hold, err := ss.srv.holdFile(ss.client.ID)
+	if err != nil {
+		return err
+	}
 	f, err := ss.srv.Store.OpenVersion(ss.ctx, ss.client.ID, fv)
 	if err != nil {
+		hold.release()
 		if ss.ctx.Err() == nil && !errors.Is(err, store.ErrNotFound) {
 			// Missing, or of another size: a check marks it, so the
 			// client's next attempt hears why.
@@ -80,9 +87,11 @@ func (ss *session) startRestore(req uint32, name string, version uint32, have []
 		}
 		return err
 	}
-	r := &restore{req: req, fv: fv, send: send, f: f}
+	hold.opened()
+	r := &restore{req: req, fv: fv, send: send, f: f, files: hold}
 	if _, err := rand.Read(r.id[:]); err != nil {
 		f.Close()
+		hold.release()
 		return err
 	}
 	ctx, cancel := context.WithCancel(ss.ctx)

@@ -33,6 +33,8 @@ type Config struct {
 	MaxHandshakesIP   int           // see Server.MaxHandshakesPerAddr
 	IdleSession       time.Duration // see Server
 	TransferTimeout   time.Duration // see Server
+	MaxOpenFiles      int           // see Server (0: from the open-file limit)
+	MaxClientFiles    int           // see Server.MaxOpenFilesPerClient (0: a quarter of MaxOpenFiles)
 	ScrubEvery        time.Duration // see Server (0: no scrub)
 	ScrubRate         int64         // see Server
 	Logger            *slog.Logger
@@ -106,9 +108,11 @@ func Run(ctx context.Context, cfg Config) error {
 		ClientMemory:      cfg.ClientMemory,
 		TransferTimeout:   cfg.TransferTimeout,
 
-		MaxHandshakes:        cfg.MaxHandshakes,
-		MaxHandshakesPerAddr: cfg.MaxHandshakesIP,
-		IdleSession:          cfg.IdleSession,
+		MaxHandshakes:         cfg.MaxHandshakes,
+		MaxHandshakesPerAddr:  cfg.MaxHandshakesIP,
+		IdleSession:           cfg.IdleSession,
+		MaxOpenFiles:          cfg.MaxOpenFiles,
+		MaxOpenFilesPerClient: cfg.MaxClientFiles,
 
 		ScrubEvery: cfg.ScrubEvery,
 		ScrubRate:  cfg.ScrubRate,
@@ -122,6 +126,7 @@ func Run(ctx context.Context, cfg Config) error {
 	default:
 		log.Info("registration is closed: only registered clients are served")
 	}
+	logOpenFiles(log, srv)
 	if srv.ScrubEvery > 0 {
 		log.Info("scrub on: each stored file is read again about once per period", "every", srv.ScrubEvery.String(), "rate", formatBytes(uint64(srv.scrubRate()))+"/s")
 	}

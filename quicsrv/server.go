@@ -157,6 +157,19 @@ type Server struct {
 	// its share of the memory budget, forever. Default
 	// DefaultTransferTimeout.
 	TransferTimeout time.Duration
+	// MaxOpenFiles bounds the files transfers hold open, all clients
+	// together: every upload its temp file, every restore the stored file
+	// it reads (a file being opened counts twice, see files.go). A request
+	// beyond it is refused with CodeLimit before anything is opened.
+	// Default: the process's open-file limit (RLIMIT_NOFILE) less what
+	// the rest of the process may hold, see defaultOpenFiles.
+	MaxOpenFiles int
+	// MaxOpenFilesPerClient bounds the files one client's transfers hold
+	// open, over all its connections; a request beyond it is refused with
+	// CodeLimit. Default: a quarter of MaxOpenFiles, so that one or two
+	// clients cannot take every file (MaxConnsPerClient × MaxTransfers
+	// alone would let one client open 10,240).
+	MaxOpenFilesPerClient int
 
 	// ScrubEvery, if positive, has the server re-read each stored
 	// version about once per this period, in the background, and mark
@@ -188,6 +201,8 @@ type Server struct {
 	memBuffers *budget                         // chunk buffers, the other half
 	windows    sync.Map                        // *quic.Conn -> *windowCharge: its growth, charged to its client's account
 	accounts   map[store.ClientID]*clientState // guarded by mu
+	filesOnce  sync.Once
+	openFiles  *fileBudget
 
 	mu        sync.Mutex
 	tr        *quic.Transport
@@ -425,6 +440,7 @@ func (s *Server) unclaim(id [16]byte) {
 		return
 	}
 	delete(s.active, id)
+	u.files.release() // every caller has closed its file (or a commit or failure that finished it is closing it)
 	ref := u.ref()
 	list := slices.DeleteFunc(s.byFile[ref], func(x *upload) bool { return x == u })
 	if len(list) == 0 {

@@ -34,6 +34,9 @@ type upload struct {
 	name string
 	size uint64
 	up   *store.Upload
+	// files is its temp file's place in the server's open-file budget,
+	// given back when it is unclaimed.
+	files *fileHold
 
 	mu       sync.Mutex
 	state    uploadState
@@ -419,7 +422,11 @@ func formatBytes(n uint64) string {
 func (ss *session) openUpload(m *proto.UploadRequest) (*upload, error) {
 	st := ss.srv.Store
 	mtime := time.Unix(0, m.ModTime)
-	ss.srv.takeOver(ss, m.Name)
+	ss.srv.takeOver(ss, m.Name) // first: what it gives back may be the file this needs
+	hold, err := ss.srv.holdFile(ss.client.ID)
+	if err != nil {
+		return nil, err
+	}
 	up, blob, err := st.ResumeUpload(ss.ctx, ss.client.ID, m.Name, int64(m.Size), mtime, ss.srv.claimed)
 	if err == nil {
 		done, perr := &proto.RangeSet{}, error(nil)
@@ -431,25 +438,29 @@ func (ss *session) openUpload(m *proto.UploadRequest) (*upload, error) {
 			up.Discard(ss.ctx)
 		} else {
 			now := time.Now()
-			u := &upload{id: up.ID(), name: m.Name, size: m.Size, up: up, got: done.Clone(), done: *done, written: done.Total(), lastSync: now, lastData: now, owner: ss}
+			u := &upload{id: up.ID(), name: m.Name, size: m.Size, up: up, files: hold, got: done.Clone(), done: *done, written: done.Total(), lastSync: now, lastData: now, owner: ss}
 			up.SetAttrs(m.Mode, uint8(m.Kind), m.Meta)
 			if ss.srv.claim(u) {
+				hold.opened()
 				ss.log.Debug("resuming upload", "name", m.Name, "have", u.written, "size", m.Size)
 				return u, nil
 			}
 			up.Release() // another session took it meanwhile
 		}
 	} else if !errors.Is(err, store.ErrNotFound) {
+		hold.release()
 		return nil, err
 	}
 	up, err = st.NewUpload(ss.ctx, ss.client.ID, m.Name, int64(m.Size), mtime, m.Mode)
 	if err != nil {
+		hold.release()
 		return nil, err
 	}
 	up.SetAttrs(m.Mode, uint8(m.Kind), m.Meta)
 	now := time.Now()
-	u := &upload{id: up.ID(), name: m.Name, size: m.Size, up: up, lastSync: now, lastData: now, owner: ss}
+	u := &upload{id: up.ID(), name: m.Name, size: m.Size, up: up, files: hold, lastSync: now, lastData: now, owner: ss}
 	ss.srv.claim(u) // a new random ID: nobody has it
+	hold.opened()   // unless it was given up meanwhile, and with it the hold
 	return u, nil
 }
 
@@ -778,11 +789,13 @@ func (ss *session) uploadCommit(xfer uint32) error {
 		// The client asked for this commit: finish it even if the
 		// connection drops meanwhile.
 		fv, created, err := u.up.Commit(context.WithoutCancel(ss.ctx), u.crc, u.sha)
+		if err != nil {
+			u.up.Discard(context.Background())
+		}
 		// Stored (or gone) now, so no longer in flight: the quota must not
 		// count it twice for a request the client sends on our answer.
 		ss.srv.unclaim(u.id)
 		if err != nil {
-			u.up.Discard(context.Background())
 			ss.sendError(u.req, storeErr(err))
 			return
 		}

@@ -396,9 +396,10 @@ func (u *Upload) Checkpoint(ctx context.Context, ranges []byte) error {
 	s := u.s
 	if !u.dirSynced {
 		// NewUpload does not sync tmp/, so the file's name may not be
-		// durable yet.
-		if err := syncDir(s.root, tmpDir); err != nil {
-			return err
+		// durable yet. Through the handle held, not a new descriptor for
+		// each of the many uploads that may checkpoint at once.
+		if err := s.tmp.Sync(); err != nil {
+			return wrapIO("sync directory", err)
 		}
 		u.dirSynced = true
 	}
