@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -156,20 +157,26 @@ func (ss *session) park(u *upload) {
 	ss.log.Debug("kept partial upload for resume", "name", u.name, "have", u.written, "size", u.size)
 }
 
-// surrender gives up an upload another session of this client wants to
-// resume: it is kept as a partial upload, and this session's client is
-// told the transfer was aborted.
-func (ss *session) surrender(id [16]byte) {
-	ss.giveUp(func(u *upload) bool { return u.id == id && u.owner == ss }, func(u *upload) error {
+// surrender gives up the upload id to a newer request of the client for
+// its file, made in session by (ss itself, or another session of the
+// client): it is kept as a partial upload, and this session's client is
+// told the transfer was aborted. It reports whether it gave the upload
+// up: not if the upload's final step is under way, or ss is ending.
+func (ss *session) surrender(id [16]byte, by *session) bool {
+	return ss.giveUp(func(u *upload) bool { return u.id == id && u.owner == ss }, func(u *upload) error {
+		if by == ss {
+			ss.log.Debug("upload taken over by a newer request of the session", "name", u.name)
+			return proto.Errorf(proto.CodeAborted, "a newer request of this session for %q took over its upload", u.name)
+		}
 		ss.log.Debug("upload taken over by a newer session of the client", "name", u.name)
 		return proto.Errorf(proto.CodeAborted, "another session of this client took over the upload of %q", u.name)
-	})
+	}) > 0
 }
 
 // giveUp ends the uploads that match, unless their commit is under way:
 // each is kept as a partial upload, and the client gets the error why
-// returns for it.
-func (ss *session) giveUp(match func(*upload) bool, why func(*upload) error) {
+// returns for it. It returns how many it ended.
+func (ss *session) giveUp(match func(*upload) bool, why func(*upload) error) int {
 	var gone []*upload
 	ss.mu.Lock()
 	for x, u := range ss.uploads {
@@ -192,6 +199,7 @@ func (ss *session) giveUp(match func(*upload) bool, why func(*upload) error) {
 	if len(gone) > 0 {
 		ss.transferEnded()
 	}
+	return len(gone)
 }
 
 // stalled ends the uploads that have received nothing for the transfer
@@ -222,9 +230,76 @@ func (ss *session) watch() {
 	}
 }
 
-func (ss *session) uploadRequest(m *proto.UploadRequest) {
+// uploadRequest answers m in its turn at the file (see fileTurn).
+func (ss *session) uploadRequest(m *proto.UploadRequest, turn *fileTurn) {
+	defer turn.end()
+	if turn.wait(ss.ctx) != nil {
+		return // the session ended: nobody to answer
+	}
 	if err := ss.startUpload(m); err != nil {
 		ss.requestFailed(m.Req, err)
+	}
+}
+
+// fileTurn is an upload request's turn at its file: the requests for one
+// file of a client are handled one at a time, each once those read before
+// it (in any session of the client) have been answered, so that each sees
+// what the ones before did: a newer request takes over the older one's
+// upload (takeOver), and the quota check neither counts an upload the
+// request then replaces nor misses one.
+type fileTurn struct {
+	srv   *Server
+	ref   fileRef
+	ready chan struct{} // closed when it is this request's turn
+}
+
+// queueTurn queues a request for the client's file name behind those
+// queued before. The control loop calls it as it reads the request, so a
+// session's requests for a file take their turns in the order it sent
+// them.
+func (s *Server) queueTurn(c store.ClientID, name string) *fileTurn {
+	t := &fileTurn{srv: s, ref: fileRef{c, name}, ready: make(chan struct{})}
+	s.activeMu.Lock()
+	defer s.activeMu.Unlock()
+	if s.turns == nil {
+		s.turns = make(map[fileRef][]*fileTurn)
+	}
+	q := s.turns[t.ref]
+	if len(q) == 0 {
+		close(t.ready)
+	}
+	s.turns[t.ref] = append(q, t)
+	return t
+}
+
+// wait waits for the turn, or for ctx to end. The turns before are
+// bounded: each waits for the store, and at most 10 s for sessions to let
+// go of the file's uploads (awaitRelease), which a session that ends does
+// without waiting for its queued requests.
+func (t *fileTurn) wait(ctx context.Context) error {
+	select {
+	case <-t.ready:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// end ends the turn, or leaves the queue if it was not its turn yet.
+func (t *fileTurn) end() {
+	s := t.srv
+	s.activeMu.Lock()
+	defer s.activeMu.Unlock()
+	q := s.turns[t.ref]
+	i := slices.Index(q, t)
+	q = slices.Delete(q, i, i+1)
+	if len(q) == 0 {
+		delete(s.turns, t.ref)
+		return
+	}
+	s.turns[t.ref] = q
+	if i == 0 {
+		close(q[0].ready)
 	}
 }
 
@@ -257,6 +332,10 @@ func (ss *session) startUpload(m *proto.UploadRequest) error {
 	if err := proto.ValidateName(m.Name); err != nil {
 		return proto.Errorf(proto.CodeInvalidName, "%s", strings.TrimPrefix(err.Error(), proto.ErrInvalidName.Error()+": "))
 	}
+	// An upload of the file whose final step is under way (a commit, an
+	// abort, a session parking it) is let finish first: a commit may store
+	// what this request describes, and the quota check sees the outcome.
+	ss.srv.awaitRelease(ss, ss.srv.settling(ss.client.ID, m.Name))
 	latest, err := ss.srv.Store.Latest(ss.ctx, ss.client.ID, m.Name)
 	switch {
 	case err == nil:
@@ -330,13 +409,22 @@ func (ss *session) checkLimits(m *proto.UploadRequest) error {
 	if srv.QuotaBytes <= 0 && srv.QuotaFiles <= 0 {
 		return nil
 	}
-	bytes, files, err := srv.Store.Usage(ss.ctx, ss.client.ID)
+	// Unfinished uploads, running or kept for resume, count at their full
+	// size and as a file each: they will take that when they finish. This
+	// request replaces those of its own file (takeOver gives up the one a
+	// session receives; ResumeUpload resumes it, or what is kept, or
+	// discards it as stale), and counts the one it resumes once, at
+	// m.Size; only one whose final step is under way is let finish, and
+	// counts. Read in this order, an upload that is committed meanwhile
+	// is counted twice rather than not at all: first as unfinished, then
+	// as stored.
+	settling, settlingN := srv.settlingSize(ss.client.ID, m.Name)
+	pending, pendingN, err := srv.Store.Pending(ss.ctx, ss.client.ID, m.Name)
 	if err != nil {
 		return err
 	}
-	// Unfinished uploads, running or kept for resume, count at their full
-	// size and as a file each: they will take that when they finish.
-	pending, pendingN, err := srv.Store.Pending(ss.ctx, ss.client.ID, m.Name)
+	pending, pendingN = pending+settling, pendingN+settlingN
+	bytes, files, err := srv.Store.Usage(ss.ctx, ss.client.ID)
 	if err != nil {
 		return err
 	}
@@ -360,6 +448,26 @@ func (ss *session) checkLimits(m *proto.UploadRequest) error {
 	return nil
 }
 
+// settling returns the client's uploads of name whose final step is
+// under way: a commit or an abort, or a session parking them.
+func (s *Server) settling(c store.ClientID, name string) []*upload {
+	us := s.uploadsOf(c, name)
+	return slices.DeleteFunc(us, func(u *upload) bool {
+		u.mu.Lock()
+		defer u.mu.Unlock()
+		return u.state != finished
+	})
+}
+
+// settlingSize sums the sizes of what settling returns, and counts them.
+func (s *Server) settlingSize(c store.ClientID, name string) (bytes int64, n int) {
+	for _, u := range s.settling(c, name) {
+		bytes += int64(u.size)
+		n++
+	}
+	return bytes, n
+}
+
 // formatBytes writes n in binary units: "512 B", "9.5 MiB".
 func formatBytes(n uint64) string {
 	const unit = 1024
@@ -376,14 +484,23 @@ func formatBytes(n uint64) string {
 	return s + " " + string("KMGTPE"[exp]) + "iB"
 }
 
-// openUpload resumes the partial upload of the same file (same name, size
-// and modification time) that an earlier session left, or starts a new
-// one. The store discards partial uploads of an earlier state of the file,
-// so a file that changed is sent afresh, never stitched together.
+// openUpload takes over the client's open upload of the file, if any
+// (takeOver), and resumes the partial upload of the same file (same name,
+// size and modification time) that it or an earlier session left, or
+// starts a new one. The store discards partial uploads of an earlier state
+// of the file, so a file that changed is sent afresh, never stitched
+// together.
 func (ss *session) openUpload(m *proto.UploadRequest) (*upload, error) {
 	st := ss.srv.Store
 	mtime := time.Unix(0, m.ModTime)
-	ss.srv.takeOver(ss, m.Name)
+	if ss.srv.takeOver(ss, m.Name) {
+		// An upload of the file began its commit after the quota check,
+		// so that did not count it: it is stored now (or gone), and
+		// counts.
+		if err := ss.checkLimits(m); err != nil {
+			return nil, err
+		}
+	}
 	up, blob, err := st.ResumeUpload(ss.ctx, ss.client.ID, m.Name, int64(m.Size), mtime, ss.srv.claimed)
 	if err == nil {
 		done, perr := &proto.RangeSet{}, error(nil)
