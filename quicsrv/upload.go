@@ -41,6 +41,7 @@ type upload struct {
 	got      proto.RangeSet // ranges reserved by arriving chunks
 	done     proto.RangeSet // ranges written to the temp file
 	written  uint64         // bytes in done
+	synced   uint64         // bytes in done as of the last checkpoint that succeeded
 	crc      uint32
 	sha      [32]byte
 	lastSync time.Time // last checkpoint
@@ -96,8 +97,14 @@ func (ss *session) hashAhead(u *upload) {
 }
 
 // checkpointEvery is how often an upload's received ranges are made
-// durable while it runs, which bounds what a server crash loses. A session
-// that ends for any other reason checkpoints everything it wrote.
+// durable until it is committed, which bounds what a server crash loses:
+// a chunk written this long after the last checkpoint makes one
+// (receive), and so does an upload that has written bytes no checkpoint
+// records this long after the last one, because it waits for its commit
+// or its chunks stopped (checkpointQuiet). A session that ends for any
+// other reason checkpoints everything it wrote. An upload committed
+// within checkpointEvery of its start, as most small files are, is never
+// checkpointed: its commit makes it durable.
 const checkpointEvery = 2 * time.Second
 
 // checkpoint syncs the temp file and records the ranges written so far, so
@@ -110,11 +117,15 @@ func (ss *session) checkpoint(ctx context.Context, u *upload) {
 	}
 	u.syncing = true
 	blob := u.done.AppendRanges(nil)
+	written := u.written
 	u.mu.Unlock()
 	err := u.up.Checkpoint(ctx, blob)
 	u.mu.Lock()
 	u.syncing = false
 	u.lastSync = time.Now()
+	if err == nil {
+		u.synced = written
+	}
 	u.mu.Unlock()
 	switch {
 	case err == nil || errors.Is(err, store.ErrUploadDone):
@@ -216,9 +227,34 @@ func (ss *session) stalled(now time.Time) {
 	})
 }
 
-// watch checks for stalled uploads until the session ends.
+// checkpointQuiet checkpoints the uploads of ss that hold written bytes
+// no checkpoint records, checkpointEvery after their last checkpoint:
+// receive does that only when a chunk arrives, and none comes after the
+// last one, nor while a client pauses.
+func (ss *session) checkpointQuiet(now time.Time) {
+	var due []*upload
+	ss.mu.Lock()
+	for _, u := range ss.uploads {
+		u.mu.Lock()
+		if u.owner == ss && u.state != finished && !u.syncing && u.written > u.synced && now.Sub(u.lastSync) >= checkpointEvery {
+			due = append(due, u)
+		}
+		u.mu.Unlock()
+	}
+	ss.mu.Unlock()
+	for _, u := range due {
+		ss.wg.Add(1)
+		go func() {
+			defer ss.wg.Done()
+			ss.checkpoint(ss.ctx, u)
+		}()
+	}
+}
+
+// watch checks for stalled uploads, and for uploads to checkpoint, until
+// the session ends.
 func (ss *session) watch() {
-	t := time.NewTicker(max(ss.srv.transferTimeout()/4, 10*time.Millisecond))
+	t := time.NewTicker(min(max(ss.srv.transferTimeout()/4, 10*time.Millisecond), checkpointEvery/2))
 	defer t.Stop()
 	for {
 		select {
@@ -226,6 +262,7 @@ func (ss *session) watch() {
 			return
 		case now := <-t.C:
 			ss.stalled(now)
+			ss.checkpointQuiet(now)
 		}
 	}
 }
@@ -374,7 +411,7 @@ func (ss *session) startUpload(m *proto.UploadRequest) error {
 	if len(missing) > proto.MaxRanges {
 		// Too fragmented to describe in one message: take it all again.
 		missing = []proto.Range{{Off: 0, Len: u.size}}
-		u.got, u.done, u.written = proto.RangeSet{}, proto.RangeSet{}, 0
+		u.got, u.done, u.written, u.synced = proto.RangeSet{}, proto.RangeSet{}, 0, 0
 	}
 	if len(missing) == 0 {
 		u.state = checking // nothing to wait for: empty, or every byte already here
@@ -512,7 +549,7 @@ func (ss *session) openUpload(m *proto.UploadRequest) (*upload, error) {
 			up.Discard(ss.ctx)
 		} else {
 			now := time.Now()
-			u := &upload{id: up.ID(), name: m.Name, size: m.Size, up: up, got: done.Clone(), done: *done, written: done.Total(), lastSync: now, lastData: now, owner: ss}
+			u := &upload{id: up.ID(), name: m.Name, size: m.Size, up: up, got: done.Clone(), done: *done, written: done.Total(), synced: done.Total(), lastSync: now, lastData: now, owner: ss}
 			up.SetAttrs(m.Mode, uint8(m.Kind), m.Meta)
 			if ss.srv.claim(u) {
 				ss.log.Debug("resuming upload", "name", m.Name, "have", u.written, "size", m.Size)
@@ -700,7 +737,8 @@ func (ss *session) receive(u *upload, off uint64, p []byte) error {
 	if done {
 		u.state = checking
 	}
-	sync := !done && !u.syncing && time.Since(u.lastSync) >= checkpointEvery
+	// The last chunk too: the upload may wait long for its commit.
+	sync := !u.syncing && time.Since(u.lastSync) >= checkpointEvery
 	hash := !done && !u.hashing && int64(u.done.Prefix())-u.hashed >= proto.HashStep
 	if hash {
 		u.hashing = true
@@ -715,7 +753,8 @@ func (ss *session) receive(u *upload, off uint64, p []byte) error {
 	}
 	if done {
 		ss.startChecksum(u)
-	} else if sync {
+	}
+	if sync {
 		ss.wg.Add(1)
 		go func() {
 			defer ss.wg.Done()
