@@ -370,3 +370,37 @@ func TestQuotaCommitUnderWay(t *testing.T) {
 		t.Errorf("stored %d bytes in %d versions, %d unfinished uploads; want %d, 1, 0", stored, files, n, size)
 	}
 }
+
+// TestSameNameRequestsInOrder: a session that sends two requests for each
+// of several names at once sees each pair handled in the order sent: the
+// first is answered, then taken over by the second (Error 0xc), which
+// keeps the one upload of the name. (Handled at once, the two could both
+// open an upload, or the older take over the newer.)
+func TestSameNameRequestsInOrder(t *testing.T) {
+	const names = 16
+	srv := srvtest.Start(t, nil)
+	key, _ := testKeys(t)
+	c := registered(t, srv, "ordered", key)
+	a := newAnswers(c)
+	data := seededBytes(1, 1000)
+	var first, second []*proto.UploadRequest
+	var ms []proto.Message
+	for n := range names {
+		m1, m2 := c.uploadReq(fmt.Sprintf("f%d", n), data), c.uploadReq(fmt.Sprintf("f%d", n), data)
+		m2.ModTime++ // a changed file: the second does not resume the first
+		first, second = append(first, m1), append(second, m2)
+		ms = append(ms, m1, m2)
+	}
+	c.send(ms...)
+	for n := range names {
+		r1, r2 := first[n].Req, second[n].Req
+		a.until("both answers and the takeover", func() bool { return a.ready[r2] != nil || a.errs[r2] != nil })
+		if a.ready[r1] == nil || a.errs[r1] == nil || a.errs[r1].Code != proto.CodeAborted || a.ready[r2] == nil || a.errs[r2] != nil {
+			t.Errorf("%q: the first request got %+v then %+v, the second %+v and %+v; want the first answered and taken over (Error %v), the second answered",
+				first[n].Name, a.ready[r1], a.errs[r1], a.ready[r2], a.errs[r2], proto.CodeAborted)
+		}
+	}
+	if _, _, _, n := usage(t, srv, c.id); n != names {
+		t.Errorf("%d unfinished uploads, want one for each of %d names", n, names)
+	}
+}
