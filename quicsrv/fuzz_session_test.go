@@ -23,6 +23,10 @@ package quicsrv_test
 //     an UploadResult only after a commit (stored) or abort (discarded), a
 //     restore's chunks authentic and equal to what was stored, known
 //     versions never changing, no internal errors (Error or log);
+//   - a client has at most one unfinished upload per name: an upload
+//     request answered ReadySend has taken over the session's older
+//     upload of the name (Error 0xc before the answer), unless that
+//     upload's commit or abort was sent (PROTOCOL.md §9.3);
 //   - a session whose operations were all legal is never closed by the
 //     server and gets every answer it is owed; a session that does
 //     something the server must refuse deterministically (garbage on the
@@ -396,6 +400,11 @@ type fzUp struct {
 	ck         *proto.UploadChecksum
 	result     *proto.UploadResult
 	err        *proto.ErrorMessage
+
+	// replaced is set once a newer request of the session for the name
+	// was sent: the server may have taken the upload over (Error 0xc),
+	// so what it must refuse of it is no longer certain.
+	replaced bool
 }
 
 func (u *fzUp) over() bool { return u.result != nil || u.err != nil }
@@ -761,6 +770,12 @@ func (fc *fzConn) handleLocked(m proto.Message) {
 		if _, dup := fc.uploads[m.Xfer]; dup {
 			r.violate("s%d: transfer %d issued twice", fc.n, m.Xfer)
 			return
+		}
+		for _, u := range fc.uploads {
+			if u.key.name == rq.name && u.live() {
+				r.violate("s%d: transfer %d of %q is still open after a newer request for the name got transfer %d; want it taken over (Error 0xc)",
+					fc.n, u.xfer, name, m.Xfer)
+			}
 		}
 		fc.uploads[m.Xfer] = &fzUp{req: m.Req, xfer: m.Xfer, id: m.UploadID, key: fzKey{rq.name, rq.size}, missing: m.Missing}
 		fc.upOrder = append(fc.upOrder, m.Xfer)
@@ -1229,6 +1244,13 @@ func (fc *fzConn) upload(i int, a, b, c byte) {
 		}
 	}
 	m.Req = fc.addReq(rq)
+	fc.mu.Lock()
+	for _, u := range fc.uploads {
+		if u.key.name == n && !u.over() {
+			u.replaced = true
+		}
+	}
+	fc.mu.Unlock()
 	fc.r.note("#%d s%d upload req %d %q size %d mtime %d flags %#x", i, fc.n, m.Req, m.Name, m.Size, m.ModTime, m.Flags)
 	fc.send(m)
 	fc.waitAnswer(rq)
@@ -1439,9 +1461,9 @@ func (fc *fzConn) sendPiece(i int, u *fzUp, off, n uint64, wrong bool, what stri
 	fc.mu.Lock()
 	legal := fc.chunkLegalLocked(u, off, n)
 	// The server must refuse an out-of-place chunk of an upload it still
-	// has open, unless another session could have taken it over or a
-	// lost frame may not have reserved its bytes.
-	must := !legal && u.live() && !u.uncertain && !fc.r.concurrent
+	// has open, unless another session or a newer request could have
+	// taken it over or a lost frame may not have reserved its bytes.
+	must := !legal && u.live() && !u.uncertain && !u.replaced && !fc.r.concurrent
 	// Whether legal or not, the server may write the chunk (an abort or
 	// commit can reach it after the data stream did): it counts as sent,
 	// unless it overlaps (then the server refuses it whole).
@@ -1552,7 +1574,7 @@ func (fc *fzConn) chunk(i int, a, b, c byte) {
 		fc.mu.Lock()
 		h, _ := proto.ParseChunkHeader(last[:proto.ChunkHeaderLen], fzChunkSize)
 		legal := u.over()
-		must := u.live() && !u.uncertain && !fc.r.concurrent
+		must := u.live() && !u.uncertain && !u.replaced && !fc.r.concurrent
 		fc.mu.Unlock()
 		fc.r.note("#%d s%d chunk replayed xfer %d [%d,+%d) legal %v", i, fc.n, u.xfer, h.Offset, h.Length, legal)
 		fc.sendFrame(last, u)
@@ -1591,7 +1613,7 @@ func (fc *fzConn) chunk(i int, a, b, c byte) {
 		}
 		fc.mu.Lock()
 		// Only an upload the server still holds authenticates chunks.
-		must := certain && !u.over() && !u.commitSent && !u.abortSent && !fc.r.concurrent
+		must := certain && !u.over() && !u.commitSent && !u.abortSent && !u.replaced && !fc.r.concurrent
 		fc.mu.Unlock()
 		fc.r.note("#%d s%d chunk tampered (%s) xfer %d [%d,+%d)", i, fc.n, how, x, off, n)
 		fc.sendFrame(f, nil)
@@ -1650,9 +1672,10 @@ func (fc *fzConn) commit(i int, a, b byte) {
 		// Committed, aborted or ended: ignored; or checked: committed.
 	default:
 		// The server may or may not have sent the checksum; it certainly
-		// has not if bytes are missing.
+		// has not if bytes are missing (unless the upload was taken over:
+		// then the commit is ignored).
 		legal = false
-		must = !coversAll(&u.sent, u.missing) && !fc.r.concurrent
+		must = !coversAll(&u.sent, u.missing) && !u.replaced && !fc.r.concurrent
 	}
 	if u != nil {
 		u.commitSent = true
@@ -1980,6 +2003,22 @@ func fzSeeds() [][]byte {
 			[4]byte{opChunk, 0, chunkNext},
 			[4]byte{opChunk, 0, chunkLast},
 			[4]byte{opSession, 0},
+			[4]byte{opUpload, a, s4000, mt2},
+			[4]byte{opSendAll, 0, 1},
+			[4]byte{opCommit, 0, wait},
+			[4]byte{opSync},
+		),
+		// A second request for a name in the same session takes the first
+		// one's upload over and resumes it; one for a changed file (other
+		// modification time) starts afresh. Chunks and a commit of the
+		// taken-over transfer are dropped and ignored.
+		fzProg(
+			[4]byte{opUpload, a, s4000, mt1},
+			[4]byte{opChunk, 0, chunkNext},
+			[4]byte{opUpload, a, s4000, mt1},
+			[4]byte{opChunk, 1, chunkNext},
+			[4]byte{opCommit, 1, 0},
+			[4]byte{opSendAll, 0, 0},
 			[4]byte{opUpload, a, s4000, mt2},
 			[4]byte{opSendAll, 0, 1},
 			[4]byte{opCommit, 0, wait},

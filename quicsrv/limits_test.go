@@ -84,6 +84,15 @@ func TestUploadLimits(t *testing.T) {
 			req:       f("b", 2, 2000),
 		},
 		{
+			// The request discards it (PROTOCOL.md §9.3): counting it
+			// would refuse the changed file until the partial upload
+			// expired.
+			name:      "a kept upload of an earlier state of the file does not count",
+			configure: func(s *quicsrv.Server) { s.QuotaBytes = 3000; s.QuotaFiles = 1 },
+			parked:    []file{f("b", 2, 2000)},
+			req:       f("b", 3, 2500),
+		},
+		{
 			name:      "uploads kept for resume count as files",
 			configure: func(s *quicsrv.Server) { s.QuotaFiles = 2 },
 			stored:    []file{f("a", 1, 10)},

@@ -86,17 +86,21 @@ type Server struct {
 	// Per-client limits, checked when an upload is requested: a request
 	// over one is answered with an Error (CodeTooLarge for MaxFileSize,
 	// CodeLimit for the quotas) before anything is created. A request for
-	// a file the server already holds unchanged is never refused. Uploads
-	// of one client that are requested at the same time are checked
-	// against the same usage, so together they may overshoot a quota by
-	// what they add.
+	// a file the server already holds unchanged is never refused. A
+	// client has at most one unfinished upload per file, which a new
+	// request for the file replaces or resumes, and a client's requests
+	// for one file are checked one at a time; uploads of different files
+	// requested at the same time are checked against the same usage, so
+	// together they may overshoot a quota by what they add.
 
 	// MaxFileSize is the largest file accepted, in bytes. 0 (the default)
 	// means no limit but the protocol's, proto.MaxFileSize (1 PiB).
 	MaxFileSize int64
 	// QuotaBytes bounds what one client stores, in bytes: the sizes of all
-	// its file versions, plus the declared sizes of its other uploads in
-	// progress, plus the requested file. 0 (the default) means unlimited.
+	// its file versions, plus the declared sizes of its unfinished uploads
+	// of other files (running or kept for resume) and of any of the
+	// requested file whose commit is under way, plus the requested file.
+	// 0 (the default) means unlimited.
 	QuotaBytes int64
 	// QuotaFiles bounds how many file versions one client stores. 0 (the
 	// default) means unlimited.
@@ -191,10 +195,12 @@ type Server struct {
 
 	// active maps the uploads sessions are receiving to those sessions,
 	// so no two sessions write one upload; byFile indexes them by client
-	// and name, for takeOver.
+	// and name, for takeOver. turns queues, for each file, the upload
+	// requests being handled, the first holding the turn (fileTurn).
 	activeMu sync.Mutex
 	active   map[[16]byte]*upload
 	byFile   map[fileRef][]*upload
+	turns    map[fileRef][]*fileTurn
 
 	budgetOnce sync.Once
 	memWindows *budget                         // window growth, half of transferMemory
@@ -466,35 +472,51 @@ func (s *Server) claimed(id [16]byte) bool {
 	return ok
 }
 
-// takeOver makes other sessions of the same client give up their uploads
-// of name, keeping what they received for ss to resume. A client whose
+// takeOver gives up the uploads of name that sessions of ss's client, ss
+// included, are receiving, for ss to resume what they received (or
+// discard it, if stale): a client has at most one unfinished upload of a
+// file, and its newest request for the file wins. A client whose
 // connection died reconnects long before the server notices the old
 // connection is gone (its idle timeout); without this its new session
-// could not resume.
-func (s *Server) takeOver(ss *session, name string) {
-	type victim struct {
-		owner *session
-		id    [16]byte
-	}
-	var victims []victim
-	s.activeMu.Lock()
-	for _, u := range s.byFile[fileRef{ss.client.ID, name}] {
-		if u.owner != ss {
-			victims = append(victims, victim{u.owner, u.id})
+// could not resume. An upload whose final step (a commit, an abort) is
+// under way is let finish, and takeOver reports that it found one.
+func (s *Server) takeOver(ss *session, name string) (letFinish bool) {
+	victims := s.uploadsOf(ss.client.ID, name)
+	for _, u := range victims {
+		if !u.owner.surrender(u.id, ss) {
+			letFinish = true
 		}
 	}
-	s.activeMu.Unlock()
-	for _, v := range victims {
-		v.owner.surrender(v.id)
-	}
-	// A session that is ending parks its uploads itself; wait for that
-	// (it is a checkpoint: an fsync and a row) rather than start afresh.
+	s.awaitRelease(ss, victims)
+	return letFinish
+}
+
+// uploadsOf returns the uploads of the client's file name that sessions
+// are receiving.
+func (s *Server) uploadsOf(c store.ClientID, name string) []*upload {
+	s.activeMu.Lock()
+	defer s.activeMu.Unlock()
+	return slices.Clone(s.byFile[fileRef{c, name}])
+}
+
+// awaitRelease waits until no session holds the uploads us, at most 10 s
+// and while ss lasts. A session that is ending parks its uploads itself,
+// and a commit waits for a group commit: wait for those (an fsync and a
+// row) rather than start afresh.
+func (s *Server) awaitRelease(ss *session, us []*upload) {
 	deadline := time.Now().Add(10 * time.Second)
-	for _, v := range victims {
-		for s.claimed(v.id) && time.Now().Before(deadline) && ss.ctx.Err() == nil {
+	for _, u := range us {
+		for s.holds(u) && time.Now().Before(deadline) && ss.ctx.Err() == nil {
 			time.Sleep(5 * time.Millisecond)
 		}
 	}
+}
+
+// holds reports whether a session still receives u.
+func (s *Server) holds(u *upload) bool {
+	s.activeMu.Lock()
+	defer s.activeMu.Unlock()
+	return s.active[u.id] == u
 }
 
 // QUICConfig is the QUIC configuration the server listens with.

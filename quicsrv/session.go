@@ -419,7 +419,8 @@ func (ss *session) controlLoop() error {
 		}
 		switch m := m.(type) {
 		case *proto.UploadRequest:
-			ss.startRequest(func() { ss.uploadRequest(m) })
+			turn := ss.srv.queueTurn(ss.client.ID, m.Name)
+			ss.startRequest(func() { ss.uploadRequest(m, turn) })
 		case *proto.UploadJoin:
 			ss.startRequest(func() { ss.uploadJoin(m) })
 		case *proto.UploadCommit:

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -43,6 +44,7 @@ type upload struct {
 	got      proto.RangeSet // ranges reserved by arriving chunks
 	done     proto.RangeSet // ranges written to the temp file
 	written  uint64         // bytes in done
+	synced   uint64         // bytes in done as of the last checkpoint that succeeded
 	crc      uint32
 	sha      [32]byte
 	lastSync time.Time // last checkpoint
@@ -98,8 +100,14 @@ func (ss *session) hashAhead(u *upload) {
 }
 
 // checkpointEvery is how often an upload's received ranges are made
-// durable while it runs, which bounds what a server crash loses. A session
-// that ends for any other reason checkpoints everything it wrote.
+// durable until it is committed, which bounds what a server crash loses:
+// a chunk written this long after the last checkpoint makes one
+// (receive), and so does an upload that has written bytes no checkpoint
+// records this long after the last one, because it waits for its commit
+// or its chunks stopped (checkpointQuiet). A session that ends for any
+// other reason checkpoints everything it wrote. An upload committed
+// within checkpointEvery of its start, as most small files are, is never
+// checkpointed: its commit makes it durable.
 const checkpointEvery = 2 * time.Second
 
 // checkpoint syncs the temp file and records the ranges written so far, so
@@ -112,11 +120,15 @@ func (ss *session) checkpoint(ctx context.Context, u *upload) {
 	}
 	u.syncing = true
 	blob := u.done.AppendRanges(nil)
+	written := u.written
 	u.mu.Unlock()
 	err := u.up.Checkpoint(ctx, blob)
 	u.mu.Lock()
 	u.syncing = false
 	u.lastSync = time.Now()
+	if err == nil {
+		u.synced = written
+	}
 	u.mu.Unlock()
 	switch {
 	case err == nil || errors.Is(err, store.ErrUploadDone):
@@ -159,20 +171,26 @@ func (ss *session) park(u *upload) {
 	ss.log.Debug("kept partial upload for resume", "name", u.name, "have", u.written, "size", u.size)
 }
 
-// surrender gives up an upload another session of this client wants to
-// resume: it is kept as a partial upload, and this session's client is
-// told the transfer was aborted.
-func (ss *session) surrender(id [16]byte) {
-	ss.giveUp(func(u *upload) bool { return u.id == id && u.owner == ss }, func(u *upload) error {
+// surrender gives up the upload id to a newer request of the client for
+// its file, made in session by (ss itself, or another session of the
+// client): it is kept as a partial upload, and this session's client is
+// told the transfer was aborted. It reports whether it gave the upload
+// up: not if the upload's final step is under way, or ss is ending.
+func (ss *session) surrender(id [16]byte, by *session) bool {
+	return ss.giveUp(func(u *upload) bool { return u.id == id && u.owner == ss }, func(u *upload) error {
+		if by == ss {
+			ss.log.Debug("upload taken over by a newer request of the session", "name", u.name)
+			return proto.Errorf(proto.CodeAborted, "a newer request of this session for %q took over its upload", u.name)
+		}
 		ss.log.Debug("upload taken over by a newer session of the client", "name", u.name)
 		return proto.Errorf(proto.CodeAborted, "another session of this client took over the upload of %q", u.name)
-	})
+	}) > 0
 }
 
 // giveUp ends the uploads that match, unless their commit is under way:
 // each is kept as a partial upload, and the client gets the error why
-// returns for it.
-func (ss *session) giveUp(match func(*upload) bool, why func(*upload) error) {
+// returns for it. It returns how many it ended.
+func (ss *session) giveUp(match func(*upload) bool, why func(*upload) error) int {
 	var gone []*upload
 	ss.mu.Lock()
 	for x, u := range ss.uploads {
@@ -195,6 +213,7 @@ func (ss *session) giveUp(match func(*upload) bool, why func(*upload) error) {
 	if len(gone) > 0 {
 		ss.transferEnded()
 	}
+	return len(gone)
 }
 
 // stalled ends the uploads that have received nothing for the transfer
@@ -211,10 +230,34 @@ func (ss *session) stalled(now time.Time) {
 	})
 }
 
-// watch checks for stalled uploads, and for the session being idle,
-// until the session ends.
+// checkpointQuiet checkpoints the uploads of ss that hold written bytes
+// no checkpoint records, checkpointEvery after their last checkpoint:
+// receive does that only when a chunk arrives, and none comes after the
+// last one, nor while a client pauses.
+func (ss *session) checkpointQuiet(now time.Time) {
+	var due []*upload
+	ss.mu.Lock()
+	for _, u := range ss.uploads {
+		u.mu.Lock()
+		if u.owner == ss && u.state != finished && !u.syncing && u.written > u.synced && now.Sub(u.lastSync) >= checkpointEvery {
+			due = append(due, u)
+		}
+		u.mu.Unlock()
+	}
+	ss.mu.Unlock()
+	for _, u := range due {
+		ss.wg.Add(1)
+		go func() {
+			defer ss.wg.Done()
+			ss.checkpoint(ss.ctx, u)
+		}()
+	}
+}
+
+// watch checks for stalled uploads, for uploads to checkpoint, and for
+// the session being idle, until the session ends.
 func (ss *session) watch() {
-	every := ss.srv.transferTimeout() / 4
+	every := min(ss.srv.transferTimeout()/4, checkpointEvery/2)
 	if idle := ss.srv.idleSession(); idle > 0 {
 		every = min(every, idle/4)
 	}
@@ -226,6 +269,7 @@ func (ss *session) watch() {
 			return
 		case now := <-t.C:
 			ss.stalled(now)
+			ss.checkpointQuiet(now)
 			if ss.idle(now) {
 				ss.log.Debug("closing an idle session", "after", ss.srv.idleSession().String())
 				ss.closeWith(proto.CodeNoError, "idle")
@@ -261,9 +305,76 @@ func (ss *session) idle(now time.Time) bool {
 	return now.Sub(time.Unix(0, ss.state.lastBusy.Load())) >= timeout
 }
 
-func (ss *session) uploadRequest(m *proto.UploadRequest) {
+// uploadRequest answers m in its turn at the file (see fileTurn).
+func (ss *session) uploadRequest(m *proto.UploadRequest, turn *fileTurn) {
+	defer turn.end()
+	if turn.wait(ss.ctx) != nil {
+		return // the session ended: nobody to answer
+	}
 	if err := ss.startUpload(m); err != nil {
 		ss.requestFailed(m.Req, err)
+	}
+}
+
+// fileTurn is an upload request's turn at its file: the requests for one
+// file of a client are handled one at a time, each once those read before
+// it (in any session of the client) have been answered, so that each sees
+// what the ones before did: a newer request takes over the older one's
+// upload (takeOver), and the quota check neither counts an upload the
+// request then replaces nor misses one.
+type fileTurn struct {
+	srv   *Server
+	ref   fileRef
+	ready chan struct{} // closed when it is this request's turn
+}
+
+// queueTurn queues a request for the client's file name behind those
+// queued before. The control loop calls it as it reads the request, so a
+// session's requests for a file take their turns in the order it sent
+// them.
+func (s *Server) queueTurn(c store.ClientID, name string) *fileTurn {
+	t := &fileTurn{srv: s, ref: fileRef{c, name}, ready: make(chan struct{})}
+	s.activeMu.Lock()
+	defer s.activeMu.Unlock()
+	if s.turns == nil {
+		s.turns = make(map[fileRef][]*fileTurn)
+	}
+	q := s.turns[t.ref]
+	if len(q) == 0 {
+		close(t.ready)
+	}
+	s.turns[t.ref] = append(q, t)
+	return t
+}
+
+// wait waits for the turn, or for ctx to end. The turns before are
+// bounded: each waits for the store, and at most 10 s for sessions to let
+// go of the file's uploads (awaitRelease), which a session that ends does
+// without waiting for its queued requests.
+func (t *fileTurn) wait(ctx context.Context) error {
+	select {
+	case <-t.ready:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// end ends the turn, or leaves the queue if it was not its turn yet.
+func (t *fileTurn) end() {
+	s := t.srv
+	s.activeMu.Lock()
+	defer s.activeMu.Unlock()
+	q := s.turns[t.ref]
+	i := slices.Index(q, t)
+	q = slices.Delete(q, i, i+1)
+	if len(q) == 0 {
+		delete(s.turns, t.ref)
+		return
+	}
+	s.turns[t.ref] = q
+	if i == 0 {
+		close(q[0].ready)
 	}
 }
 
@@ -296,6 +407,10 @@ func (ss *session) startUpload(m *proto.UploadRequest) error {
 	if err := proto.ValidateName(m.Name); err != nil {
 		return proto.Errorf(proto.CodeInvalidName, "%s", strings.TrimPrefix(err.Error(), proto.ErrInvalidName.Error()+": "))
 	}
+	// An upload of the file whose final step is under way (a commit, an
+	// abort, a session parking it) is let finish first: a commit may store
+	// what this request describes, and the quota check sees the outcome.
+	ss.srv.awaitRelease(ss, ss.srv.settling(ss.client.ID, m.Name))
 	latest, err := ss.srv.Store.Latest(ss.ctx, ss.client.ID, m.Name)
 	switch {
 	case err == nil:
@@ -334,7 +449,7 @@ func (ss *session) startUpload(m *proto.UploadRequest) error {
 	if len(missing) > proto.MaxRanges {
 		// Too fragmented to describe in one message: take it all again.
 		missing = []proto.Range{{Off: 0, Len: u.size}}
-		u.got, u.done, u.written = proto.RangeSet{}, proto.RangeSet{}, 0
+		u.got, u.done, u.written, u.synced = proto.RangeSet{}, proto.RangeSet{}, 0, 0
 	}
 	if len(missing) == 0 {
 		u.state = checking // nothing to wait for: empty, or every byte already here
@@ -369,13 +484,22 @@ func (ss *session) checkLimits(m *proto.UploadRequest) error {
 	if srv.QuotaBytes <= 0 && srv.QuotaFiles <= 0 {
 		return nil
 	}
-	bytes, files, err := srv.Store.Usage(ss.ctx, ss.client.ID)
+	// Unfinished uploads, running or kept for resume, count at their full
+	// size and as a file each: they will take that when they finish. This
+	// request replaces those of its own file (takeOver gives up the one a
+	// session receives; ResumeUpload resumes it, or what is kept, or
+	// discards it as stale), and counts the one it resumes once, at
+	// m.Size; only one whose final step is under way is let finish, and
+	// counts. Read in this order, an upload that is committed meanwhile
+	// is counted twice rather than not at all: first as unfinished, then
+	// as stored.
+	settling, settlingN := srv.settlingSize(ss.client.ID, m.Name)
+	pending, pendingN, err := srv.Store.Pending(ss.ctx, ss.client.ID, m.Name)
 	if err != nil {
 		return err
 	}
-	// Unfinished uploads, running or kept for resume, count at their full
-	// size and as a file each: they will take that when they finish.
-	pending, pendingN, err := srv.Store.Pending(ss.ctx, ss.client.ID, m.Name)
+	pending, pendingN = pending+settling, pendingN+settlingN
+	bytes, files, err := srv.Store.Usage(ss.ctx, ss.client.ID)
 	if err != nil {
 		return err
 	}
@@ -399,6 +523,26 @@ func (ss *session) checkLimits(m *proto.UploadRequest) error {
 	return nil
 }
 
+// settling returns the client's uploads of name whose final step is
+// under way: a commit or an abort, or a session parking them.
+func (s *Server) settling(c store.ClientID, name string) []*upload {
+	us := s.uploadsOf(c, name)
+	return slices.DeleteFunc(us, func(u *upload) bool {
+		u.mu.Lock()
+		defer u.mu.Unlock()
+		return u.state != finished
+	})
+}
+
+// settlingSize sums the sizes of what settling returns, and counts them.
+func (s *Server) settlingSize(c store.ClientID, name string) (bytes int64, n int) {
+	for _, u := range s.settling(c, name) {
+		bytes += int64(u.size)
+		n++
+	}
+	return bytes, n
+}
+
 // formatBytes writes n in binary units: "512 B", "9.5 MiB".
 func formatBytes(n uint64) string {
 	const unit = 1024
@@ -415,14 +559,24 @@ func formatBytes(n uint64) string {
 	return s + " " + string("KMGTPE"[exp]) + "iB"
 }
 
-// openUpload resumes the partial upload of the same file (same name, size
-// and modification time) that an earlier session left, or starts a new
-// one. The store discards partial uploads of an earlier state of the file,
-// so a file that changed is sent afresh, never stitched together.
+// openUpload takes over the client's open upload of the file, if any
+// (takeOver), and resumes the partial upload of the same file (same name,
+// size and modification time) that it or an earlier session left, or
+// starts a new one. The store discards partial uploads of an earlier state
+// of the file, so a file that changed is sent afresh, never stitched
+// together.
 func (ss *session) openUpload(m *proto.UploadRequest) (*upload, error) {
 	st := ss.srv.Store
 	mtime := time.Unix(0, m.ModTime)
-	ss.srv.takeOver(ss, m.Name) // first: what it gives back may be the file this needs
+	if ss.srv.takeOver(ss, m.Name) {
+		// An upload of the file began its commit after the quota check,
+		// so that did not count it: it is stored now (or gone), and
+		// counts.
+		if err := ss.checkLimits(m); err != nil {
+			return nil, err
+		}
+	}
+	// After the takeover: what it gives back may be the file this needs.
 	hold, err := ss.srv.holdFile(ss.client.ID)
 	if err != nil {
 		return nil, err
@@ -438,7 +592,7 @@ func (ss *session) openUpload(m *proto.UploadRequest) (*upload, error) {
 			up.Discard(ss.ctx)
 		} else {
 			now := time.Now()
-			u := &upload{id: up.ID(), name: m.Name, size: m.Size, up: up, files: hold, got: done.Clone(), done: *done, written: done.Total(), lastSync: now, lastData: now, owner: ss}
+			u := &upload{id: up.ID(), name: m.Name, size: m.Size, up: up, files: hold, got: done.Clone(), done: *done, written: done.Total(), synced: done.Total(), lastSync: now, lastData: now, owner: ss}
 			up.SetAttrs(m.Mode, uint8(m.Kind), m.Meta)
 			if ss.srv.claim(u) {
 				hold.opened()
@@ -660,7 +814,8 @@ func (ss *session) receive(u *upload, off uint64, p []byte) error {
 	if done {
 		u.state = checking
 	}
-	sync := !done && !u.syncing && time.Since(u.lastSync) >= checkpointEvery
+	// The last chunk too: the upload may wait long for its commit.
+	sync := !u.syncing && time.Since(u.lastSync) >= checkpointEvery
 	hash := !done && !u.hashing && int64(u.done.Prefix())-u.hashed >= proto.HashStep
 	if hash {
 		u.hashing = true
@@ -675,7 +830,8 @@ func (ss *session) receive(u *upload, off uint64, p []byte) error {
 	}
 	if done {
 		ss.startChecksum(u)
-	} else if sync {
+	}
+	if sync {
 		ss.wg.Add(1)
 		go func() {
 			defer ss.wg.Done()
