@@ -177,7 +177,11 @@ func TestConnectionLimits(t *testing.T) {
 // passed, and every byte is given back at the end.
 func TestMemoryBudget(t *testing.T) {
 	const chunk = 64 << 10
-	const maxConns, share = 4, 256 << 10
+	const maxConns = 4
+	// Half of it for chunk buffers: a buffer for each of a session's 8
+	// streams at once, the least a share may be (the server raises it to
+	// that).
+	const share = 2 * 8 * (chunk + proto.TagSize)
 	budget := int64(maxConns*quicsrv.InitialConnWindow + quicsrv.MinTransferMemory)
 	w := newWorld(t, func(s *quicsrv.Server) {
 		s.ChunkSize, s.MemoryBudget, s.MaxConns, s.ClientMemory = chunk, budget, maxConns, share

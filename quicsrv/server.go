@@ -133,8 +133,9 @@ type Server struct {
 	MemoryBudget int64
 	// ClientMemory bounds what one client's sessions together take of
 	// MemoryBudget beyond their initial windows, so that a few greedy or
-	// idle clients cannot hold all of it. Default: a quarter of what the
-	// initial windows leave.
+	// idle clients cannot hold all of it; its chunk-buffer half is never
+	// less than a buffer for each stream of a session (bufferFloor).
+	// Default: a quarter of what the initial windows leave.
 	ClientMemory int64
 	// MaxHandshakes bounds the connections that have not authenticated
 	// yet, in total, and MaxHandshakesPerAddr those from one IP address.
@@ -334,6 +335,16 @@ func (s *Server) maxHandshakesPerAddr() int {
 	return DefaultMaxHandshakesIP
 }
 
+// bufferFloor is the least a client's share of chunk buffers holds, more
+// than ClientMemory if need be: a buffer for each stream of a session at
+// once. With less, a session's stream could wait for a buffer another of
+// its streams holds while that one's bytes wait behind the first's in the
+// connection's window: neither would move until the chunk stall ended
+// the connection.
+func (s *Server) bufferFloor() int64 {
+	return int64(s.streams()) * int64(s.chunkSize()+proto.TagSize)
+}
+
 // chunkStall is how long a chunk being received may go without a byte
 // before its stream, and its connection, are ended: the transfer
 // timeout, at most 30 s, since the chunk holds a buffer of the budget.
@@ -366,7 +377,7 @@ func (s *Server) clientStateLocked(c store.ClientID) *clientState {
 		half := s.clientMemory() / 2
 		st = &clientState{
 			windows: &account{share: newBudget(max(half, 1)), all: windows},
-			buffers: &account{share: newBudget(max(s.clientMemory()-half, 1)), all: buffers},
+			buffers: &account{share: newBudget(max(s.clientMemory()-half, s.bufferFloor())), all: buffers},
 		}
 		st.lastBusy.Store(time.Now().UnixNano())
 		s.accounts[c] = st
@@ -555,10 +566,10 @@ func (s *Server) Serve(pc net.PacketConn) error {
 	tlsConf := s.TLSConfig.Clone()
 	tlsConf.NextProtos = []string{proto.ALPN}
 	tlsConf.MinVersion = tls.VersionTLS13
-	if left := s.transferMemory(); left < minTransferMemory {
+	if left, need := s.transferMemory(), max(minTransferMemory, 2*s.bufferFloor()); left < need {
 		pc.Close()
 		return fmt.Errorf("quicsrv: a memory budget of %d bytes leaves %d for transfers once the initial windows of %d connections (%d bytes each) are set aside, under the %d needed: raise the budget or lower the connection limit",
-			s.memoryBudget(), left, s.maxConns(), initialConnWindow, minTransferMemory)
+			s.memoryBudget(), left, s.maxConns(), initialConnWindow, need)
 	}
 	tr := &quic.Transport{Conn: pc, VerifySourceAddress: s.underLoad}
 	ln, err := tr.Listen(tlsConf, s.QUICConfig())
