@@ -101,10 +101,15 @@ func (ss *session) fail(err error) {
 		return
 	}
 	code := proto.CodeOf(err)
-	if ss.state == nil {
+	switch {
+	case ss.state == nil:
 		// Not authenticated: a stranger may cause this at will.
 		ss.srv.refusals.note(ss.srv.logger(), "closing connections that failed to authenticate", "code", code.String(), "last", err.Error())
-	} else {
+	case code == proto.CodeAborted:
+		// A client that went silent mid-chunk or stopped reading: most
+		// often its network died, which is no trouble of the server's.
+		ss.log.Info("closing connection", "code", code.String(), "err", err)
+	default:
 		ss.log.Warn("closing connection", "code", code.String(), "err", err)
 	}
 	ss.closeWith(code, errorText(err))
