@@ -81,3 +81,6 @@ func FilesInUse(s *Server) int {
 
 // OpenFileCaps reports the caps on transfers' open files in force.
 func OpenFileCaps(s *Server) (total, perClient int) { return s.files().total, s.files().perClient }
+
+// UnderLoad reports whether new connections must answer a QUIC Retry.
+func UnderLoad(s *Server) bool { return s.underLoad(nil) }

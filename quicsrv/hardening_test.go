@@ -279,3 +279,21 @@ func TestUnreadRestores(t *testing.T) {
 	waitFor(t, "the budget to be given back", func() bool { return quicsrv.BudgetInUse(w.srv.Srv) == 0 })
 	w.healthy(t)
 }
+
+// TestRetryUnderLoad: over half of MaxHandshakes connections waiting to
+// authenticate, a new connection must prove its address (QUIC Retry)
+// before the server keeps state for it; a well-behaved client does so
+// without noticing and is served.
+func TestRetryUnderLoad(t *testing.T) {
+	w := newWorld(t, func(s *quicsrv.Server) { s.MaxHandshakes = 4 })
+	if quicsrv.UnderLoad(w.srv.Srv) {
+		t.Fatal("under load before the flood")
+	}
+	for range 3 {
+		dialRaw(t, w.srv) // authenticates never
+	}
+	waitFor(t, "three connections waiting", func() bool { return quicsrv.UnderLoad(w.srv.Srv) })
+	if err := w.probe(t, 0, 5*time.Second); err != nil {
+		t.Fatalf("a client while new connections must answer a Retry: %v", err)
+	}
+}
