@@ -84,3 +84,6 @@ func OpenFileCaps(s *Server) (total, perClient int) { return s.files().total, s.
 
 // UnderLoad reports whether new connections must answer a QUIC Retry.
 func UnderLoad(s *Server) bool { return s.underLoad(nil) }
+
+// Retries is how many new connections were asked to answer a Retry.
+func Retries(s *Server) int64 { return s.retries.Load() }

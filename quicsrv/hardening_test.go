@@ -293,7 +293,13 @@ func TestRetryUnderLoad(t *testing.T) {
 		dialRaw(t, w.srv) // authenticates never
 	}
 	waitFor(t, "three connections waiting", func() bool { return quicsrv.UnderLoad(w.srv.Srv) })
+	if n := quicsrv.Retries(w.srv.Srv); n != 0 {
+		t.Fatalf("%d Retries asked before the server was under load", n)
+	}
 	if err := w.probe(t, 0, 5*time.Second); err != nil {
 		t.Fatalf("a client while new connections must answer a Retry: %v", err)
+	}
+	if n := quicsrv.Retries(w.srv.Srv); n == 0 {
+		t.Fatal("the probe was served without being asked for a Retry")
 	}
 }

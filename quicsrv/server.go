@@ -193,6 +193,7 @@ type Server struct {
 	recheckOnce sync.Once
 	recheck     *rechecker
 	scrubRead   atomic.Int64 // bytes the scrub read, for tests
+	retries     atomic.Int64 // Retries asked of new connections, for tests
 
 	// active maps the uploads sessions are receiving to those sessions,
 	// so no two sessions write one upload; byFile indexes them by client
@@ -571,7 +572,7 @@ func (s *Server) Serve(pc net.PacketConn) error {
 		return fmt.Errorf("quicsrv: a memory budget of %d bytes leaves %d for transfers once the initial windows of %d connections (%d bytes each) are set aside, under the %d needed: raise the budget or lower the connection limit",
 			s.memoryBudget(), left, s.maxConns(), initialConnWindow, need)
 	}
-	tr := &quic.Transport{Conn: pc, VerifySourceAddress: s.underLoad}
+	tr := &quic.Transport{Conn: pc, VerifySourceAddress: s.askRetry}
 	ln, err := tr.Listen(tlsConf, s.QUICConfig())
 	if err != nil {
 		tr.Close()
@@ -716,6 +717,16 @@ func (s *Server) underLoad(net.Addr) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return len(s.handshaking) > s.maxHandshakes()/2
+}
+
+// askRetry is the transport's VerifySourceAddress: a connection without
+// a proven address answers a Retry when the server is under load.
+func (s *Server) askRetry(a net.Addr) bool {
+	if !s.underLoad(a) {
+		return false
+	}
+	s.retries.Add(1)
+	return true
 }
 
 // admitClient counts an authenticated session of client c, or refuses it
