@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/quic-go/quic-go"
+	"github.com/qbackup/qbackup/quic"
 
 	"github.com/qbackup/qbackup/certs"
 )

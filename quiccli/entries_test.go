@@ -15,8 +15,8 @@ import (
 	"time"
 
 	"github.com/qbackup/qbackup/proto"
+	"github.com/qbackup/qbackup/quic"
 	"github.com/qbackup/qbackup/quicsrv"
-	"github.com/quic-go/quic-go"
 	"golang.org/x/sys/unix"
 )
 

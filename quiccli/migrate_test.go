@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/quic-go/quic-go"
+	"github.com/qbackup/qbackup/quic"
 )
 
 // deadableConn is a UDP socket a test can cut off, as when the address it
@@ -162,6 +162,7 @@ func TestStalledPathMovesRestore(t *testing.T) {
 	c.Err = &notices
 	s := connect(t, ctx, c)
 	assertRestores(t, ctx, s, "big.bin", data)
+	t.Logf("notices: %q", notices.String())
 	if socks.count() != 2 || !socks.first().dead.Load() {
 		t.Errorf("%d sockets used (first dead: %v), want 2: the session should have moved once", socks.count(), socks.first().dead.Load())
 	}

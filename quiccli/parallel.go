@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/qbackup/qbackup/proto"
-	"github.com/quic-go/quic-go"
+	"github.com/qbackup/qbackup/quic"
 )
 
 // Parallel connections (send --connections N|auto). One QUIC connection's

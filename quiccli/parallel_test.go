@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/qbackup/qbackup/proto"
-	"github.com/quic-go/quic-go"
+	"github.com/qbackup/qbackup/quic"
 )
 
 // TestParallelConnections: with --connections 3, the chunks of a large

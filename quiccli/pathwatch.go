@@ -39,7 +39,7 @@ func (e *errPathStalled) Error() string {
 //
 // It first moves the connection to a new local socket (Migrate: probe the
 // new path, switch when the server answers), so the same session, its key
-// and its transfers carry on. quic-go v0.65 sends the path probe only when
+// and its transfers carry on. quic-go sends the path probe only when
 // its congestion window has room, which a dead path carrying an upload
 // never gives back (the bytes in flight there are never acknowledged), so
 // the move mostly saves downloads (restore), where the client sends little.
@@ -50,6 +50,7 @@ func (s *Session) watchPath(stall time.Duration, notice func(string, ...any)) {
 	t := time.NewTicker(tick)
 	defer t.Stop()
 	heard, at := s.conn.ConnectionStats().PacketsReceived, time.Now()
+	wait := stall // the silence that makes the watchdog act
 	for {
 		select {
 		case <-s.ctx.Done():
@@ -57,11 +58,11 @@ func (s *Session) watchPath(stall time.Duration, notice func(string, ...any)) {
 		case <-t.C:
 		}
 		if n := s.conn.ConnectionStats().PacketsReceived; n != heard {
-			heard, at = n, time.Now()
+			heard, at, wait = n, time.Now(), stall
 			continue
 		}
 		silent := time.Since(at)
-		if silent < stall {
+		if silent < wait {
 			continue
 		}
 		notice("nothing heard from the server for %v: moving the connection to a new socket", silent.Round(100*time.Millisecond))
@@ -74,6 +75,7 @@ func (s *Session) watchPath(stall time.Duration, notice func(string, ...any)) {
 		if err == nil {
 			notice("moved to a new socket; carrying on")
 			heard, at = s.conn.ConnectionStats().PacketsReceived, time.Now()
+			wait = max(stall, settleAfterMove)
 			continue
 		}
 		s.abandon(&errPathStalled{silent: time.Since(at)})

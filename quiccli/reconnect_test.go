@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/quic-go/quic-go"
+	"github.com/qbackup/qbackup/quic"
 )
 
 // TestSendCarriesOnAcrossServerRestart: one send, the server restarts
@@ -100,3 +100,4 @@ func TestSendGivesUpOnPermanentErrors(t *testing.T) {
 		t.Errorf("gave up after %v; a changed certificate must not be retried", took)
 	}
 }
+

@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/qbackup/qbackup/proto"
-	"github.com/quic-go/quic-go"
+	"github.com/qbackup/qbackup/quic"
 )
 
 // cutReporter runs cut, once and in a goroutine of its own, when the

@@ -10,9 +10,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/qbackup/qbackup/quic"
 	"github.com/qbackup/qbackup/quicsrv"
 	"github.com/qbackup/qbackup/quicsrv/srvtest"
-	"github.com/quic-go/quic-go"
 )
 
 // resumeSize is large against what one connection has in flight, so the

@@ -19,7 +19,7 @@ import (
 	"time"
 
 	"github.com/qbackup/qbackup/proto"
-	"github.com/quic-go/quic-go"
+	"github.com/qbackup/qbackup/quic"
 )
 
 // maxResends is how many times a file is sent again after a checksum

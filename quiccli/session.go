@@ -13,7 +13,7 @@ import (
 
 	"github.com/qbackup/qbackup/certs"
 	"github.com/qbackup/qbackup/proto"
-	"github.com/quic-go/quic-go"
+	"github.com/qbackup/qbackup/quic"
 )
 
 // Session is one authenticated connection to a server, with its session
@@ -146,7 +146,7 @@ func dial(ctx context.Context, o dialOptions, priv *rsa.PrivateKey, mkHello hell
 
 // Migrate moves the connection to a new local UDP socket: it probes the
 // path from the new socket and switches to it once the server answers.
-// Transfers under way carry on. quic-go v0.65 sends the probe only while
+// Transfers under way carry on. quic-go sends the probe only while
 // its congestion window has room: always when the old path still works,
 // but not when an upload's bytes are stuck in flight on a dead one (see
 // watchPath, which calls this on its own; send's reconnect and resume take
@@ -179,8 +179,49 @@ func (s *Session) Migrate(ctx context.Context) error {
 		path.Close()
 		return fmt.Errorf("migrate: %w", err)
 	}
+	s.wg.Add(1)
+	go func() { defer s.wg.Done(); s.nudge() }()
 	return nil
 }
+
+// After a switch, nudge has the connection send packets the server counts
+// as traffic (not probes) on the new path, every nudgeEvery for
+// nudgeFor. The server moves its side of the connection, and the
+// restores it sends, only once it has validated the new path and then
+// heard such a packet from it, and a client that only receives has
+// nothing of its own to send.
+//
+// The validation needs this, too: quic-go v0.61 (the fork we use) answers
+// the server's PATH_CHALLENGE on the path the client used until then,
+// which after a network change is dead, so the challenge goes unanswered.
+// The server drops the path after its probe timeout (1 s) and challenges
+// it again on the next packet from there, which, after the switch, the
+// client answers on the new path. Each nudge is an empty data stream,
+// which a server accepts and forgets (PROTOCOL.md §2.3); with every data
+// stream of the session in use, its own chunks do the same.
+func (s *Session) nudge() {
+	t := time.NewTicker(nudgeEvery)
+	defer t.Stop()
+	for range nudgeFor / nudgeEvery {
+		if st, err := s.conn.OpenUniStream(); err == nil {
+			st.Close()
+		}
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+const (
+	nudgeEvery = 250 * time.Millisecond
+	nudgeFor   = 2 * time.Second
+	// settleAfterMove is how long the watchdog lets a moved connection
+	// stay silent before it acts again: the server may take its probe
+	// timeout (1 s) and a round trip or two to follow (see nudge).
+	settleAfterMove = 3 * time.Second
+)
 
 func (s *Session) closeTransport() {
 	s.conn.CloseWithError(quic.ApplicationErrorCode(proto.CodeNoError), "")

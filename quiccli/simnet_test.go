@@ -14,9 +14,9 @@ import (
 	"testing/synctest"
 	"time"
 
+	"github.com/qbackup/qbackup/quic"
 	"github.com/qbackup/qbackup/quicsrv"
 	"github.com/qbackup/qbackup/quicsrv/srvtest"
-	"github.com/quic-go/quic-go"
 	"github.com/quic-go/quic-go/testutils/simnet"
 )
 

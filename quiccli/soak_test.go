@@ -22,7 +22,7 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/quic-go/quic-go"
+	"github.com/qbackup/qbackup/quic"
 
 	"github.com/qbackup/qbackup/proto"
 	"github.com/qbackup/qbackup/quicsrv"

@@ -19,8 +19,8 @@ import (
 	"time"
 
 	"github.com/qbackup/qbackup/proto"
+	"github.com/qbackup/qbackup/quic"
 	"github.com/qbackup/qbackup/quicsrv/srvtest"
-	"github.com/quic-go/quic-go"
 )
 
 // TestFlood is scripts/flood: it builds qbackupd, runs it on loopback with

@@ -66,10 +66,10 @@ import (
 	"unicode/utf8"
 
 	"github.com/qbackup/qbackup/proto"
+	"github.com/qbackup/qbackup/quic"
 	"github.com/qbackup/qbackup/quicsrv"
 	"github.com/qbackup/qbackup/quicsrv/srvtest"
 	"github.com/qbackup/qbackup/store"
-	"github.com/quic-go/quic-go"
 )
 
 const (

@@ -14,8 +14,8 @@ import (
 	"time"
 
 	"github.com/qbackup/qbackup/proto"
+	"github.com/qbackup/qbackup/quic"
 	"github.com/qbackup/qbackup/quicsrv"
-	"github.com/quic-go/quic-go"
 )
 
 // probe is a well-behaved client's round: register, upload, restore,

@@ -22,8 +22,8 @@ import (
 
 	"github.com/qbackup/qbackup/certs"
 	"github.com/qbackup/qbackup/proto"
+	"github.com/qbackup/qbackup/quic"
 	"github.com/qbackup/qbackup/quicsrv"
-	"github.com/quic-go/quic-go"
 )
 
 // hostileCase is one misbehaviour that the server must answer by closing

@@ -27,9 +27,9 @@ import (
 
 	"github.com/qbackup/qbackup/certs"
 	"github.com/qbackup/qbackup/proto"
+	"github.com/qbackup/qbackup/quic"
 	"github.com/qbackup/qbackup/quicsrv"
 	"github.com/qbackup/qbackup/quicsrv/srvtest"
-	"github.com/quic-go/quic-go"
 )
 
 // ioTimeout bounds every wait for the server. Nothing in these tests should

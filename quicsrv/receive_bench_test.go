@@ -6,7 +6,7 @@ import (
 	"time"
 
 	"github.com/qbackup/qbackup/proto"
-	"github.com/quic-go/quic-go"
+	"github.com/qbackup/qbackup/quic"
 )
 
 // These benchmarks measure the server's per-chunk receive path without a

@@ -10,8 +10,8 @@ import (
 	"time"
 
 	"github.com/qbackup/qbackup/proto"
+	"github.com/qbackup/qbackup/quic"
 	"github.com/qbackup/qbackup/store"
-	"github.com/quic-go/quic-go"
 )
 
 // restore is one stored file on its way back to the client.
@@ -169,8 +169,7 @@ func (w *stalling) Write(p []byte) (int, error) {
 	return w.s.Write(p)
 }
 
-func (w *stalling) Close() error                               { return w.s.Close() }
-func (w *stalling) SetPriority(urgency int8, incremental bool) { w.s.SetPriority(urgency, incremental) }
+func (w *stalling) Close() error { return w.s.Close() }
 
 // closeIdleSenderLocked closes the session's chunk sender once no
 // restore needs it, so that the buffers it grew for them go (the next

@@ -19,8 +19,8 @@ import (
 	"time"
 
 	"github.com/qbackup/qbackup/proto"
+	"github.com/qbackup/qbackup/quic"
 	"github.com/qbackup/qbackup/store"
-	"github.com/quic-go/quic-go"
 )
 
 // Defaults for the zero values of Server's fields.

@@ -13,8 +13,8 @@ import (
 	"time"
 
 	"github.com/qbackup/qbackup/proto"
+	"github.com/qbackup/qbackup/quic"
 	"github.com/qbackup/qbackup/quicsrv"
-	"github.com/quic-go/quic-go"
 )
 
 // TestRestore stores files of awkward sizes and several versions, then

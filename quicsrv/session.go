@@ -17,8 +17,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/qbackup/qbackup/proto"
+	"github.com/qbackup/qbackup/quic"
 	"github.com/qbackup/qbackup/store"
-	"github.com/quic-go/quic-go"
 )
 
 // session is one client connection: the control stream, the data streams

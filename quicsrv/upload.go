@@ -14,8 +14,8 @@ import (
 	"time"
 
 	"github.com/qbackup/qbackup/proto"
+	"github.com/qbackup/qbackup/quic"
 	"github.com/qbackup/qbackup/store"
-	"github.com/quic-go/quic-go"
 )
 
 type uploadState int

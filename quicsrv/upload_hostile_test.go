@@ -18,8 +18,8 @@ import (
 	"time"
 
 	"github.com/qbackup/qbackup/proto"
+	"github.com/qbackup/qbackup/quic"
 	"github.com/qbackup/qbackup/quicsrv"
-	"github.com/quic-go/quic-go"
 )
 
 // smallChunks makes the server use 4 KiB chunks, so small files take

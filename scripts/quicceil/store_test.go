@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/quic-go/quic-go"
+	"github.com/qbackup/qbackup/quic"
 )
 
 // TestStoreRoundTrip sends a tree with -store and checks that the server
