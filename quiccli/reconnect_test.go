@@ -1,12 +1,15 @@
 package quiccli
 
 import (
+	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/qbackup/qbackup/proto"
 	"github.com/qbackup/qbackup/quic"
 )
 
@@ -101,3 +104,25 @@ func TestSendGivesUpOnPermanentErrors(t *testing.T) {
 	}
 }
 
+// TestConnectionError: what ends the whole connection, against what ends
+// one stream or one request.
+func TestConnectionError(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		want bool
+	}{
+		{&quic.IdleTimeoutError{}, true},
+		{fmt.Errorf("reading: %w", &quic.IdleTimeoutError{}), true},
+		{&quic.ApplicationError{ErrorCode: 0xc, Remote: true}, true},
+		{&quic.TransportError{ErrorCode: quic.TransportErrorCode(0xa)}, true},
+		{&quic.StatelessResetError{}, true},
+		{&quic.StreamError{StreamID: 2, ErrorCode: 1}, false},
+		{&proto.Error{Code: proto.CodeNoSpace, Message: "over quota"}, false},
+		{io.ErrUnexpectedEOF, false},
+		{nil, false},
+	} {
+		if got := connectionError(tc.err); got != tc.want {
+			t.Errorf("connectionError(%v) = %v, want %v", tc.err, got, tc.want)
+		}
+	}
+}

@@ -695,7 +695,7 @@ func (s *Session) restoreTargets(ctx context.Context, run *restoreRun, targets [
 				fp := run.rep.File(t.name, t.size)
 				n, identical, warnings, err := s.restoreFile(ctx, run, t, keepLost, fp, &received)
 				switch {
-				case err != nil && keepLost && s.Err() != nil && ctx.Err() == nil:
+				case err != nil && keepLost && ctx.Err() == nil && s.endedBy(err):
 					run.mu.Lock()
 					lost = append(lost, t)
 					run.mu.Unlock()

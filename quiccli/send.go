@@ -250,7 +250,7 @@ func (s *Session) sendItems(ctx context.Context, items []sendItem, opts SendOpti
 				rep.Warn("%s: %s", proto.Quote(it.name), w)
 			}
 			switch {
-			case err != nil && keepLost && s.Err() != nil && ctx.Err() == nil:
+			case err != nil && keepLost && ctx.Err() == nil && s.endedBy(err):
 				lost = append(lost, it)
 				fp.Done("interrupted", nil)
 			case err != nil && ctx.Err() != nil:

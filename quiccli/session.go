@@ -355,6 +355,46 @@ func (s *Session) connError(err error) error {
 	return err
 }
 
+// endedBy reports whether err, from a request of this session, means the
+// session itself ended (Err is then set). A stream can fail with the
+// connection's error a moment before the connection's context ends: such
+// an error waits for it, so that the request counts as lost with the
+// session (and is retried in the next) rather than as failed on its own.
+func (s *Session) endedBy(err error) bool {
+	if s.Err() != nil {
+		return true
+	}
+	if !connectionError(err) {
+		return false
+	}
+	t := time.NewTimer(connEndWait)
+	defer t.Stop()
+	select {
+	case <-s.ctx.Done():
+		return true
+	case <-t.C:
+		return s.Err() != nil
+	}
+}
+
+// connEndWait bounds how long endedBy waits for a failed connection's
+// context to end; it ends at once, as the connection closes.
+const connEndWait = 5 * time.Second
+
+// connectionError reports whether err is the end of the whole QUIC
+// connection, not of one stream.
+func connectionError(err error) bool {
+	var (
+		idle  *quic.IdleTimeoutError
+		app   *quic.ApplicationError
+		tr    *quic.TransportError
+		reset *quic.StatelessResetError
+		hs    *quic.HandshakeTimeoutError
+	)
+	return errors.As(err, &idle) || errors.As(err, &app) || errors.As(err, &tr) ||
+		errors.As(err, &reset) || errors.As(err, &hs)
+}
+
 // Err returns why the session ended, or nil while it is open.
 func (s *Session) Err() error {
 	if s.ctx.Err() == nil {
