@@ -411,8 +411,15 @@ func fullDiskChild(t *testing.T, mnt string) {
 	// The files with data first, then the empty ones, which need room in
 	// SQLite only: by then the disk is full, whatever order the many
 	// small files in flight happened to take.
+	// Whatever room the files with data left (how much depends on which
+	// of them were in flight when the disk filled), the rest is filled
+	// before the empty ones, so that their rows must find room SQLite
+	// does not have.
 	rec := &doneRecorder{}
 	res := s.Send(ctx, SendOptions{Paths: []string{filepath.Join(src, "small-data")}}, rec)
+	fillerEmpty := filepath.Join(mnt, "filler2-empty")
+	fill(fillerEmpty, 0)
+	report("after the files with data, filler written: %d KiB free", free()>>10)
 	res2 := s.Send(ctx, SendOptions{Paths: []string{filepath.Join(src, "small-empty")}}, rec)
 	res.Sent += res2.Sent
 	res.Failed += res2.Failed
@@ -502,7 +509,7 @@ func fullDiskChild(t *testing.T, mnt string) {
 
 	// Room again. A restart removes the rows left behind and nothing else;
 	// then what failed goes through and what was stored is unchanged.
-	for _, p := range []string{filler, rest} {
+	for _, p := range []string{filler, fillerEmpty, rest} {
 		if err := os.Remove(p); err != nil {
 			t.Fatal(err)
 		}
