@@ -1,0 +1,5 @@
+//go:build !race
+
+package bbr
+
+const raceBuild = false
