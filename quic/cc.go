@@ -1,0 +1,229 @@
+package quic
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/apernet/quic-go/congestion"
+	"github.com/apernet/quic-go/monotime"
+	"github.com/qbackup/qbackup/quic/bbr"
+)
+
+// Congestion names a congestion controller.
+type Congestion string
+
+// The congestion controllers a connection can use.
+const (
+	// BBR is package bbr's controller: it finds the path's rate and
+	// round-trip time, and random loss does not slow it.
+	BBR Congestion = "bbr"
+	// Reno is the QUIC module's own NewReno, which halves its window at
+	// every loss: for comparison, and as a fallback.
+	Reno Congestion = "reno"
+)
+
+// ParseCongestion checks a controller's name.
+func ParseCongestion(s string) (Congestion, error) {
+	switch c := Congestion(s); c {
+	case BBR, Reno:
+		return c, nil
+	case "":
+		return BBR, nil
+	}
+	return "", fmt.Errorf("unknown congestion controller %q: use bbr or reno", s)
+}
+
+// UseCongestion puts a new controller of kind cc on conn, sharing limit
+// (nil: none) with the other connections that use it. Reno leaves the
+// module's own in place, and cannot be limited. Call it again after conn
+// moves to a new path: the module then puts its own NewReno back.
+func UseCongestion(conn *Conn, cc Congestion, limit *RateLimit) error {
+	switch cc {
+	case BBR:
+	case Reno:
+		if limit != nil && limit.Rate() > 0 {
+			return errors.New("a rate limit needs the bbr congestion controller")
+		}
+		return nil
+	default:
+		return fmt.Errorf("unknown congestion controller %q", cc)
+	}
+	a := &bbrAdapter{c: bbr.New(bbr.Config{
+		MSS:        int64(conn.InitialPacketSize()),
+		InitialRTT: initialRTT(conn),
+	})}
+	if limit != nil {
+		limit.add(conn, a)
+	}
+	conn.SetCongestionControl(a)
+	return nil
+}
+
+// initialRTT is the RTT the connection has measured so far, to pace the
+// first window by.
+func initialRTT(conn *Conn) time.Duration {
+	return conn.ConnectionStats().SmoothedRTT
+}
+
+// RateLimit caps the total pacing rate of the connections that share it,
+// each getting an equal part (as restic's --limit-upload caps a whole
+// backup, however many connections carry it). Its zero value is no limit.
+type RateLimit struct {
+	mu    sync.Mutex
+	rate  float64 // bytes per second; 0: none
+	conns map[*Conn]*bbrAdapter
+}
+
+// NewRateLimit is a limit of rate bytes per second (0: none, for now).
+func NewRateLimit(rate float64) *RateLimit { return &RateLimit{rate: max(rate, 0)} }
+
+// Rate is the limit in bytes per second, 0 for none.
+func (l *RateLimit) Rate() float64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.rate
+}
+
+// Set changes the limit, at once, for every connection sharing it.
+func (l *RateLimit) Set(rate float64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.rate = max(rate, 0)
+	l.shareLocked()
+}
+
+// add makes a the controller of conn under the limit, in place of the
+// one conn had before (UseCongestion after a path change).
+func (l *RateLimit) add(conn *Conn, a *bbrAdapter) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.conns == nil {
+		l.conns = make(map[*Conn]*bbrAdapter)
+	}
+	_, known := l.conns[conn]
+	l.conns[conn] = a
+	l.shareLocked()
+	if known {
+		return
+	}
+	go func() {
+		<-conn.Context().Done()
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		delete(l.conns, conn)
+		l.shareLocked()
+	}()
+}
+
+func (l *RateLimit) shareLocked() {
+	for _, a := range l.conns {
+		a.setRateLimit(l.rate / float64(len(l.conns)))
+	}
+}
+
+// bbrAdapter is package bbr's Controller as the QUIC module's
+// congestion.CongestionControlEx. The module calls it from the
+// connection's goroutine; a RateLimit changes it from others.
+type bbrAdapter struct {
+	mu  sync.Mutex
+	c   *bbr.Controller
+	rtt congestion.RTTStatsProvider
+	// forgotten: packets sent before this were dropped from the
+	// controller's books (forgetAfter).
+	forgotten monotime.Time
+}
+
+// forgetAfter: a packet neither acknowledged nor declared lost this long
+// after it was sent is one the module stopped tracking (it does not say
+// so); the controller forgets it, so that its books do not grow without
+// end. The module declares a packet lost long before that.
+const forgetAfter = 30 * time.Second
+
+var _ congestion.CongestionControlEx = (*bbrAdapter)(nil)
+
+func (a *bbrAdapter) setRateLimit(r float64) {
+	a.mu.Lock()
+	a.c.SetRateLimit(r)
+	a.mu.Unlock()
+}
+
+func (a *bbrAdapter) SetRTTStatsProvider(p congestion.RTTStatsProvider) { a.rtt = p }
+
+func (a *bbrAdapter) TimeUntilSend(congestion.ByteCount) monotime.Time {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return monotime.Time(a.c.NextSend())
+}
+
+func (a *bbrAdapter) HasPacingBudget(now monotime.Time) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.c.HasBudget(bbr.Instant(now))
+}
+
+func (a *bbrAdapter) OnPacketSent(sent monotime.Time, inflight congestion.ByteCount, pn congestion.PacketNumber, bytes congestion.ByteCount, retransmittable bool) {
+	if !retransmittable {
+		return // not in flight: never acknowledged on its own
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.c.OnSent(bbr.Instant(sent), int64(pn), int64(bytes), int64(inflight))
+	if t := sent.Add(-forgetAfter); t > a.forgotten+monotime.Time(time.Second) {
+		a.forgotten = t
+		a.c.Forget(bbr.Instant(t))
+	}
+}
+
+func (a *bbrAdapter) CanSend(inflight congestion.ByteCount) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.c.CanSend(int64(inflight))
+}
+
+func (a *bbrAdapter) OnCongestionEventEx(_ congestion.ByteCount, now monotime.Time, acked []congestion.AckedPacketInfo, lost []congestion.LostPacketInfo) {
+	ack := make([]int64, len(acked))
+	for i, p := range acked {
+		ack[i] = int64(p.PacketNumber)
+	}
+	var lose []int64
+	if len(lost) > 0 {
+		lose = make([]int64, len(lost))
+		for i, p := range lost {
+			lose[i] = int64(p.PacketNumber)
+		}
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.c.OnAck(bbr.Instant(now), ack, lose)
+}
+
+func (a *bbrAdapter) GetCongestionWindow() congestion.ByteCount {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return congestion.ByteCount(a.c.Window())
+}
+
+func (a *bbrAdapter) SetMaxDatagramSize(n congestion.ByteCount) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.c.SetMSS(int64(n))
+}
+
+func (a *bbrAdapter) InSlowStart() bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.c.State() == bbr.Startup
+}
+
+// The per-packet calls: OnCongestionEventEx has the same news, all at once.
+func (a *bbrAdapter) OnPacketAcked(congestion.PacketNumber, congestion.ByteCount, congestion.ByteCount, monotime.Time) {
+}
+func (a *bbrAdapter) OnCongestionEvent(congestion.PacketNumber, congestion.ByteCount, congestion.ByteCount) {
+}
+
+// A probe timeout says nothing the delivery rate and the RTT do not.
+func (a *bbrAdapter) OnRetransmissionTimeout(bool) {}
+func (a *bbrAdapter) MaybeExitSlowStart()          {}
+func (a *bbrAdapter) InRecovery() bool             { return false }
