@@ -113,6 +113,14 @@ const (
 	// within half the minimum of it, the controller measures the minimum
 	// again at once (ProbeRTT) rather than when it expires.
 	rttHighProbe = 3
+	// probeRTTAging is how many round trips of a ProbeRTT age the
+	// bandwidth filter: about as many as 200 ms holds on a long path.
+	probeRTTAging = 3
+	// rttHighMin: an RTT counts as far above the minimum (the path may
+	// have got longer) when it exceeds it by half and by this much; less
+	// is the jitter of a radio link or a busy host, and a path that got
+	// only that much longer costs little while the old minimum stands.
+	rttHighMin = 10 * time.Millisecond
 	// earlyProbeGap is the shortest time between early ProbeRTTs.
 	earlyProbeGap = time.Second
 	// The RTT is "up" when it exceeds the minimum by an eighth (a queue
@@ -152,8 +160,13 @@ type Controller struct {
 	bwLo   float64 // rate estimate after congestion; +Inf: none
 	infHi  int64   // window cap after congestion; 0: none
 
-	// Round trips.
+	// Round trips. The bandwidth filter ages by bwRound, which counts at
+	// most probeRTTAging of the round trips of a ProbeRTT: on a short
+	// path ProbeRTT lasts many round trips at half the window, and the
+	// estimate must outlive it.
 	round            int64
+	bwRound          int64
+	probeRTTAged     int
 	nextRound        int64 // delivered count that ends the current round
 	roundLost        int64
 	roundDelivered   int64
@@ -227,11 +240,11 @@ func (c *Controller) SetRateLimit(r float64) {
 	old := c.cfg.RateLimit
 	c.cfg.RateLimit = max(r, 0)
 	raised := old > 0 && (r <= 0 || r > old)
-	if raised && c.filledPipe && c.bw.get(c.round) >= 0.9*old {
+	if raised && c.filledPipe && c.bw.get(c.bwRound) >= 0.9*old {
 		// The limit held the rate, so the bandwidth estimate is the
 		// limit's, not the path's: find the path's again, as at the
 		// start, rather than one probe of a quarter at a time.
-		c.filledPipe, c.fullBw, c.fullBwCount = false, c.bw.get(c.round), 0
+		c.filledPipe, c.fullBw, c.fullBwCount = false, c.bw.get(c.bwRound), 0
 		c.bwLo, c.infHi = math.Inf(1), 0
 		c.enterStartup()
 	}
@@ -278,14 +291,20 @@ func (c *Controller) OnAck(now Instant, acked, lost []int64) {
 	if sm.delivered > 0 && sm.priorDelivered >= c.nextRound {
 		c.endRound()
 		c.round++
+		if c.state != ProbeRTT || c.probeRTTAged < probeRTTAging {
+			c.bwRound++
+			if c.state == ProbeRTT {
+				c.probeRTTAged++
+			}
+		}
 		c.nextRound = c.s.delivered
 	}
 	c.roundDelivered += sm.delivered
 	c.roundLost += sm.lost
 	c.roundLostPkts += sm.lostPkts
 	if sm.rate > 0 && sm.interval >= c.minRTT.rtt/2 {
-		if !sm.appLimited || sm.rate >= c.bw.get(c.round) {
-			c.bw.update(c.round, c.capBw(sm.rate))
+		if (!sm.appLimited && c.state != ProbeRTT) || sm.rate >= c.bw.get(c.bwRound) {
+			c.bw.update(c.bwRound, c.capBw(sm.rate))
 		}
 		c.roundMaxRate = max(c.roundMaxRate, sm.rate)
 	}
@@ -321,7 +340,7 @@ func (c *Controller) endRound() {
 	}
 
 	c.roundLost, c.roundDelivered, c.roundLostPkts = 0, 0, 0
-	if m := c.minRTT.rtt; m > 0 && c.roundMinRTT > m+max(m/2, rttUpMin) {
+	if m := c.minRTT.rtt; m > 0 && c.roundMinRTT > m+max(m/2, rttHighMin) {
 		c.rttHighRounds++
 	} else {
 		c.rttHighRounds = 0
@@ -368,16 +387,16 @@ func (c *Controller) onCongestion(now Instant, inflightAtLoss int64) {
 		if c.infHi == 0 || hi < c.infHi {
 			c.infHi = hi
 		}
-		floor := int64(c.bw.get(c.round) * c.minRTT.rtt.Seconds())
+		floor := int64(c.bw.get(c.bwRound) * c.minRTT.rtt.Seconds())
 		c.infHi = max(c.infHi, c.minWindow(), floor)
 	}
-	bw := min(c.bw.get(c.round), c.bwLo)
+	bw := min(c.bw.get(c.bwRound), c.bwLo)
 	c.bwLo = max(c.roundMaxRate, c.lastRoundMaxRate, lossBeta*bw)
-	if delivered := max(c.roundMaxRate, c.lastRoundMaxRate); delivered > 0 && delivered < lossBeta*c.bw.get(c.round) {
+	if delivered := max(c.roundMaxRate, c.lastRoundMaxRate); delivered > 0 && delivered < lossBeta*c.bw.get(c.bwRound) {
 		// The path delivers far less than the estimate remembers (the
 		// link got slower): the next probe lifts bwLo, and must not go
 		// back to a rate the path no longer has.
-		c.bw.reset(c.round, delivered)
+		c.bw.reset(c.bwRound, delivered)
 	}
 	switch c.state {
 	case Startup:
@@ -392,7 +411,7 @@ func (c *Controller) onCongestion(now Instant, inflightAtLoss int64) {
 }
 
 func (c *Controller) checkFullPipe() {
-	bw := c.bw.get(c.round)
+	bw := c.bw.get(c.bwRound)
 	if bw >= c.fullBw*fullBwGrowth {
 		c.fullBw, c.fullBwCount = bw, 0
 		return
@@ -430,6 +449,7 @@ func (c *Controller) enterDrain() { c.state = Drain }
 
 func (c *Controller) enterProbeBW(now Instant) {
 	c.state = ProbeBW
+	c.rttHighRounds = 0 // the queue Startup built is no sign of a longer path
 	// Any phase but the draining one, chosen at random, so that flows
 	// sharing a bottleneck do not probe in step.
 	p := c.rng.IntN(len(probeGains) - 1)
@@ -442,7 +462,7 @@ func (c *Controller) enterProbeBW(now Instant) {
 func (c *Controller) enterPhase(now Instant, p int) {
 	c.phase, c.phaseStart, c.phaseLoss = p, now, false
 	if p == 0 {
-		c.probeBw = c.bw.get(c.round)
+		c.probeBw = c.bw.get(c.bwRound)
 		// A new probe: the caps from the last congestion are lifted so
 		// that it can find out whether the room has come back.
 		c.bwLo, c.infHi = math.Inf(1), 0
@@ -450,7 +470,7 @@ func (c *Controller) enterPhase(now Instant, p int) {
 }
 
 func (c *Controller) advancePhase(now Instant) {
-	if c.probeBw > 0 && !c.phaseLoss && c.bw.get(c.round) >= probeFound*c.probeBw {
+	if c.probeBw > 0 && !c.phaseLoss && c.bw.get(c.bwRound) >= probeFound*c.probeBw {
 		// The probe found clearly more than the estimate it began with:
 		// the path has more room than the model knew (the link got
 		// faster, a flow left). Probe again at once, from the new
@@ -486,7 +506,8 @@ func (c *Controller) advancePhase(now Instant) {
 // measurement that finds the path as long as before doubles the wait for
 // the next.
 func (c *Controller) earlyProbeRTT(now Instant) bool {
-	if c.rttHighRounds < rttHighProbe {
+	// Startup and Drain build and drain their own queue.
+	if c.state != ProbeBW || c.rttHighRounds < rttHighProbe {
 		return false
 	}
 	if c.earlyGap == 0 {
@@ -503,7 +524,7 @@ func (c *Controller) enterProbeRTT() {
 	c.probeRTTs++
 	c.state = ProbeRTT
 	c.priorCwnd = max(c.priorCwnd, c.cwnd)
-	c.probeRTTDone, c.probeRTTMin = 0, 0
+	c.probeRTTDone, c.probeRTTMin, c.probeRTTAged = 0, 0, 0
 }
 
 func (c *Controller) handleProbeRTT(now Instant) {
@@ -521,7 +542,7 @@ func (c *Controller) handleProbeRTT(now Instant) {
 	// smallest RTT seen meanwhile is the propagation time now.
 	longer := false
 	if c.probeRTTMin > 0 {
-		longer = c.probeRTTMin > c.minRTT.rtt+max(c.minRTT.rtt/2, rttUpMin)
+		longer = c.probeRTTMin > c.minRTT.rtt+max(c.minRTT.rtt/2, rttHighMin)
 		c.minRTT.rtt = c.probeRTTMin
 	}
 	c.minRTT.stamp = now
@@ -535,7 +556,7 @@ func (c *Controller) handleProbeRTT(now Instant) {
 		// The path got much longer (a new route, a move to another
 		// network): the window held the rate down meanwhile, and the
 		// bandwidth estimate fell with it. Find it again, fast.
-		c.filledPipe, c.fullBw, c.fullBwCount = false, c.bw.get(c.round), 0
+		c.filledPipe, c.fullBw, c.fullBwCount = false, c.bw.get(c.bwRound), 0
 		c.bwLo, c.infHi = math.Inf(1), 0
 	}
 	if c.filledPipe {
@@ -551,7 +572,7 @@ func (c *Controller) probeRTTWindow() int64 {
 
 // bandwidth is the rate the model believes the path delivers.
 func (c *Controller) bandwidth() float64 {
-	return min(c.bw.get(c.round), c.bwLo)
+	return min(c.bw.get(c.bwRound), c.bwLo)
 }
 
 // bdp is gain times the bandwidth-delay product, in bytes; before any
@@ -651,6 +672,7 @@ type Stats struct {
 	BgLoss     float64 // loss rate of rounds without a queue
 	InflightHi int64   // window cap after congestion; 0: none
 	Round      int64
+	Delivered  int64 // bytes acknowledged since the controller began
 }
 
 // Stats returns the controller's model as it stands.
@@ -658,7 +680,7 @@ func (c *Controller) Stats() Stats {
 	return Stats{
 		State: c.state, Bandwidth: c.bandwidth(), MinRTT: c.minRTT.rtt,
 		Window: c.cwnd, PacingRate: c.p.rate, BgLoss: c.bgLoss,
-		InflightHi: c.infHi, Round: c.round,
+		InflightHi: c.infHi, Round: c.round, Delivered: c.s.delivered,
 	}
 }
 
