@@ -30,6 +30,7 @@ const (
 	CodeShutdown           ErrorCode = 0xf  // the server is shutting down
 	CodeBadKey             ErrorCode = 0x10 // the public key is unusable (type, size)
 	CodeDamaged            ErrorCode = 0x11 // the stored copy does not match its checksums
+	CodeUnsupported        ErrorCode = 0x12 // the server cannot do what was asked (Pace under --cc reno)
 )
 
 var codeNames = map[ErrorCode]string{
@@ -51,6 +52,7 @@ var codeNames = map[ErrorCode]string{
 	CodeShutdown:           "server shutting down",
 	CodeBadKey:             "bad public key",
 	CodeDamaged:            "damaged on the server",
+	CodeUnsupported:        "not supported",
 }
 
 func (c ErrorCode) String() string {

@@ -18,6 +18,7 @@ type MsgType uint8
 const (
 	TypeRegister       MsgType = 0x01
 	TypeReconnect      MsgType = 0x02
+	TypePace           MsgType = 0x03
 	TypeUploadRequest  MsgType = 0x10
 	TypeUploadCommit   MsgType = 0x11
 	TypeUploadAbort    MsgType = 0x12
@@ -29,6 +30,7 @@ const (
 
 	TypeWelcome        MsgType = 0x81
 	TypeError          MsgType = 0x82
+	TypePaced          MsgType = 0x83
 	TypeUploadReady    MsgType = 0x90
 	TypeUploadChecksum MsgType = 0x91
 	TypeUploadResult   MsgType = 0x92
@@ -43,6 +45,10 @@ func (t MsgType) String() string {
 		return "Register"
 	case TypeReconnect:
 		return "Reconnect"
+	case TypePace:
+		return "Pace"
+	case TypePaced:
+		return "Paced"
 	case TypeUploadRequest:
 		return "UploadRequest"
 	case TypeUploadCommit:
@@ -106,6 +112,10 @@ func newMessage(t MsgType) Message {
 		return &Register{}
 	case TypeReconnect:
 		return &Reconnect{}
+	case TypePace:
+		return &Pace{}
+	case TypePaced:
+		return &Paced{}
 	case TypeUploadRequest:
 		return &UploadRequest{}
 	case TypeUploadCommit:
@@ -752,6 +762,53 @@ func (m *ListEnd) appendPayload(b []byte) []byte {
 func (m *ListEnd) decode(d *decoder) {
 	m.Req = d.u32("req")
 	m.Count = d.u32("count")
+}
+
+// MinPace is the lowest pacing rate a Pace may ask for, in bytes per
+// second (100 kbit/s): below it a connection's own keep-alives and
+// acknowledgements would fill the rate.
+const MinPace = 12_500
+
+// Pace asks the server to send this connection's packets at most at rate
+// bytes per second, from now on (restore --limit); 0 lifts the limit. The
+// server answers Paced, or Error when it cannot pace (CodeUnsupported).
+//
+//	req  uint32
+//	rate uint64: 0, or MinPace and above
+type Pace struct {
+	Req  uint32
+	Rate uint64
+}
+
+func (*Pace) Type() MsgType { return TypePace }
+func (m *Pace) appendPayload(b []byte) []byte {
+	return appendU64(appendU32(b, m.Req), m.Rate)
+}
+func (m *Pace) decode(d *decoder) {
+	m.Req = d.u32("req")
+	m.Rate = d.u64("rate")
+	if m.Rate != 0 && m.Rate < MinPace {
+		d.fail(fmt.Errorf("%d bytes per second is below the least, %d", m.Rate, MinPace), "rate")
+	}
+}
+
+// Paced answers a Pace: the rate the server now sends at most, in bytes
+// per second (0: no limit).
+//
+//	req  uint32
+//	rate uint64
+type Paced struct {
+	Req  uint32
+	Rate uint64
+}
+
+func (*Paced) Type() MsgType { return TypePaced }
+func (m *Paced) appendPayload(b []byte) []byte {
+	return appendU64(appendU32(b, m.Req), m.Rate)
+}
+func (m *Paced) decode(d *decoder) {
+	m.Req = d.u32("req")
+	m.Rate = d.u64("rate")
 }
 
 // RestoreRequest asks for a stored file. The server answers RestoreReady,

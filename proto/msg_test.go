@@ -23,6 +23,8 @@ const headerLen = 5
 var allTypes = []proto.MsgType{
 	proto.TypeRegister,
 	proto.TypeReconnect,
+	proto.TypePace,
+	proto.TypePaced,
 	proto.TypeUploadRequest,
 	proto.TypeUploadCommit,
 	proto.TypeUploadAbort,
@@ -120,6 +122,13 @@ func messageCases() []msgCase {
 		{"Reconnect/typical", &proto.Reconnect{Version: proto.Version, ClientID: id16(7), Signature: pattern(384, 8)}},
 		{"Reconnect/max", &proto.Reconnect{Version: math.MaxUint16, ClientID: allOnes16(), Signature: pattern(proto.MaxSignatureLen, 9)}},
 		{"Reconnect/zero", &proto.Reconnect{}},
+
+		{"Pace/typical", &proto.Pace{Req: 3, Rate: 2_500_000}},
+		{"Pace/none", &proto.Pace{Req: 1}},
+		{"Pace/min", &proto.Pace{Req: 1, Rate: proto.MinPace}},
+		{"Pace/max", &proto.Pace{Req: math.MaxUint32, Rate: math.MaxUint64}},
+		{"Paced/typical", &proto.Paced{Req: 3, Rate: 2_500_000}},
+		{"Paced/zero", &proto.Paced{}},
 
 		{"Welcome/typical", &proto.Welcome{ClientID: id16(10), WrappedKey: pattern(256, 11), ChunkSize: 1 << 20, Streams: 8}},
 		{"Welcome/max", &proto.Welcome{ClientID: allOnes16(), WrappedKey: pattern(proto.MaxWrappedKeyLen, 12), ChunkSize: proto.MaxChunkSize, Streams: math.MaxUint16}},
@@ -416,6 +425,8 @@ func badPayloads() []badPayload {
 		{"Register/inviteUTF8", proto.TypeRegister, enc(&proto.Register{Name: "a", Invite: bad}), "Register.invite"},
 		{"Register/noInviteField", proto.TypeRegister, new(wire).u16(1).str("a").u16(0).u16(0).b, "Register.invite"},
 		{"Reconnect/signature", proto.TypeReconnect, enc(&proto.Reconnect{Signature: pattern(proto.MaxSignatureLen+1, 1)}), "Reconnect.signature"},
+		{"Pace/belowMin", proto.TypePace, enc(&proto.Pace{Req: 1, Rate: proto.MinPace - 1}), "Pace.rate"},
+		{"Pace/one", proto.TypePace, enc(&proto.Pace{Req: 1, Rate: 1}), "Pace.rate"},
 		{"Welcome/wrappedKey", proto.TypeWelcome, enc(&proto.Welcome{WrappedKey: pattern(proto.MaxWrappedKeyLen+1, 1), ChunkSize: 1}), "Welcome.wrappedKey"},
 		{"Welcome/chunkSize0", proto.TypeWelcome, enc(&proto.Welcome{ChunkSize: 0}), "Welcome.chunkSize"},
 		{"Welcome/chunkSizeOver", proto.TypeWelcome, enc(&proto.Welcome{ChunkSize: proto.MaxChunkSize + 1}), "Welcome.chunkSize"},
@@ -851,7 +862,8 @@ func TestErrorCodeString(t *testing.T) {
 		{proto.CodeShutdown, "server shutting down"},
 		{proto.CodeBadKey, "bad public key"},
 		{proto.CodeDamaged, "damaged on the server"},
-		{0x12, "error code 0x12"},
+		{proto.CodeUnsupported, "not supported"},
+		{0x13, "error code 0x13"},
 		{0xffff, "error code 0xffff"},
 	}
 	for _, tt := range tests {
@@ -865,6 +877,8 @@ func TestMsgTypeString(t *testing.T) {
 	want := map[proto.MsgType]string{
 		proto.TypeRegister:       "Register",
 		proto.TypeReconnect:      "Reconnect",
+		proto.TypePace:           "Pace",
+		proto.TypePaced:          "Paced",
 		proto.TypeUploadRequest:  "UploadRequest",
 		proto.TypeUploadCommit:   "UploadCommit",
 		proto.TypeUploadAbort:    "UploadAbort",
@@ -897,7 +911,7 @@ func TestMsgTypeString(t *testing.T) {
 		m := c.m
 		toServer := false
 		switch m.(type) {
-		case *proto.Register, *proto.Reconnect, *proto.UploadRequest, *proto.UploadCommit,
+		case *proto.Register, *proto.Reconnect, *proto.Pace, *proto.UploadRequest, *proto.UploadCommit,
 			*proto.UploadAbort, *proto.UploadJoin, *proto.ListRequest, *proto.RestoreRequest, *proto.RestoreDone, *proto.RestoreResume:
 			toServer = true
 		}
