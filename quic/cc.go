@@ -36,19 +36,20 @@ func ParseCongestion(s string) (Congestion, error) {
 }
 
 // UseCongestion puts a new controller of kind cc on conn, sharing limit
-// (nil: none) with the other connections that use it. Reno leaves the
-// module's own in place, and cannot be limited. Call it again after conn
-// moves to a new path: the module then puts its own NewReno back.
-func UseCongestion(conn *Conn, cc Congestion, limit *RateLimit) error {
+// (nil: none) with the other connections that use it, and returns it (nil
+// for Reno). Reno leaves the module's own in place, and cannot be limited.
+// Call it again after conn moves to a new path: the module then puts its
+// own NewReno back.
+func UseCongestion(conn *Conn, cc Congestion, limit *RateLimit) (*Controller, error) {
 	switch cc {
 	case BBR:
 	case Reno:
 		if limit != nil && limit.Rate() > 0 {
-			return errors.New("a rate limit needs the bbr congestion controller")
+			return nil, errors.New("a rate limit needs the bbr congestion controller")
 		}
-		return nil
+		return nil, nil
 	default:
-		return fmt.Errorf("unknown congestion controller %q", cc)
+		return nil, fmt.Errorf("unknown congestion controller %q", cc)
 	}
 	a := &bbrAdapter{c: bbr.New(bbr.Config{
 		MSS:        int64(conn.InitialPacketSize()),
@@ -58,8 +59,26 @@ func UseCongestion(conn *Conn, cc Congestion, limit *RateLimit) error {
 		limit.add(conn, a)
 	}
 	conn.SetCongestionControl(a)
-	return nil
+	return &Controller{a: a}, nil
 }
+
+// Controller is a controller UseCongestion put on a connection, as its
+// users see it.
+type Controller struct{ a *bbrAdapter }
+
+// Stats is the controller's model of the path; the zero Stats for nil.
+func (c *Controller) Stats() bbr.Stats {
+	if c == nil {
+		return bbr.Stats{}
+	}
+	c.a.mu.Lock()
+	defer c.a.mu.Unlock()
+	return c.a.c.Stats()
+}
+
+// InStartup reports whether the controller is still finding the path's
+// rate (BBR's Startup); false for nil.
+func (c *Controller) InStartup() bool { return c != nil && c.Stats().State == bbr.Startup }
 
 // initialRTT is the RTT the connection has measured so far, to pace the
 // first window by.

@@ -120,7 +120,7 @@ func TestRateLimit(t *testing.T) {
 		var cs []*quic.Conn
 		for range conns {
 			c := dial(t, addr)
-			if err := quic.UseCongestion(c, quic.BBR, l); err != nil {
+			if _, err := quic.UseCongestion(c, quic.BBR, l); err != nil {
 				t.Fatal(err)
 			}
 			cs = append(cs, c)
@@ -154,10 +154,10 @@ func TestRateLimit(t *testing.T) {
 func TestRenoCannotBeLimited(t *testing.T) {
 	addr, _ := loopback(t)
 	c := dial(t, addr)
-	if err := quic.UseCongestion(c, quic.Reno, quic.NewRateLimit(1e6)); err == nil {
+	if _, err := quic.UseCongestion(c, quic.Reno, quic.NewRateLimit(1e6)); err == nil {
 		t.Error("Reno took a rate limit")
 	}
-	if err := quic.UseCongestion(c, quic.Reno, quic.NewRateLimit(0)); err != nil {
+	if _, err := quic.UseCongestion(c, quic.Reno, quic.NewRateLimit(0)); err != nil {
 		t.Errorf("Reno without a limit: %v", err)
 	}
 }

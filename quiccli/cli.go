@@ -15,6 +15,7 @@ import (
 
 	"github.com/alecthomas/kong"
 	"github.com/qbackup/qbackup/proto"
+	"github.com/qbackup/qbackup/quic"
 	"golang.org/x/term"
 )
 
@@ -23,6 +24,7 @@ type cli struct {
 	Home    string        `help:"Directory of this client's identity and key." env:"QBACKUP_HOME" placeholder:"DIR"`
 	KeyBits int           `help:"RSA key size for a new identity." default:"3072" hidden:""`
 	Stall   time.Duration `default:"${stall}" env:"QBACKUP_STALL" help:"When nothing is heard from the server for this long, move the connection to a new socket, or else reconnect and resume (send); 0: wait for the 60s idle timeout." placeholder:"DURATION"`
+	CC      string        `name:"cc" enum:"bbr,reno" default:"bbr" env:"QBACKUP_CC" help:"Congestion controller for what this client sends: bbr keeps its rate under random loss and can be limited (--limit); reno is the QUIC module's own, for comparison and as a fallback."`
 
 	Register registerCmd `cmd:"" help:"Register this client with a server."`
 	Send     sendCmd     `cmd:"" help:"Back up files and directories."`
@@ -66,6 +68,7 @@ type sendCmd struct {
 	Retries     int           `default:"10" help:"Reconnections after a lost connection, each resuming where the last stopped (0: give up at once)."`
 	RetryMax    time.Duration `default:"30s" help:"Longest wait between reconnections (waits double from 1s)."`
 	Invite      string        `env:"QBACKUP_INVITE" help:"Invite token from the server's operator, for a first registration with a server that registers new clients only by invite (see register --invite)." placeholder:"TOKEN"`
+	Limit       Rate          `help:"Send at most this fast, over all connections together: 20mbit, 5MiB/s (bits: bit, kbit, mbit, gbit; bytes: B, kB, MB, GB, KiB, MiB, GiB); 0: no limit." placeholder:"RATE"`
 	Paths       []string      `arg:"" help:"Files and directories to back up."`
 }
 
@@ -84,6 +87,12 @@ func (c *sendCmd) Run(e *env) error {
 		conns = n
 	}
 	e.client.Invite = strings.TrimSpace(c.Invite)
+	if c.Limit > 0 {
+		if e.client.Congestion == quic.Reno {
+			return &exitError{code: ExitUsage, err: errors.New("--limit needs --cc bbr: the limit is bbr's pacing rate")}
+		}
+		e.client.SendLimit = quic.NewRateLimit(float64(c.Limit))
+	}
 	rep := NewReporter(e.out, e.errOut, c.Progress == "bars" || (c.Progress == "auto" && e.terminal), "sending")
 	defer context.AfterFunc(e.ctx, rep.Interrupt)()
 	res, err := e.client.SendResilient(e.ctx, c.Server, c.Name,
@@ -195,10 +204,12 @@ type restoreCmd struct {
 	Progress  string        `enum:"auto,bars,lines" default:"auto" help:"Progress display: auto (bars on a terminal), bars, lines."`
 	Retries   int           `default:"10" help:"Reconnections after a lost connection, each resuming where the last stopped (0: give up at once)."`
 	RetryMax  time.Duration `default:"30s" help:"Longest wait between reconnections (waits double from 1s)."`
+	Limit     Rate          `help:"Have the server send at most this fast: 20mbit, 5MiB/s (bits: bit, kbit, mbit, gbit; bytes: B, kB, MB, GB, KiB, MiB, GiB); 0: no limit." placeholder:"RATE"`
 	Name      string        `arg:"" help:"Stored file or directory to restore."`
 }
 
 func (c *restoreCmd) Run(e *env) error {
+	e.client.RestoreLimit = uint64(c.Limit)
 	rep := NewReporter(e.out, e.errOut, c.Progress == "bars" || (c.Progress == "auto" && e.terminal), "restoring")
 	defer context.AfterFunc(e.ctx, rep.Interrupt)()
 	res, err := e.client.RestoreResilient(e.ctx,
@@ -337,7 +348,7 @@ func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io
 	}
 	e := &env{
 		ctx:    ctx,
-		client: &Client{Home: home, Out: stdout, Err: stderr, KeyBits: c.KeyBits, Stall: stallOption(c.Stall)},
+		client: &Client{Home: home, Out: stdout, Err: stderr, KeyBits: c.KeyBits, Stall: stallOption(c.Stall), Congestion: quic.Congestion(c.CC)},
 		out:    stdout,
 		errOut: stderr,
 		stdin:  stdin,

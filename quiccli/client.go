@@ -20,6 +20,7 @@ import (
 
 	"github.com/qbackup/qbackup/certs"
 	"github.com/qbackup/qbackup/proto"
+	"github.com/qbackup/qbackup/quic"
 )
 
 // Client holds what every command needs: where the identity lives and where
@@ -39,6 +40,15 @@ type Client struct {
 	// holds no identity yet (send --server --name), for a server that
 	// registers new clients only by invite. It is never saved.
 	Invite string
+	// Congestion is the congestion controller of the client's
+	// connections ("": quic.BBR).
+	Congestion quic.Congestion
+	// SendLimit caps the rate of sends, over all connections together
+	// (send --limit); nil or a zero rate: no limit.
+	SendLimit *quic.RateLimit
+	// RestoreLimit asks the server to send restores at most this many
+	// bytes per second (restore --limit); 0: no limit.
+	RestoreLimit uint64
 
 	dialHook func(*dialOptions) // tests adjust the dial here
 }
@@ -65,7 +75,8 @@ func (c *Client) notice(format string, args ...any) {
 
 func (c *Client) options(server, pin string, onFirstUse func(string) error) dialOptions {
 	o := dialOptions{Server: server, Fingerprint: pin, OnFirstUse: onFirstUse, Streams: c.Streams,
-		Stall: cmp.Or(c.Stall, DefaultStall), Notice: c.notice}
+		Stall: cmp.Or(c.Stall, DefaultStall), Notice: c.notice,
+		Congestion: c.Congestion, Limit: c.SendLimit, Pace: c.RestoreLimit}
 	if c.dialHook != nil {
 		c.dialHook(&o)
 	}

@@ -230,7 +230,7 @@ func (rs *routeSet) pick(ctx context.Context) (*route, error) {
 			}
 			q, ok := r.s.load.room(chunk)
 			total += q
-			if ok && (best == nil || q < least) {
+			if ok && !r.s.retired.Load() && (best == nil || q < least) {
 				best, least = r, q
 			}
 		}
@@ -333,10 +333,27 @@ func (c *Client) connectPeers(ctx context.Context, s *Session, n int) {
 	}
 }
 
-// peerCount reports the connections s sends over: itself and its peers.
+// peerCount reports the connections s sends over: itself and its peers
+// that auto has not retired.
 func (s *Session) peerCount() int {
 	peers, _ := s.peerList()
-	return 1 + len(peers)
+	n := 1
+	for _, p := range peers {
+		if !p.retired.Load() {
+			n++
+		}
+	}
+	return n
+}
+
+// retire takes peers out of the send: no chunk is given to them from now
+// on, and the chunks they already have go out as usual. Their connections
+// stay open, idle, until the send ends: closing one would drop what it
+// still has in flight.
+func retire(peers []*Session) {
+	for _, p := range peers {
+		p.retired.Store(true)
+	}
 }
 
 // abortPeers closes the peers' connections at once, dropping what they
@@ -371,13 +388,37 @@ func (s *Session) closePeers() {
 // steps had 32 connections up 22 s into a send, 1 s steps 14.5 s.
 var autoStep = time.Second
 
-// groupBytes is what s and its peers have delivered so far, by QUIC's
-// count: bytes sent less bytes lost. Unlike finished chunks, it moves
-// smoothly even on a slow link.
+// warmSteps bounds auto's warm-up, in steps.
+const warmSteps = 8
+
+// groupInStartup reports whether any connection of the send is still in
+// its congestion controller's Startup, where its rate says little yet.
+func (s *Session) groupInStartup() bool {
+	peers, _ := s.peerList()
+	for _, x := range append([]*Session{s}, peers...) {
+		if !x.retired.Load() && x.ctl.Load().InStartup() {
+			return true
+		}
+	}
+	return false
+}
+
+// groupBytes is what s and its active peers have delivered so far: the
+// bytes acknowledged, by our congestion controller's count, or under Reno
+// QUIC's bytes sent less bytes lost. Unlike finished chunks, it moves
+// smoothly even on a slow link; unlike bytes sent, it does not count what
+// fills a queue on the way.
 func (s *Session) groupBytes() int64 {
 	peers, _ := s.peerList()
 	var n int64
 	for _, x := range append([]*Session{s}, peers...) {
+		if x.retired.Load() {
+			continue
+		}
+		if ctl := x.ctl.Load(); ctl != nil {
+			n += ctl.Stats().Delivered
+			continue
+		}
 		st := x.conn.ConnectionStats()
 		n += int64(st.BytesSent) - int64(st.BytesLost)
 	}
@@ -385,12 +426,13 @@ func (s *Session) groupBytes() int64 {
 }
 
 // autoConnections adds peers to s while the goodput (groupBytes) still
-// rises: like slow start, it doubles the connections, lets the
-// new ones warm up for a step, and measures the next. One doubling that
-// gains less than a tenth over the step before may be noise (random loss makes a connection's
-// rate jumpy); after two in a row it stops, as it does at limit
-// connections. It returns the number it settled on, when it stops or stop
-// is closed.
+// rises: like slow start, it doubles the connections, lets the new ones
+// warm up for a step, and measures the next. A doubling that gains less
+// than a tenth over the goodput before it is measured once more (random
+// loss makes a connection's rate jumpy); if it still has not paid off,
+// the peers it added are retired (where one connection fills the link,
+// auto settles at one), and auto stops, as it does at limit connections.
+// It returns the number it settled on, when it stops or stop is closed.
 func (c *Client) autoConnections(ctx context.Context, s *Session, limit int, stop <-chan struct{}) int {
 	step := max(autoStep, 16*s.conn.ConnectionStats().SmoothedRTT)
 	t := time.NewTicker(step)
@@ -405,10 +447,15 @@ func (c *Client) autoConnections(ctx context.Context, s *Session, limit int, sto
 		}
 		return false
 	}
-	prev, misses := 0.0, 0
+	base, misses := 0.0, 0 // base: the goodput before the last doubling
+	var added []*Session   // the peers the last doubling added
 	for {
-		if !tick() { // warm-up: the connections just opened
-			return s.peerCount()
+		// Warm-up: the connections just opened. Under BBR, until each has
+		// found the path's rate (left Startup), for at most warmSteps.
+		for i := 0; i == 0 || (i < warmSteps && s.groupInStartup()); i++ {
+			if !tick() {
+				return s.peerCount()
+			}
 		}
 		before := s.groupBytes()
 		if !tick() {
@@ -418,21 +465,23 @@ func (c *Client) autoConnections(ctx context.Context, s *Session, limit int, sto
 		if rate <= 0 {
 			continue // nothing to send at the moment: no evidence either way
 		}
-		// Against the last step, not the best: a fresh connection's slow
-		// start can overshoot what it keeps up later.
-		if rate < 1.1*prev {
-			if misses++; misses == 2 {
-				return s.peerCount()
+		if base > 0 && rate < 1.1*base {
+			if misses++; misses < 2 {
+				continue
 			}
-		} else {
-			misses = 0
-		}
-		prev = rate
-		n := s.peerCount()
-		if err := c.addPeers(ctx, s, min(n, limit-n)); err != nil {
+			retire(added)
 			return s.peerCount()
 		}
-		if s.peerCount() >= limit {
+		misses, base = 0, rate
+		peers, _ := s.peerList()
+		n := s.peerCount()
+		err := c.addPeers(ctx, s, min(n, limit-n))
+		now, _ := s.peerList()
+		added = nil
+		if len(now) > len(peers) { // the group may have been closed meanwhile
+			added = now[len(peers):]
+		}
+		if err != nil || s.peerCount() >= limit {
 			return s.peerCount()
 		}
 		// The warm-up starts once the new peers are all up, or a tick that

@@ -1,6 +1,7 @@
 package quiccli
 
 import (
+	"cmp"
 	"context"
 	"crypto/rsa"
 	"crypto/x509"
@@ -9,6 +10,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/qbackup/qbackup/certs"
@@ -49,6 +51,12 @@ type Session struct {
 	bound   chan struct{}           // closed and replaced whenever a sink is bound
 	sender  *proto.ChunkSender
 
+	cc      quic.Congestion
+	limit   *quic.RateLimit
+	ccMoves atomic.Int64                    // controllers put back after a path switch, for tests
+	retired atomic.Bool                     // a peer auto took out of the send (parallel.go)
+	ctl     atomic.Pointer[quic.Controller] // our congestion controller on conn; nil under Reno
+
 	peers peerGroup // more connections carrying chunks of uploads opened here (parallel.go)
 	load  sendLoad  // what sender has queued, and its pace (parallel.go)
 }
@@ -71,6 +79,9 @@ type dialOptions struct {
 	Notice      func(string, ...any)           // what the watchdog does, for the user (Client.notice)
 	QUICConfig  func(*quic.Config)             // test hook
 	PacketConn  func() (net.PacketConn, error) // test hook: the sockets to dial and migrate from
+	Congestion  quic.Congestion                // what paces the client's sends ("": quic.BBR)
+	Limit       *quic.RateLimit                // caps the sends of every connection (nil: none)
+	Pace        uint64                         // asks the server to send at most this many bytes per second (0: no limit)
 }
 
 // testHookSessionKey, if set, sees every session key (tests check that
@@ -130,6 +141,13 @@ func dial(ctx context.Context, o dialOptions, priv *rsa.PrivateKey, mkHello hell
 		bound:   make(chan struct{}),
 	}
 	s.ctx, s.cancel = context.WithCancelCause(conn.Context())
+	s.cc, s.limit = cmp.Or(o.Congestion, quic.BBR), o.Limit
+	ctl, err := quic.UseCongestion(conn, s.cc, s.limit)
+	if err != nil {
+		s.closeTransport()
+		return nil, err
+	}
+	s.ctl.Store(ctl)
 	if err := s.handshake(ctx, o, priv, mkHello); err != nil {
 		s.closeTransport()
 		return nil, err
@@ -137,6 +155,12 @@ func dial(ctx context.Context, o dialOptions, priv *rsa.PrivateKey, mkHello hell
 	s.wg.Add(2)
 	go func() { defer s.wg.Done(); s.readLoop() }()
 	go func() { defer s.wg.Done(); s.acceptData() }()
+	if o.Pace > 0 {
+		if err := s.pace(ctx, o.Pace); err != nil {
+			s.Close()
+			return nil, err
+		}
+	}
 	if o.Stall > 0 {
 		s.wg.Add(1)
 		go func() { defer s.wg.Done(); s.watchPath(o.Stall, o.Notice) }()
@@ -151,11 +175,48 @@ func dial(ctx context.Context, o dialOptions, priv *rsa.PrivateKey, mkHello hell
 // but not when an upload's bytes are stuck in flight on a dead one (see
 // watchPath, which calls this on its own; send's reconnect and resume take
 // over then).
+//
+// It moves twice, to two new sockets one after the other. quic-go v0.61
+// (the fork we use) answers the server's PATH_CHALLENGE for a new path on
+// the path the client used until then, which after a network change is
+// dead: the server never hears the answer, and keeps sending to the dead
+// address until its probe of the new path times out, which under a stuck
+// upload can take longer than the client waits. The second move's
+// challenge is answered on the first new path, which works, so the server
+// validates the second and follows the client there at once. If the
+// second move fails, the connection stays on the first.
 func (s *Session) Migrate(ctx context.Context) error {
+	first, err := s.moveOnce(ctx)
+	if err != nil {
+		return err
+	}
+	moved := first
+	// The switch happens in the connection's goroutine: wait until it
+	// has sent on the first new path, so that it answers from there.
+	t := time.NewTimer(time.Second)
+	select {
+	case <-first.done:
+	case <-t.C:
+	case <-ctx.Done():
+	}
+	t.Stop()
+	if second, err := s.moveOnce(ctx); err == nil {
+		moved = second
+	}
+	s.wg.Add(2)
+	go func() { defer s.wg.Done(); s.nudge() }()
+	go func() { defer s.wg.Done(); s.followPath(moved) }()
+	return nil
+}
+
+// moveOnce probes a path from a new socket and switches the connection to
+// it. The firstWrite it returns learns when the connection has switched.
+func (s *Session) moveOnce(ctx context.Context) (*firstWrite, error) {
 	pc, err := s.newSocket()
 	if err != nil {
-		return fmt.Errorf("migrate: new socket: %w", err)
+		return nil, fmt.Errorf("migrate: new socket: %w", err)
 	}
+	pc, moved := watchFirstWrite(pc)
 	tr := &quic.Transport{Conn: pc}
 	// Once the connection has used tr, closing tr closes the connection
 	// too: tr stays open, failed or not, as long as the session.
@@ -163,25 +224,26 @@ func (s *Session) Migrate(ctx context.Context) error {
 	if s.ctx.Err() != nil { // closed already: closeTransport would not see tr
 		s.mu.Unlock()
 		pc.Close()
-		return fmt.Errorf("migrate: %w", context.Cause(s.ctx))
+		return nil, fmt.Errorf("migrate: %w", context.Cause(s.ctx))
 	}
 	s.extra = append(s.extra, tr)
 	s.mu.Unlock()
 	path, err := s.conn.AddPath(tr)
 	if err != nil {
-		return fmt.Errorf("migrate: %w", err)
+		return nil, fmt.Errorf("migrate: %w", err)
 	}
 	if err := path.Probe(ctx); err != nil {
 		path.Close()
-		return fmt.Errorf("migrate: probing the new path: %w", err)
+		return nil, fmt.Errorf("migrate: probing the new path: %w", err)
 	}
 	if err := path.Switch(); err != nil {
 		path.Close()
-		return fmt.Errorf("migrate: %w", err)
+		return nil, fmt.Errorf("migrate: %w", err)
 	}
-	s.wg.Add(1)
-	go func() { defer s.wg.Done(); s.nudge() }()
-	return nil
+	// Armed only now: the probes went out on this socket before the
+	// switch. The writes after it come from the switched connection.
+	moved.arm()
+	return moved, nil
 }
 
 // After a switch, nudge has the connection send packets the server counts
@@ -533,6 +595,8 @@ func (s *Session) readLoop() {
 		case *proto.ListEntry:
 			c = s.calls[m.Req]
 		case *proto.ListEnd:
+			c = s.calls[m.Req]
+		case *proto.Paced:
 			c = s.calls[m.Req]
 		case *proto.RestoreReady:
 			c = s.calls[m.Req]

@@ -97,11 +97,11 @@ func TestSimulatedLossyLinks(t *testing.T) {
 		{name: "20 ms, 1%", oneWay: 10 * time.Millisecond, loss: 0.01, size: 4 << 20, maxTime: 5 * time.Minute},
 		{name: "300 ms, 2%", oneWay: 150 * time.Millisecond, loss: 0.02, size: 2 << 20, maxTime: 30 * time.Minute},
 		{name: "20 ms, 1%, 20 s outage", oneWay: 10 * time.Millisecond, loss: 0.01, size: 4 << 20, maxTime: 5 * time.Minute,
-			outageAfter: 2 * time.Second, outage: 20 * time.Second},
+			outageAfter: 100 * time.Millisecond, outage: 20 * time.Second},
 		{name: "50 ms, 0.5%, NAT rebinding", oneWay: 25 * time.Millisecond, loss: 0.005, size: 4 << 20, maxTime: 5 * time.Minute,
-			nat: true, rebindAfter: 500 * time.Millisecond},
+			nat: true, rebindAfter: 200 * time.Millisecond},
 		{name: "50 ms, 1%, restore cut off by a 20 s outage", oneWay: 25 * time.Millisecond, loss: 0.01, size: 4 << 20, maxTime: 5 * time.Minute,
-			restoreOutageAfter: time.Second, restoreOutage: 20 * time.Second},
+			restoreOutageAfter: 150 * time.Millisecond, restoreOutage: 20 * time.Second},
 	}
 	for i, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

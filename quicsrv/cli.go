@@ -13,6 +13,7 @@ import (
 
 	"github.com/alecthomas/kong"
 	"github.com/qbackup/qbackup/proto"
+	"github.com/qbackup/qbackup/quic"
 	"github.com/qbackup/qbackup/store"
 )
 
@@ -30,6 +31,7 @@ type serveCmd struct {
 	Registration    string        `enum:"open,token,closed" default:"token" env:"QBACKUPD_REGISTRATION" help:"Who may register a new client: open (anyone who reaches the server), token (holders of an invite from 'qbackupd invite'), closed (nobody new). Registered clients are not affected."`
 	ChunkSize       int           `default:"1048576" help:"Largest chunk accepted and sent, in bytes."`
 	Streams         int           `default:"8" help:"Data streams a client may open at once."`
+	CC              string        `name:"cc" enum:"bbr,reno" default:"bbr" env:"QBACKUPD_CC" help:"Congestion controller for what the server sends (restores): bbr keeps its rate under random loss and lets a client cap it (restore --limit); reno is the QUIC module's own, for comparison and as a fallback."`
 	Grace           time.Duration `default:"30s" help:"How long a shutdown waits for transfers to finish."`
 	PartialTTL      time.Duration `default:"168h" env:"QBACKUPD_PARTIAL_TTL" help:"Remove unfinished uploads idle for this long (they are kept for resume until then)."`
 	MaxFileSize     int64         `default:"0" env:"QBACKUPD_MAX_FILE_SIZE" help:"Largest file accepted, in bytes (0: no limit but the protocol's 1 PiB)." placeholder:"BYTES"`
@@ -82,6 +84,7 @@ func (c *serveCmd) Run(e *cliEnv) error {
 		Registration:      admission(c.Registration),
 		ChunkSize:         c.ChunkSize,
 		Streams:           c.Streams,
+		Congestion:        quic.Congestion(c.CC),
 		ShutdownTimeout:   c.Grace,
 		PartialTTL:        c.PartialTTL,
 		MaxFileSize:       c.MaxFileSize,

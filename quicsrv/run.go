@@ -10,20 +10,22 @@ import (
 	"time"
 
 	"github.com/qbackup/qbackup/certs"
+	"github.com/qbackup/qbackup/quic"
 	"github.com/qbackup/qbackup/store"
 )
 
 // Config is what qbackupd's flags and environment fill in.
 type Config struct {
-	Data              string        // data directory: database, files, TLS key
-	Listen            string        // UDP host:port
-	ChunkSize         int           // 0: DefaultChunkSize
-	Streams           int           // 0: DefaultStreams
-	ShutdownTimeout   time.Duration // how long a shutdown waits for transfers
-	PartialTTL        time.Duration // unfinished uploads idle this long are removed (0: 7 days)
-	MaxFileSize       int64         // largest file accepted, bytes (0: proto.MaxFileSize); see Server
-	QuotaBytes        int64         // bytes stored per client (0: unlimited); see Server
-	QuotaFiles        int           // file versions stored per client (0: unlimited); see Server
+	Data              string          // data directory: database, files, TLS key
+	Listen            string          // UDP host:port
+	ChunkSize         int             // 0: DefaultChunkSize
+	Streams           int             // 0: DefaultStreams
+	Congestion        quic.Congestion // see Server
+	ShutdownTimeout   time.Duration   // how long a shutdown waits for transfers
+	PartialTTL        time.Duration   // unfinished uploads idle this long are removed (0: 7 days)
+	MaxFileSize       int64           // largest file accepted, bytes (0: proto.MaxFileSize); see Server
+	QuotaBytes        int64           // bytes stored per client (0: unlimited); see Server
+	QuotaFiles        int             // file versions stored per client (0: unlimited); see Server
 	Registration      store.Admission
 	MaxConns          int           // see Server
 	MaxConnsPerClient int           // see Server
@@ -91,11 +93,12 @@ func Run(ctx context.Context, cfg Config) error {
 		return fmt.Errorf("quicsrv: listen on %s: %w", cfg.Listen, err)
 	}
 	srv := &Server{
-		Store:     st,
-		TLSConfig: certs.ServerConfig(cert),
-		Logger:    log,
-		ChunkSize: cfg.ChunkSize,
-		Streams:   cfg.Streams,
+		Store:      st,
+		TLSConfig:  certs.ServerConfig(cert),
+		Logger:     log,
+		ChunkSize:  cfg.ChunkSize,
+		Streams:    cfg.Streams,
+		Congestion: cfg.Congestion,
 
 		MaxFileSize: cfg.MaxFileSize,
 		QuotaBytes:  cfg.QuotaBytes,

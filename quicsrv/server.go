@@ -74,6 +74,10 @@ type Server struct {
 	// Streams is how many data streams a client may open at once, and how
 	// many the server uses for a restore.
 	Streams int
+	// Congestion is the congestion controller of the connections, which
+	// carry restores to clients: quic.BBR (the default, "") or quic.Reno.
+	// Under BBR a client may cap the rate its restores come at (Pace).
+	Congestion quic.Congestion
 	// MaxTransfers bounds the uploads and restores open at once in one
 	// session.
 	MaxTransfers int
@@ -194,6 +198,7 @@ type Server struct {
 	recheck     *rechecker
 	scrubRead   atomic.Int64 // bytes the scrub read, for tests
 	retries     atomic.Int64 // Retries asked of new connections, for tests
+	pathMoves   atomic.Int64 // controllers put back after a client moved, for tests
 
 	// active maps the uploads sessions are receiving to those sessions,
 	// so no two sessions write one upload; byFile indexes them by client

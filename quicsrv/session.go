@@ -29,7 +29,8 @@ type session struct {
 	log    *slog.Logger
 	ctx    context.Context
 	cancel context.CancelFunc
-	wg     sync.WaitGroup // every goroutine the session starts
+	wg     sync.WaitGroup  // every goroutine the session starts
+	pacing *quic.RateLimit // the cap on what the session sends (Pace); nil under Reno
 
 	ctrl *quic.Stream
 	wmu  sync.Mutex
@@ -147,6 +148,7 @@ func (ss *session) run() {
 	}
 	ss.log = ss.log.With("client", ss.client.Name, "id", ss.client.ID.String())
 	ss.log.Info("session started")
+	ss.useCongestion()
 	ss.transferEnded() // a shutdown that began during the handshake
 	ss.wg.Add(2)
 	go func() {
@@ -440,6 +442,8 @@ func (ss *session) controlLoop() error {
 			ss.restoreRequest(m.Req, m.Name, m.Version, m.Have, &m.SHA256)
 		case *proto.RestoreDone:
 			err = ss.restoreDone(m)
+		case *proto.Pace:
+			ss.pace(m)
 		default:
 			err = proto.Errorf(proto.CodeProtocol, "unexpected %v after the handshake", m.Type())
 		}
@@ -495,6 +499,8 @@ func requestNumber(m proto.Message) (uint32, bool) {
 	case *proto.RestoreRequest:
 		return m.Req, true
 	case *proto.RestoreResume:
+		return m.Req, true
+	case *proto.Pace:
 		return m.Req, true
 	}
 	return 0, false
