@@ -132,3 +132,24 @@ func TestCLILimitErrors(t *testing.T) {
 		}
 	}
 }
+
+// TestSlowPaceIsNotAStall: a restore paced so slowly that one chunk takes
+// longer than the server's transfer timeout to write (all streams share
+// the pace) still finishes: the server gives such a write the time the
+// pace needs, not the timeout meant for clients that read nothing.
+func TestSlowPaceIsNotAStall(t *testing.T) {
+	ctx := testContext(t)
+	srv := srvtest.Start(t, func(s *quicsrv.Server) { s.ChunkSize = testChunk; s.TransferTimeout = time.Second })
+	c := newClient(t)
+	register(t, ctx, c, srv, "alice")
+	path := filepath.Join(t.TempDir(), "f.bin")
+	data := writeRandom(t, path, 4*testChunk, 4)
+	if res := sendPaths(t, ctx, connect(t, ctx, c), SendOptions{Paths: []string{path}}); res.Sent != 1 {
+		t.Fatalf("sent %d files, want 1: %v", res.Sent, res.FirstErr)
+	}
+	c.RestoreLimit = 100_000 // 4 chunks at once: each takes 2.6 s to write
+	s := connect(t, ctx, c)
+	start := time.Now()
+	assertRestores(t, ctx, s, "f.bin", data)
+	t.Logf("restored %d bytes at 100 kB/s in %v", len(data), time.Since(start).Round(time.Millisecond))
+}

@@ -149,7 +149,7 @@ func (ss *session) chunkSender() *proto.ChunkSender {
 			if err != nil {
 				return nil, err
 			}
-			return &stalling{s: s, timeout: ss.srv.transferTimeout()}, nil
+			return &stalling{s: s, timeout: ss.srv.transferTimeout(), pacing: ss.pacing, streams: ss.srv.streams()}, nil
 		}
 		ss.sender = proto.NewChunkSender(ss.ctx, ss.sealer, ss.srv.streams(), ss.srv.chunkSize(), open)
 	}
@@ -159,13 +159,24 @@ func (ss *session) chunkSender() *proto.ChunkSender {
 // stalling is a restore's data stream whose writes fail once the client
 // has read nothing for the transfer timeout: keep-alives would otherwise
 // keep a client that never reads, and what its restores hold, forever.
+// A client that asked for a slow pace (Pace) is given twice the time its
+// pace needs for the write, all streams sharing the rate, if that is
+// longer.
 type stalling struct {
 	s       *quic.SendStream
 	timeout time.Duration
+	pacing  *quic.RateLimit // nil: none
+	streams int
 }
 
 func (w *stalling) Write(p []byte) (int, error) {
-	w.s.SetWriteDeadline(time.Now().Add(w.timeout))
+	timeout := w.timeout
+	if w.pacing != nil {
+		if r := w.pacing.Rate(); r > 0 {
+			timeout = max(timeout, time.Duration(2*float64(len(p)*w.streams)/r*float64(time.Second)))
+		}
+	}
+	w.s.SetWriteDeadline(time.Now().Add(timeout))
 	return w.s.Write(p)
 }
 
