@@ -235,8 +235,8 @@ func TestDeepBuffer(t *testing.T) {
 // TestSharing: two flows on one link, the second starting 2 s after the
 // first, measured from 10 to 40 s and summed over two seeds. Against
 // another of its kind and against a loss-blind BBR (the stand-in for
-// Linux TCP BBR) each gets 35-65%; a Reno flow keeps at least nine
-// tenths of the share it keeps against the loss-blind one.
+// Linux TCP BBR) each gets 35-65%; a Reno or a CUBIC flow keeps at least
+// nine tenths of the share it keeps against the loss-blind one.
 func TestSharing(t *testing.T) {
 	skipUnderRace(t)
 	ours := func(seed uint64) ccSender { return newBBR(seed, 80*time.Millisecond) }
@@ -280,15 +280,21 @@ func TestSharing(t *testing.T) {
 			}
 		})
 	}
-	for _, q := range []float64{1, 4} {
-		t.Run(fmt.Sprintf("reno-q%v", q), func(t *testing.T) {
-			vsOurs, _ := share(t, ours, renoF, q)
-			vsBlind, _ := share(t, blind, renoF, q)
-			t.Logf("Reno keeps %.1f%% against ours, %.1f%% against the loss-blind BBR", 100*(1-vsOurs), 100*(1-vsBlind))
-			if 1-vsOurs < 0.9*(1-vsBlind) {
-				t.Errorf("Reno keeps %.1f%% against ours, want at least nine tenths of the %.1f%% it keeps against the loss-blind BBR", 100*(1-vsOurs), 100*(1-vsBlind))
-			}
-		})
+	cubicF := func(uint64) ccSender { return newCubic() }
+	for _, lb := range []struct {
+		name string
+		f    func(uint64) ccSender
+	}{{"reno", renoF}, {"cubic", cubicF}} {
+		for _, q := range []float64{1, 4} {
+			t.Run(fmt.Sprintf("%s-q%v", lb.name, q), func(t *testing.T) {
+				vsOurs, _ := share(t, ours, lb.f, q)
+				vsBlind, _ := share(t, blind, lb.f, q)
+				t.Logf("%s keeps %.1f%% against ours, %.1f%% against the loss-blind BBR", lb.name, 100*(1-vsOurs), 100*(1-vsBlind))
+				if 1-vsOurs < 0.9*(1-vsBlind) {
+					t.Errorf("%s keeps %.1f%% against ours, want at least nine tenths of the %.1f%% it keeps against the loss-blind BBR", lb.name, 100*(1-vsOurs), 100*(1-vsBlind))
+				}
+			})
+		}
 	}
 }
 

@@ -2,6 +2,7 @@ package bbr
 
 import (
 	"container/heap"
+	"math"
 	"math/rand/v2"
 	"sort"
 	"testing"
@@ -419,3 +420,51 @@ func secs(n float64) Instant { return Instant(time.Second) + Instant(n*float64(t
 func newBBR(seed uint64, rtt time.Duration) *Controller {
 	return New(Config{MSS: simMSS, Seed: seed, InitialRTT: rtt})
 }
+
+// cubic is a loss-based sender for the competing-flow tests, like Linux's
+// default: the window grows along RFC 8312's cubic curve toward, then past,
+// where the last loss was, and falls to 0.7 of it at a loss (once per
+// round trip); unpaced.
+type cubic struct {
+	cwnd, ssthresh float64 // packets
+	wmax           float64
+	epoch          Instant
+	k              float64
+	recoveryEnd    int64
+	nextPN         int64
+}
+
+func newCubic() *cubic { return &cubic{cwnd: 32, ssthresh: 1e9} }
+
+func (c *cubic) OnSent(_ Instant, pn, _, _ int64) { c.nextPN = pn + 1 }
+func (c *cubic) OnAck(now Instant, acked, lost []int64) {
+	for _, pn := range lost {
+		if pn >= c.recoveryEnd {
+			c.wmax = c.cwnd
+			c.cwnd = math.Max(c.cwnd*0.7, 2)
+			c.ssthresh = c.cwnd
+			c.recoveryEnd = c.nextPN
+			c.epoch = 0
+		}
+	}
+	for range acked {
+		if c.cwnd < c.ssthresh {
+			c.cwnd++
+			continue
+		}
+		if c.epoch == 0 {
+			c.epoch = now
+			c.k = math.Cbrt(c.wmax * 0.3 / 0.4)
+		}
+		t := now.Sub(c.epoch).Seconds() + 0.08
+		target := 0.4*math.Pow(t-c.k, 3) + c.wmax
+		if target > c.cwnd {
+			c.cwnd += (target - c.cwnd) / c.cwnd
+		} else {
+			c.cwnd += 0.01 / c.cwnd
+		}
+	}
+}
+func (c *cubic) CanSend(inflight int64) bool { return float64(inflight) < c.cwnd*simMSS }
+func (c *cubic) HasBudget(Instant) bool      { return true }
+func (c *cubic) NextSend() Instant           { return 0 }
