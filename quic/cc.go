@@ -155,10 +155,13 @@ type bbrAdapter struct {
 }
 
 // forgetAfter: a packet neither acknowledged nor declared lost this long
-// after it was sent is one the module stopped tracking (it does not say
-// so); the controller forgets it, so that its books do not grow without
-// end. The module declares a packet lost long before that.
-const forgetAfter = 30 * time.Second
+// after it was sent (or four smoothed RTTs, if longer) is one the module
+// stopped tracking, which it does not say; the controller forgets it. The
+// controller keeps its records in sending order and drops them from the
+// front, so one such packet would hold every record after it: at a
+// gigabit, 30 s of them took 250 MB. The module declares a packet lost
+// within about an RTT of a later one's acknowledgement.
+const forgetAfter = time.Second
 
 var _ congestion.CongestionControlEx = (*bbrAdapter)(nil)
 
@@ -189,7 +192,11 @@ func (a *bbrAdapter) OnPacketSent(sent monotime.Time, inflight congestion.ByteCo
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.c.OnSent(bbr.Instant(sent), int64(pn), int64(bytes), int64(inflight))
-	if t := sent.Add(-forgetAfter); t > a.forgotten+monotime.Time(time.Second) {
+	after := forgetAfter
+	if a.rtt != nil {
+		after = max(after, 4*a.rtt.SmoothedRTT())
+	}
+	if t := sent.Add(-after); t > a.forgotten+monotime.Time(after/8) {
 		a.forgotten = t
 		a.c.Forget(bbr.Instant(t))
 	}
