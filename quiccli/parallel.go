@@ -11,9 +11,11 @@ import (
 )
 
 // Parallel connections (send --connections N|auto). One QUIC connection's
-// congestion window is shared by all its streams, so on a lossy link one
-// connection's rate is capped by how NewReno answers random loss, however
-// fast the link. With N connections, each with its own session key and
+// congestion window is shared by all its streams. Under NewReno (--cc
+// reno) one connection's rate on a lossy link is capped by how it answers
+// random loss, however fast the link; our BBR fills such a link alone
+// (docs/benchmarks.md), and a path or host that limits each connection is
+// what more of them still help with. With N connections, each with its own session key and
 // window, the chunks of a file are spread over all of them: the session
 // that opens an upload (the primary) asks the others, its peers, to join
 // it (UploadJoin), and each chunk goes to the route with the least data
@@ -22,10 +24,10 @@ import (
 // takes the primary down with it, so the usual reconnect-and-resume path
 // starts the whole group again, sending only what the server lacks.
 
-// MaxConnections bounds --connections, and what auto adds up to. At 1%
-// loss and 80 ms one connection moves ~1.8 Mbit/s; 16 reached less than
-// half of what TCP bbr does on that link, 32 about two thirds
-// (docs/benchmarks.md). The server's default --max-client-conns is 40,
+// MaxConnections bounds --connections, and what auto adds up to. Under
+// NewReno at 1% loss and 80 ms one connection moved ~1.8 Mbit/s; 16
+// reached less than half of what TCP bbr does on that link, 32 about two
+// thirds (docs/benchmarks.md). The server's default --max-client-conns is 40,
 // so a client has some room beyond it while old connections time out.
 const MaxConnections = 32
 
