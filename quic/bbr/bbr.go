@@ -86,6 +86,13 @@ const (
 	// ProbeBW; pacing keeps it near one, and the rest absorbs bunched
 	// acknowledgements.
 	cwndGain = 2.0
+	// cruiseCwndGain bounds what is in flight outside the probes. Pacing
+	// keeps it near one BDP alone; beside a loss-based flow that fills the
+	// bottleneck's queue, the window is what holds, and at 2 it kept the
+	// queue so full that TCP cubic kept 2% of a 100 Mbit/s, 80 ms link
+	// (netlab, queue 1 BDP), at 1.25 it left cubic half but took only 13%
+	// beside TCP bbr; at 1.6, 12% and 44% (docs/benchmarks.md).
+	cruiseCwndGain = 1.6
 	// fullBwGrowth and fullBwRounds: Startup ends when the bandwidth has
 	// not grown by a quarter in three round trips.
 	fullBwGrowth = 1.25
@@ -594,6 +601,9 @@ func (c *Controller) gains() (pacing, cwnd float64) {
 	case Drain:
 		return 1 / startupGain, startupCwndGain
 	case ProbeBW:
+		if c.phase != 0 {
+			return probeGains[c.phase], cruiseCwndGain
+		}
 		return probeGains[c.phase], cwndGain
 	}
 	return 1, 1
