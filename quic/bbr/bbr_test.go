@@ -210,9 +210,10 @@ func TestDeepBuffer(t *testing.T) {
 			}
 			t.Logf("goodput %.1f%%, mean queue %v, largest %v, drops %d", 100*total/l.rate, l.meanQueue(), l.queueMax, l.dropsQueue)
 			// One flow paces at its estimate: almost no queue. Two each
-			// overestimate their share a little, and the window (twice
-			// the estimated capacity) is what bounds the queue, as in
-			// BBR's design: on average about one path's worth, and
+			// overestimate their share a little, and the window (1.6
+			// times the estimated capacity outside the probes, twice in
+			// them) is what bounds the queue: on average under one
+			// path's worth, and
 			// never near the buffer's size. (That is what it costs to
 			// hold a share against Linux TCP BBR, which keeps as much.)
 			maxMean, maxQueue := 10*time.Millisecond, 80*time.Millisecond
