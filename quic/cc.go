@@ -152,6 +152,8 @@ type bbrAdapter struct {
 	// forgotten: packets sent before this were dropped from the
 	// controller's books (forgetAfter).
 	forgotten monotime.Time
+	// ackBuf and lostBuf carry OnCongestionEventEx's packet numbers.
+	ackBuf, lostBuf []int64
 }
 
 // forgetAfter: a packet neither acknowledged nor declared lost this long
@@ -209,20 +211,18 @@ func (a *bbrAdapter) CanSend(inflight congestion.ByteCount) bool {
 }
 
 func (a *bbrAdapter) OnCongestionEventEx(_ congestion.ByteCount, now monotime.Time, acked []congestion.AckedPacketInfo, lost []congestion.LostPacketInfo) {
-	ack := make([]int64, len(acked))
-	for i, p := range acked {
-		ack[i] = int64(p.PacketNumber)
-	}
-	var lose []int64
-	if len(lost) > 0 {
-		lose = make([]int64, len(lost))
-		for i, p := range lost {
-			lose[i] = int64(p.PacketNumber)
-		}
-	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	a.c.OnAck(bbr.Instant(now), ack, lose)
+	// One call per acknowledgement: the packet numbers go into buffers
+	// kept for the next, not new slices each time.
+	a.ackBuf, a.lostBuf = a.ackBuf[:0], a.lostBuf[:0]
+	for _, p := range acked {
+		a.ackBuf = append(a.ackBuf, int64(p.PacketNumber))
+	}
+	for _, p := range lost {
+		a.lostBuf = append(a.lostBuf, int64(p.PacketNumber))
+	}
+	a.c.OnAck(bbr.Instant(now), a.ackBuf, a.lostBuf)
 }
 
 func (a *bbrAdapter) GetCongestionWindow() congestion.ByteCount {
