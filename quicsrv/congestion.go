@@ -1,6 +1,7 @@
 package quicsrv
 
 import (
+	"cmp"
 	"time"
 
 	"github.com/qbackup/qbackup/proto"
@@ -8,9 +9,10 @@ import (
 )
 
 // useCongestion puts the server's congestion controller on the session's
-// connection, and keeps it there: when the client moves to a new address
-// (a new network, a NAT rebinding), the QUIC module puts its own NewReno
-// back, and followPath puts ours back in turn.
+// connection. It runs before the handshake: the fork writes its own
+// NewReno in place of the controller, without its lock, when the client
+// moves, and a client can move only after Welcome, which the connection
+// sends after this install; so the two writes are ordered.
 func (ss *session) useCongestion() {
 	cc := ss.srv.Congestion
 	if cc == "" {
@@ -22,8 +24,19 @@ func (ss *session) useCongestion() {
 	ss.pacing = quic.NewRateLimit(0)
 	if _, err := quic.UseCongestion(ss.conn, cc, ss.pacing); err != nil {
 		ss.log.Error("congestion controller", "err", err)
+		ss.pacing = nil
+	}
+}
+
+// keepCongestion keeps our controller on the connection once the client is
+// authenticated: when the client moves to a new address (a new network, a
+// NAT rebinding), the QUIC module puts its own NewReno back, and
+// followPath puts ours back in turn.
+func (ss *session) keepCongestion() {
+	if ss.pacing == nil {
 		return
 	}
+	cc := cmp.Or(ss.srv.Congestion, quic.BBR)
 	ss.wg.Add(1)
 	go func() {
 		defer ss.wg.Done()

@@ -142,13 +142,14 @@ func errorText(err error) string {
 
 func (ss *session) run() {
 	defer ss.cleanup()
+	ss.useCongestion()
 	if err := ss.handshake(); err != nil {
 		ss.fail(err)
 		return
 	}
 	ss.log = ss.log.With("client", ss.client.Name, "id", ss.client.ID.String())
 	ss.log.Info("session started")
-	ss.useCongestion()
+	ss.keepCongestion()
 	ss.transferEnded() // a shutdown that began during the handshake
 	ss.wg.Add(2)
 	go func() {
